@@ -1,0 +1,87 @@
+"""Options shared by several commands, and the error edge every command runs behind."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ISSUES_URL = "https://github.com/glmdeploy/glmdeploy/issues"
+
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="VAST_API_KEY",
+        show_default=False,
+        show_envvar=True,
+        help="Vast.ai API key; else ~/.config/vastai/vast_api_key, then ~/.vast_api_key.",
+    ),
+]
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--api-url", envvar="VAST_URL", show_envvar=True, help="Vast.ai API server."),
+]
+Sandbox = Annotated[
+    bool,
+    typer.Option(
+        "--sandbox",
+        envvar="GLMDEPLOY_SANDBOX",
+        show_envvar=True,
+        help="Use the local sandbox (started if needed) instead of Vast.ai; no key needed.",
+    ),
+]
+ProfileRef = Annotated[str, typer.Option("--profile", "-p", help="Profile name or path to a profile YAML.")]
+
+
+def say(message: str) -> None:
+    """Human-facing text: always stderr, so stdout stays clean for --json."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn glmdeploy errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from glmdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlmdeployError
+
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except GlmdeployError as exc:
+            say(f"error: {exc}")
+            if exc.hint:
+                say(f"hint: {exc.hint}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            say("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if os.environ.get("GLMDEPLOY_DEBUG"):
+                raise
+            say(f"internal error: {type(exc).__name__}: {exc} (a bug: please report it at {ISSUES_URL};"
+                " set GLMDEPLOY_DEBUG=1 for the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+def not_implemented(command: str) -> None:
+    say(f"error: 'glmdeploy {command}' is not implemented yet")
+    raise typer.Exit(1)

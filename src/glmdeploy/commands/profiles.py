@@ -1,0 +1,111 @@
+"""``glmdeploy profiles list|show|validate|schema``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+
+app = typer.Typer(help="Hardware profiles: the known-good recipes.", no_args_is_help=True)
+
+
+@app.command("list")
+@handles_errors
+def list_profiles(json_output: JsonOutput = False) -> None:
+    """List every known profile (shipped ones and those in $GLMDEPLOY_HOME/profiles)."""
+    from glmdeploy.profiles import load_all
+    from glmdeploy.views import profile_summary
+
+    rows = [profile_summary(p) for p in load_all()]
+    if json_output:
+        emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "engine", "model", "gpus", "context", "source")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["engine"],
+            r["model"],
+            f"{r['num_gpus']}x {' / '.join(r['gpu_names'])}",
+            str(r["context_length"] or "model max"),
+            r["source"],
+        )
+    Console().print(table)
+
+
+@app.command("show")
+@handles_errors
+def show(
+    ref: Annotated[str, typer.Argument(metavar="NAME|PATH", help="Profile name or path.")],
+    json_output: JsonOutput = False,
+) -> None:
+    """Show a profile: hardware, the exact launch command, environment and warnings."""
+    from glmdeploy.profiles import load_profile
+    from glmdeploy.views import profile_detail
+
+    profile = load_profile(ref)
+    detail = profile_detail(profile)
+    if json_output:
+        emit_json(detail)
+        return
+    hw = profile.hardware
+    lines = [
+        f"{profile.name}: {profile.description}",
+        f"source:   {profile.source.seed} ({profile.source.takes})",
+        f"model:    {profile.model.repo} ({profile.model.quant}, {profile.model.weights_gb:g} GB)"
+        + (f" served as {profile.model.served_name}" if profile.model.served_name else ""),
+        f"hardware: {hw.num_gpus}x {' / '.join(hw.gpu_names)}, >= {hw.min_vram_gb:g} GB each, "
+        f"disk {hw.disk_gb} GB, <= ${hw.max_price:.2f}/h",
+        f"image:    {profile.engine.image}",
+        "command:",
+        f"  {detail['launch_command']}",
+    ]
+    if profile.env:
+        lines.append("env:")
+        lines += [f"  {k}={v}" for k, v in profile.env.items()]
+    lines.append(f"ready:    within {profile.readiness.timeout}")
+    for w in profile.warnings:
+        lines.append(f"warning:  {w}")
+    print("\n".join(lines))
+
+
+@app.command("validate")
+@handles_errors
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Profile YAML files to check.")],
+) -> None:
+    """Check profile files against the schema; exit 2 on the first invalid one."""
+    from glmdeploy.errors import ProfileError
+    from glmdeploy.profiles import load_file
+
+    failed: list[str] = []
+    for path in paths:
+        try:
+            profile = load_file(path)
+        except ProfileError as exc:
+            failed.append(str(exc))
+            say(f"invalid: {exc}")
+        else:
+            say(f"ok: {path} ({profile.name})")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command("schema")
+@handles_errors
+def schema() -> None:
+    """Print the JSON Schema of the profile format (for editor validation)."""
+    import json
+
+    from glmdeploy.profiles.model import Profile
+
+    doc = Profile.model_json_schema()
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "glmdeploy hardware profile"
+    print(json.dumps(doc, indent=2))

@@ -1,0 +1,151 @@
+"""What every engine module provides: a launch command, log markers, failure signatures
+and the HTTP facts the readiness check and smoke tests rely on (shared/reference/engines.md).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from glmdeploy.profiles.model import Profile
+
+# The per-deployment endpoint key reaches the engine through this variable, never inline.
+API_KEY_ENV = "GLM_API_KEY"
+# LightLLM needs a local directory; the onstart downloads the weights here first.
+MODELS_DIR = "/workspace/models"
+
+
+class EnvRef(str):
+    """An argv element that is the value of an environment variable on the host.
+
+    Rendered as ``"$NAME"`` in the onstart script and shown as ``$NAME`` to users, so
+    secrets never appear in the command line that Vast stores and echoes back.
+    """
+
+    __slots__ = ("var",)
+    var: str
+
+    def __new__(cls, var: str) -> EnvRef:
+        obj = super().__new__(cls, "$" + var)
+        obj.var = var
+        return obj
+
+
+@dataclass(frozen=True)
+class FailureSignature:
+    """A log pattern that means the engine will never become ready."""
+
+    kind: str
+    pattern: re.Pattern[str]
+    advice: str
+
+
+def _sig(kind: str, pattern: str, advice: str) -> FailureSignature:
+    return FailureSignature(kind, re.compile(pattern), advice)
+
+
+# Generic signatures from engines.md §8, shared by all engines.
+COMMON_FAILURES: tuple[FailureSignature, ...] = (
+    _sig(
+        "cuda_oom",
+        r"(torch\.(cuda\.)?OutOfMemoryError: CUDA out of memory|CUDA error: out of memory)",
+        "lower the context length or memory fraction, or pick a profile with more VRAM",
+    ),
+    _sig(
+        "no_kernel_image",
+        r"no kernel image is available for execution on the device",
+        "the image was not built for this GPU architecture; use an image built for it",
+    ),
+    _sig(
+        "unsupported_arch",
+        r"(does not recognize this architecture|Model architectures \[.*\] are not supported"
+        r"|Model type \S+ is not supported)",
+        "the image's engine or transformers is too old for this model; use a newer image",
+    ),
+    _sig(
+        "nccl",
+        r"(NCCL error|ncclUnhandledCudaError|ncclSystemError|NCCL WARN Error while creating shared memory)",
+        "multi-GPU communication failed on this host; try another machine",
+    ),
+    _sig(
+        "disk_full",
+        r"(No space left on device|Not enough free disk space to download)",
+        "raise hardware.disk_gb",
+    ),
+    _sig(
+        "gated_repo",
+        r"(GatedRepoError|Cannot access gated repo|Repository Not Found for url|RepositoryNotFoundError)",
+        "the model repository is gated, private or misspelled; set HF_TOKEN or fix model.repo",
+    ),
+    _sig(
+        "port_in_use",
+        r"(Address already in use|address already in use|port \d+ has been used)",
+        "another process holds the server port inside the container",
+    ),
+)
+
+
+class Engine:
+    """Facts and builders for one serving engine. Subclasses fill in the class variables."""
+
+    kind: ClassVar[str]
+    program: ClassVar[tuple[str, ...]]
+    ready_markers: ClassVar[tuple[str, ...]]
+    failures: ClassVar[tuple[FailureSignature, ...]]
+    kv_capacity: ClassVar[re.Pattern[str]]
+    health_path: ClassVar[str] = "/health"
+    # Paths the engine serves without the API key (engines.md §5).
+    auth_exempt_prefixes: ClassVar[tuple[str, ...]] = ()
+    reasoning_field: ClassVar[str] = "reasoning_content"
+    tool_call_id_prefix: ClassVar[str] = "call_"
+    native_auth: ClassVar[bool] = True
+
+    def argv(
+        self,
+        profile: Profile,
+        *,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+        with_api_key: bool = True,
+    ) -> list[str]:
+        raise NotImplementedError
+
+    def auth_env(self) -> dict[str, str]:
+        """Variables to export from ``API_KEY_ENV`` before launch (vLLM reads its own)."""
+        return {}
+
+    def model_dir(self, profile: Profile) -> str | None:
+        """Local directory the weights must be downloaded to before launch, if any."""
+        return None
+
+    def reported_model_name(self, profile: Profile) -> str:
+        """The id this engine lists in /v1/models for the profile."""
+        return profile.model.served_name or profile.model.repo
+
+    def classify_failure(self, text: str) -> FailureSignature | None:
+        for sig in (*self.failures, *COMMON_FAILURES):
+            if sig.pattern.search(text):
+                return sig
+        return None
+
+    def parse_kv_tokens(self, text: str) -> int | None:
+        match = self.kv_capacity.search(text)
+        return int(match.group(1).replace(",", "")) if match else None
+
+
+def flag(args: list[str], name: str, value: object | None) -> None:
+    """Append ``name value`` when value is set (booleans: just the flag when true)."""
+    if value is None or value is False:
+        return
+    if value is True:
+        args.append(name)
+        return
+    args.extend([name, _fmt(value)])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

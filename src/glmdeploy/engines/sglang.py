@@ -1,0 +1,73 @@
+"""SGLang (sgl-project/sglang): launch flags, log markers and HTTP facts, engines.md §2."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from glmdeploy.engines.base import API_KEY_ENV, Engine, EnvRef, _sig, flag
+
+if TYPE_CHECKING:
+    from glmdeploy.profiles.model import Profile
+
+
+class SGLang(Engine):
+    kind = "sglang"
+    program = ("python3", "-m", "sglang.launch_server")
+    # "Application startup complete." comes before warmup: only this line means ready.
+    ready_markers = ("The server is fired up and ready to roll!",)
+    failures = (
+        _sig(
+            "kv_does_not_fit",
+            r"Not enough memory\. Please try to increase --mem-fraction-static",
+            "raise engine.mem_fraction or lower engine.context_length",
+        ),
+        _sig(
+            "cuda_oom",
+            r"Capture cuda graph failed",
+            "set a lower mem_fraction or cuda_graph_max_batch, or disable CUDA graphs",
+        ),
+        _sig("init_failed", r"(Initialization failed\.|Scheduler hit an exception)", "see the log excerpt"),
+    )
+    kv_capacity = re.compile(r"max_total_num_tokens=(\d+)|KV Cache is allocated\. #tokens: (\d+)")
+    health_path = "/health"
+    auth_exempt_prefixes = ("/health", "/metrics")
+    reasoning_field = "reasoning_content"
+    tool_call_id_prefix = "call_"
+
+    def argv(
+        self,
+        profile: Profile,
+        *,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+        with_api_key: bool = True,
+    ) -> list[str]:
+        e = profile.engine
+        args = [*self.program, "--model-path", profile.model.repo]
+        flag(args, "--revision", profile.model.revision)
+        flag(args, "--served-model-name", profile.model.served_name)
+        flag(args, "--host", host)
+        flag(args, "--port", port or e.port)
+        flag(args, "--tp-size", e.tensor_parallel)
+        flag(args, "--context-length", e.context_length)
+        flag(args, "--trust-remote-code", e.trust_remote_code)
+        flag(args, "--dtype", e.dtype)
+        flag(args, "--kv-cache-dtype", e.kv_cache_dtype)
+        flag(args, "--mem-fraction-static", e.mem_fraction)
+        flag(args, "--max-running-requests", e.max_running_requests)
+        flag(args, "--chunked-prefill-size", e.chunked_prefill_size)
+        flag(args, "--cuda-graph-max-bs", e.cuda_graph_max_batch)
+        flag(args, "--tool-call-parser", e.tool_call_parser)
+        flag(args, "--reasoning-parser", e.reasoning_parser)
+        if e.speculative is not None:
+            # SGLang runs GLM's MTP layer as EAGLE with the model itself as draft.
+            flag(args, "--speculative-algorithm", "EAGLE")
+            flag(args, "--speculative-num-steps", e.speculative.num_tokens)
+            flag(args, "--speculative-eagle-topk", 1)
+            flag(args, "--speculative-num-draft-tokens", e.speculative.num_tokens + 1)
+        flag(args, "--disable-radix-cache", e.disable_prefix_caching)
+        args.extend(e.extra_args)
+        if with_api_key:
+            args.extend(["--api-key", EnvRef(API_KEY_ENV)])
+        return args

@@ -1,0 +1,136 @@
+"""Finding, reading and validating profile files.
+
+A profile is named by a shipped name (``4x3090``), by a file dropped into
+``$GLMDEPLOY_HOME/profiles/`` (which shadows a shipped one of the same name), or by a path.
+A profile may say ``extends: <name>`` to start from another one; mappings merge
+key by key, lists and scalars replace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from glmdeploy.errors import ProfileError
+from glmdeploy.paths import user_profiles_dir
+from glmdeploy.profiles.model import Profile
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_profiles_dir() -> Path:
+    """Profiles inside the wheel, or the repository's top-level ``profiles/`` in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    bundled = here / "_profiles"
+    if bundled.is_dir():
+        return bundled
+    return here.parent.parent / "profiles"
+
+
+def _profile_files() -> dict[str, Path]:
+    """Name -> file, user files shadowing shipped ones."""
+    found: dict[str, Path] = {}
+    for directory in (shipped_profiles_dir(), user_profiles_dir()):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if path.suffix in _SUFFIXES and path.is_file():
+                found[path.stem] = path
+    return found
+
+
+def known_names() -> list[str]:
+    return sorted(_profile_files())
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith(_SUFFIXES) or ref.startswith(".")
+
+
+def resolve(ref: str) -> Path:
+    """The file a profile reference points at, or a ``ProfileError`` listing the known names."""
+    if _looks_like_path(ref):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ProfileError(f"profile file not found: {ref}")
+        return path
+    files = _profile_files()
+    if ref not in files:
+        raise ProfileError(f"unknown profile {ref!r}; known: {', '.join(sorted(files))}")
+    return files[ref]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _raw(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, path))
+        raise ProfileError(f"{path}: 'extends' forms a cycle: {names}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ProfileError(f"{path}: extends: expected a profile name, got {parent!r}")
+    base = _raw(resolve(parent), (*chain, path.resolve()))
+    return _merge(base, data)
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return f"{path}: " + "; ".join(parts) + more
+
+
+def load_file(path: Path) -> Profile:
+    data = _raw(path)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_format_validation(path, exc)) from None
+
+
+def load_profile(ref: str) -> Profile:
+    """Load a profile by name or path; every failure is a one-line ``ProfileError``."""
+    return load_file(resolve(ref))
+
+
+def load_all() -> list[Profile]:
+    """Every known profile. Broken user files raise, naming the file."""
+    return [load_file(path) for _, path in sorted(_profile_files().items())]

@@ -1,0 +1,41 @@
+"""JSON-ready views of domain objects, shared by several commands."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glmdeploy.profiles.model import Profile
+
+
+def profile_summary(profile: Profile) -> dict[str, Any]:
+    return {
+        "name": profile.name,
+        "description": profile.description,
+        "engine": profile.engine.kind,
+        "model": profile.model.repo,
+        "served_model_name": profile.model.served_name,
+        "gpu_names": list(profile.hardware.gpu_names),
+        "num_gpus": profile.hardware.num_gpus,
+        "context_length": profile.engine.context_length,
+        "image": profile.engine.image,
+        "max_price": profile.hardware.max_price,
+        "source": profile.source.seed,
+    }
+
+
+def profile_detail(profile: Profile) -> dict[str, Any]:
+    from glmdeploy.engines import get_engine
+    from glmdeploy.onstart import display_command, launch_argv
+
+    argv = launch_argv(profile)
+    engine = get_engine(profile.engine.kind)
+    return {
+        **profile_summary(profile),
+        "profile": profile.model_dump(mode="json"),
+        "launch_argv": [str(a) for a in argv],
+        "launch_command": display_command(argv),
+        "auth": "engine" if engine.native_auth else "proxy",
+        "reported_model_name": engine.reported_model_name(profile),
+        "warnings": list(profile.warnings),
+    }
