@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from glmdeploy import __version__
-from glmdeploy.commands import profiles, stubs
+from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, smoke, up
 
 app = typer.Typer(
     name="glmdeploy",
@@ -35,17 +35,18 @@ def _root(
 
 
 app.add_typer(profiles.app, name="profiles")
-app.command("offers")(stubs.offers)
-app.command("up")(stubs.up)
-app.command("list")(stubs.list_deployments)
-app.command("status")(stubs.status)
-app.command("logs")(stubs.logs)
-app.command("env")(stubs.env)
-app.command("destroy")(stubs.destroy)
-app.command("smoke")(stubs.smoke)
-app.command("bench")(stubs.bench)
-app.command("ci")(stubs.ci)
-app.add_typer(stubs.sandbox_app, name="sandbox")
+app.command("plan")(plan.plan)
+app.command("offers")(offers.offers)
+app.command("up")(up.up)
+app.command("list")(deployments.list_deployments)
+app.command("status")(deployments.status)
+app.command("logs")(deployments.logs)
+app.command("env")(deployments.env)
+app.command("destroy")(deployments.destroy)
+app.command("smoke")(smoke.smoke)
+app.command("bench")(bench.bench)
+app.command("ci")(ci.ci)
+app.add_typer(sandbox.sandbox_app, name="sandbox")
 
 
 def main() -> None:
