@@ -1,8 +1,17 @@
 """The shell script a rented instance runs at start (Vast's ``onstart`` field).
 
 Every argv element is ``shlex.quote``-d; the only unquoted expansions are the
-``EnvRef`` markers, rendered as ``"$NAME"`` so that secrets live in the instance
+``EnvRef`` markers, rendered as ``"${NAME}"`` so that secrets live in the instance
 environment and never in the script Vast stores and echoes back.
+
+Two optional parts wrap the engine command:
+
+- an authenticating reverse proxy (nginx, installed from the image's package manager) for engines
+  without an API-key option of their own (LightLLM). The engine then binds the container's loopback
+  only, and nginx answers 401 ``{"error":"Unauthorized"}`` without the key, streaming SSE unbuffered;
+- a TTL watchdog that destroys the instance from inside once its time is up, using the instance's
+  own ``CONTAINER_ID``/``CONTAINER_API_KEY`` (vast-api.md §9), never the user's account key.
+
 Vast caps onstart + args at 4096 characters (vast-api.md §11.9); ``render`` checks it.
 """
 
@@ -19,6 +28,10 @@ if TYPE_CHECKING:
     from glmdeploy.profiles.model import Profile
 
 ONSTART_LIMIT = 4096
+# The engine's port behind the proxy, on the container's loopback.
+PROXY_UPSTREAM_PORT = 18000
+VAST_URL_ENV = "GLMDEPLOY_VAST_URL"
+PROXY_CONF = "/etc/nginx/conf.d/glmdeploy.conf"
 
 
 def quote_arg(arg: str) -> str:
@@ -46,6 +59,87 @@ class OnstartOptions:
     """Deployment-specific parts of the script."""
 
     deployment: str = "preview"
+    ttl_seconds: int | None = None
+    # Force the proxy for any engine; engines without native auth always get it.
+    auth_proxy: bool = False
+
+
+def needs_proxy(profile: Profile, options: OnstartOptions | None = None) -> bool:
+    return (options is not None and options.auth_proxy) or not get_engine(profile.engine.kind).native_auth
+
+
+def proxy_snippet(listen_port: int, upstream_port: int) -> str:
+    """Install nginx if needed and front ``upstream_port`` with a Bearer check on ``listen_port``.
+
+    The key is read from the environment when the script runs, so it is written only into the
+    config file on the host, never into this script. /health stays open, as SGLang keeps it.
+    """
+    conf = f"""map $http_authorization $glmdeploy_authorized {{
+  default 0;
+  "~*^Bearer[[:space:]]+${{{API_KEY_ENV}}}\\$" 1;
+}}
+server {{
+  listen {listen_port};
+  default_type application/json;
+  location = /health {{ proxy_pass http://127.0.0.1:{upstream_port}; }}
+  location / {{
+    if ($glmdeploy_authorized = 0) {{ return 401 '{{"error":"Unauthorized"}}'; }}
+    proxy_pass http://127.0.0.1:{upstream_port};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_buffering off;
+    proxy_cache off;
+    proxy_read_timeout 3600s;
+    chunked_transfer_encoding on;
+  }}
+}}"""
+    # Inside the unquoted heredoc only ${GLM_API_KEY} expands; nginx's own $variables are escaped.
+    conf = conf.replace("$http_authorization", r"\$http_authorization").replace(
+        "$glmdeploy_authorized", r"\$glmdeploy_authorized"
+    )
+    return "\n".join(
+        [
+            "if ! command -v nginx >/dev/null 2>&1; then",
+            "  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light"
+            " || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >/dev/null 2>&1"
+            ' || { echo "glmdeploy: could not install nginx for the auth proxy" >&2; exit 1; }',
+            "fi",
+            "rm -f /etc/nginx/sites-enabled/default",
+            f"cat > {PROXY_CONF} <<GLMDEPLOY_NGINX",
+            conf,
+            "GLMDEPLOY_NGINX",
+            f"chmod 600 {PROXY_CONF}",
+            'nginx || { echo "glmdeploy: nginx failed to start" >&2; exit 1; }',
+        ]
+    )
+
+
+def watchdog_snippet(ttl_seconds: int) -> str:
+    """A background loop that destroys this instance after ``ttl_seconds``, retrying until it is gone.
+
+    Uses only what Vast injects into the container (CONTAINER_ID, CONTAINER_API_KEY) plus the API URL
+    glmdeploy passes in GLMDEPLOY_VAST_URL. A 404 means it is already gone, which counts as done.
+    """
+    ttl = int(ttl_seconds)
+    return f"""glmdeploy_watchdog() {{
+  sleep {ttl}
+  while :; do
+    python3 - <<'GLMDEPLOY_PY' && break
+import os, sys, urllib.error, urllib.request
+url = os.environ["{VAST_URL_ENV}"].rstrip("/") + "/api/v0/instances/" + os.environ["CONTAINER_ID"] + "/"
+req = urllib.request.Request(url, data=b"{{}}", method="DELETE", headers={{
+    "Authorization": "Bearer " + os.environ["CONTAINER_API_KEY"], "Content-Type": "application/json"}})
+try:
+    urllib.request.urlopen(req, timeout=30)
+except urllib.error.HTTPError as exc:
+    sys.exit(0 if exc.code == 404 else 1)
+except OSError:
+    sys.exit(1)
+GLMDEPLOY_PY
+    sleep 20
+  done
+}}
+glmdeploy_watchdog >/dev/null 2>&1 &"""
 
 
 def render(profile: Profile, options: OnstartOptions | None = None) -> str:
@@ -57,19 +151,36 @@ def render(profile: Profile, options: OnstartOptions | None = None) -> str:
         f"# glmdeploy onstart: profile {profile.name}, deployment {options.deployment}",
         "set -u",
     ]
+    if options.ttl_seconds:
+        lines.append(watchdog_snippet(options.ttl_seconds))
     for target, source in engine.auth_env().items():
         lines.append(f'export {target}="${{{source}}}"')
+    host, port = "0.0.0.0", profile.engine.port
+    if needs_proxy(profile, options):
+        lines.append(proxy_snippet(profile.engine.port, PROXY_UPSTREAM_PORT))
+        host, port = "127.0.0.1", PROXY_UPSTREAM_PORT
     model_dir = engine.model_dir(profile)
     if model_dir is not None:
         download = ["hf", "download", profile.model.repo, "--local-dir", model_dir]
         if profile.model.revision:
             download += ["--revision", profile.model.revision]
         lines.append(shell_join(download) + " || exit 1")
-    lines.append("exec " + shell_join(engine.argv(profile)))
+    lines.append("exec " + shell_join(engine.argv(profile, host=host, port=port)))
     script = "\n".join(lines) + "\n"
     if len(script) > ONSTART_LIMIT:
         raise ValueError(f"onstart script is {len(script)} characters; Vast accepts at most {ONSTART_LIMIT}")
     return script
 
 
-__all__ = ["API_KEY_ENV", "OnstartOptions", "display_command", "launch_argv", "render", "shell_join"]
+__all__ = [
+    "API_KEY_ENV",
+    "PROXY_UPSTREAM_PORT",
+    "VAST_URL_ENV",
+    "OnstartOptions",
+    "display_command",
+    "launch_argv",
+    "needs_proxy",
+    "render",
+    "shell_join",
+    "watchdog_snippet",
+]

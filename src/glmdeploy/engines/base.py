@@ -132,7 +132,10 @@ class Engine:
 
     def parse_kv_tokens(self, text: str) -> int | None:
         match = self.kv_capacity.search(text)
-        return int(match.group(1).replace(",", "")) if match else None
+        if match is None:
+            return None
+        number = next(g for g in match.groups() if g is not None)
+        return int(number.replace(",", ""))
 
 
 def flag(args: list[str], name: str, value: object | None) -> None:
