@@ -228,10 +228,14 @@ def detect_attention(
             return "mha", f"SGLang {_dotted(parsed.version)} predates MLA for glm4_moe_lite (added in 0.5.8)", []
     elif kind == "lightllm":
         if parsed.version is not None and parsed.version < LIGHTLLM_FLASH_SINCE:
-            return "mla", "LightLLM always stores the MLA latent for glm4_moe_lite", [
-                f"LightLLM {_dotted(parsed.version)} predates GLM-4.7-Flash support (first tag v1.2.0;"
-                " use :main or >= v1.2.0): the engine will not load this model"
-            ]
+            return (
+                "mla",
+                "LightLLM always stores the MLA latent for glm4_moe_lite",
+                [
+                    f"LightLLM {_dotted(parsed.version)} predates GLM-4.7-Flash support (first tag v1.2.0;"
+                    " use :main or >= v1.2.0): the engine will not load this model"
+                ],
+            )
         return "mla", "LightLLM stores the MLA latent for glm4_moe_lite (engines.md §4.6)", []
     if parsed.built is not None:
         if parsed.built >= MLA_NIGHTLY_SINCE:
