@@ -1,0 +1,464 @@
+"""Local record of every deployment: what was rented, where, for which profile, and how it ended.
+
+One SQLite file (``state.db`` under ``glmdeploy.paths.home()``). It holds endpoint API keys, so
+the directory is 0700 and the file 0600 (SQLite gives its ``-wal``/``-shm`` files the database
+file's mode). Several CLI processes may use it at once (``up`` in one terminal, ``list`` and
+``destroy`` in another, a CI job), hence WAL journaling, a busy timeout, and short write
+transactions that take the write lock up front (``BEGIN IMMEDIATE``): a deferred transaction that
+reads and then writes can fail with "database is locked" without ever waiting.
+
+A deployment is *active* while it may hold a rented instance: until it is marked destroyed
+(``destroyed_at`` set, by ``destroy`` or by ``up`` after it tore a failed attempt down). A
+``failed`` deployment kept with ``--keep-on-failure`` is still active (it still bills); one
+whose instance was destroyed is not. Names are unique among active deployments, enforced by a
+partial unique index so two concurrent ``up --name x`` cannot both win.
+
+The record is written (status ``creating``) before the Vast create call: if the process dies
+between the two, the label ``glmdeploy:<id>`` stored here is how the orphan is found again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import secrets
+import sqlite3
+import string
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from glmdeploy.errors import UsageError
+from glmdeploy.paths import ensure_home
+
+DB_FILENAME = "state.db"
+BUSY_TIMEOUT_MS = 10_000
+LABEL_PREFIX = "glmdeploy:"
+NAME_MAX_LEN = 48
+NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_NAME_ATTEMPTS = 50
+
+Status = Literal["creating", "starting", "loading", "ready", "failed", "destroying", "destroyed", "orphaned"]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+# The SQL twin of Deployment.is_active; the partial unique index uses the same expression.
+_ACTIVE_SQL = "destroyed_at IS NULL AND status != 'destroyed'"
+
+
+class Deployment(BaseModel):
+    """One deployment row. Dumps (``model_dump``, ``model_dump_json``, ``public()``) never hold the key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Opaque deployment id (12 hex characters); the label carries it.")
+    name: str
+    profile: str = Field(description="Profile name.")
+    profile_snapshot: dict[str, Any] = Field(description="The full profile as it was when the deployment began.")
+    offer_id: int | None = None
+    offer_snapshot: dict[str, Any] | None = None
+    instance_id: int | None = None
+    machine_id: int | None = None
+    endpoint: str | None = Field(default=None, description="OpenAI base URL, ending in /v1.")
+    model: str | None = Field(default=None, description="Model name the endpoint serves.")
+    status: Status = "creating"
+    phase: str | None = Field(default=None, description="Phase of the up state machine.")
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    ready_at: datetime | None = None
+    destroyed_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, description="When the TTL watchdog destroys it.")
+    dph_total: float | None = None
+    label: str = Field(description="Vast instance label, glmdeploy:<id>.")
+    api_url: str | None = Field(default=None, description="Vast API server the instance was created on.")
+    endpoint_api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+
+    @property
+    def is_active(self) -> bool:
+        return self.destroyed_at is None and self.status != "destroyed"
+
+    def endpoint_key(self) -> str | None:
+        """The endpoint's API key in clear, for ``glmdeploy env`` and the smoke client only."""
+        return None if self.endpoint_api_key is None else self.endpoint_api_key.get_secret_value()
+
+    def public(self, *, snapshots: bool = False) -> dict[str, Any]:
+        """The JSON view for ``--json`` output; the snapshots are bulky, so only on request."""
+        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot"}
+        return self.model_dump(mode="json", exclude=exclude)
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """The first layout: one row per deployment."""
+    conn.execute(
+        """
+        CREATE TABLE deployments (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            profile_snapshot TEXT NOT NULL,
+            offer_id INTEGER,
+            offer_snapshot TEXT,
+            instance_id INTEGER,
+            machine_id INTEGER,
+            endpoint TEXT,
+            model TEXT,
+            status TEXT NOT NULL,
+            phase TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            ready_at TEXT,
+            destroyed_at TEXT,
+            dph_total REAL,
+            label TEXT NOT NULL UNIQUE,
+            endpoint_api_key TEXT
+        )
+        """
+    )
+    conn.execute(f"CREATE UNIQUE INDEX deployments_active_name ON deployments(name) WHERE {_ACTIVE_SQL}")
+    conn.execute("CREATE INDEX deployments_instance ON deployments(instance_id)")
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """TTL watchdog deadline, and which API server (Vast or a sandbox) holds the instance."""
+    conn.execute("ALTER TABLE deployments ADD COLUMN expires_at TEXT")
+    conn.execute("ALTER TABLE deployments ADD COLUMN api_url TEXT")
+
+
+# Applied in order; the database's user_version counts how many have run. Append, never edit.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS: tuple[str, ...] = tuple(Deployment.model_fields)
+_JSON_COLUMNS = frozenset({"profile_snapshot", "offer_snapshot"})
+_TIME_COLUMNS = frozenset({"created_at", "updated_at", "ready_at", "destroyed_at", "expires_at"})
+# What update() may change: identity and creation facts are fixed.
+_UPDATABLE = frozenset(_COLUMNS) - {"id", "label", "created_at", "updated_at", "profile", "profile_snapshot"}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_path() -> Path:
+    return ensure_home() / DB_FILENAME
+
+
+def new_deployment_id() -> str:
+    return secrets.token_hex(6)
+
+
+def label_for(deployment_id: str) -> str:
+    return f"{LABEL_PREFIX}{deployment_id}"
+
+
+def validate_name(name: str) -> str:
+    """A user-chosen ``--name``: lowercase letters, digits and dashes, at most 48 characters."""
+    if len(name) > NAME_MAX_LEN or not NAME_PATTERN.fullmatch(name):
+        raise UsageError(
+            f"invalid deployment name {name!r}: use lowercase letters, digits and dashes "
+            f"(not at the start or end), at most {NAME_MAX_LEN} characters"
+        )
+    return name
+
+
+def generate_name(profile: str) -> str:
+    """``glm-<profile>-<4 random lowercase alnum>``, squeezed into the name rules."""
+    stem = re.sub(r"[^a-z0-9]+", "-", profile.lower()).strip("-") or "deployment"
+    suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(4))
+    room = NAME_MAX_LEN - len("glm--") - len(suffix)
+    return f"glm-{stem[:room].rstrip('-')}-{suffix}"
+
+
+def _encode(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _JSON_COLUMNS:
+        return json.dumps(value, sort_keys=True)
+    if column in _TIME_COLUMNS:
+        if not isinstance(value, datetime):
+            raise TypeError(f"{column} must be a datetime, not {type(value).__name__}")
+        if value.tzinfo is None:
+            raise ValueError(f"{column} must be timezone-aware (UTC)")
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if column == "endpoint_api_key" and isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if column == "status" and value not in STATUSES:
+        raise ValueError(f"unknown status {value!r}; one of {', '.join(STATUSES)}")
+    return value
+
+
+def _decode(row: sqlite3.Row) -> Deployment:
+    data: dict[str, Any] = {}
+    for column in _COLUMNS:
+        value = row[column]
+        if value is not None and column in _JSON_COLUMNS:
+            value = json.loads(value)
+        data[column] = value
+    return Deployment.model_validate(data)
+
+
+def _is_name_conflict(exc: sqlite3.IntegrityError) -> bool:
+    text = str(exc)
+    return "deployments.name" in text or "deployments_active_name" in text
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class StateStore:
+    """Deployment records in one SQLite file, safe to share between processes."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> StateStore:
+        """Open (creating and migrating if needed) the store; default ``<home>/state.db``."""
+        db_path = default_path() if path is None else Path(path)
+        if path is not None:
+            db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _create_private(db_path)
+        conn = sqlite3.connect(
+            db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(conn, db_path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, db_path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[Deployment]:
+        with self._lock:
+            return [_decode(row) for row in self._conn.execute(sql, params).fetchall()]
+
+    # -- writing --
+
+    def create(
+        self,
+        *,
+        profile: str,
+        profile_snapshot: dict[str, Any],
+        name: str | None = None,
+        api_url: str | None = None,
+        expires_at: datetime | None = None,
+        endpoint_api_key: str | None = None,
+        model: str | None = None,
+        phase: str | None = None,
+    ) -> Deployment:
+        """Record a new deployment in status ``creating``; call this before renting anything.
+
+        ``name`` is validated and must not belong to an active deployment; without it one is
+        generated (``glm-<profile>-xxxx``), retrying on the rare collision.
+        """
+        chosen = validate_name(name) if name is not None else None
+        for _ in range(_NAME_ATTEMPTS):
+            candidate = chosen or generate_name(profile)
+            deployment_id = new_deployment_id()
+            now = utcnow()
+            values: dict[str, Any] = {
+                "id": deployment_id,
+                "name": candidate,
+                "profile": profile,
+                "profile_snapshot": profile_snapshot,
+                "status": "creating",
+                "phase": phase,
+                "model": model,
+                "created_at": now,
+                "updated_at": now,
+                "label": label_for(deployment_id),
+                "api_url": api_url,
+                "expires_at": expires_at,
+                "endpoint_api_key": endpoint_api_key,
+            }
+            columns = ", ".join(values)
+            marks = ", ".join("?" for _ in values)
+            encoded = tuple(_encode(col, val) for col, val in values.items())
+            try:
+                with self._write() as conn:
+                    conn.execute(f"INSERT INTO deployments ({columns}) VALUES ({marks})", encoded)  # noqa: S608
+            except sqlite3.IntegrityError as exc:
+                if not _is_name_conflict(exc):
+                    continue  # a 48-bit id collision: draw again
+                if chosen is not None:
+                    raise UsageError(
+                        f"a deployment named {chosen!r} already exists",
+                        hint=f"pick another --name, or run 'glmdeploy destroy {chosen}' first",
+                    ) from None
+                continue
+            return self._by_id(deployment_id)
+        raise UsageError(f"could not find a free deployment name for profile {profile!r}; pass --name")
+
+    def update(self, ref: str, **fields: Any) -> Deployment:
+        """Change fields of one deployment (by name or id) and bump ``updated_at``."""
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+        if "name" in fields:
+            validate_name(fields["name"])
+        target = self.get(ref)
+        values = {**fields, "updated_at": utcnow()}
+        assignments = ", ".join(f"{col} = ?" for col in values)
+        encoded = tuple(_encode(col, val) for col, val in values.items())
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    f"UPDATE deployments SET {assignments} WHERE id = ?",  # noqa: S608 (columns are allow-listed)
+                    (*encoded, target.id),
+                )
+        except sqlite3.IntegrityError as exc:
+            if _is_name_conflict(exc):
+                name = fields.get("name", target.name)
+                raise UsageError(f"a deployment named {name!r} already exists") from None
+            raise
+        return self._by_id(target.id)
+
+    def mark_destroyed(self, ref: str, *, status: Literal["destroyed", "failed"] = "destroyed",
+                       error: str | None = None, phase: str | None = None) -> Deployment:
+        """The instance is gone (or was never rented): the deployment stops being active.
+
+        ``status="failed"`` records a deployment that failed and whose instance was torn down.
+        """
+        fields: dict[str, Any] = {"status": status, "destroyed_at": utcnow()}
+        if error is not None:
+            fields["error"] = error
+        if phase is not None:
+            fields["phase"] = phase
+        return self.update(ref, **fields)
+
+    # -- reading --
+
+    def _by_id(self, deployment_id: str) -> Deployment:
+        rows = self._rows("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+        if not rows:
+            raise UsageError(f"unknown deployment id {deployment_id!r}")
+        return rows[0]
+
+    def find(self, ref: str) -> Deployment | None:
+        """By name (the active one first, else the newest with that name), then by id."""
+        rows = self._rows(
+            f"SELECT * FROM deployments WHERE name = ? ORDER BY ({_ACTIVE_SQL}) DESC, created_at DESC LIMIT 1",  # noqa: S608
+            (ref,),
+        )
+        if rows:
+            return rows[0]
+        rows = self._rows("SELECT * FROM deployments WHERE id = ?", (ref,))
+        return rows[0] if rows else None
+
+    def get(self, ref: str) -> Deployment:
+        """Like ``find`` but an unknown name is a usage error listing the known ones."""
+        found = self.find(ref)
+        if found is not None:
+            return found
+        known = [d.name for d in self.active()]
+        listing = f"known: {', '.join(known)}" if known else "there are no active deployments"
+        raise UsageError(f"unknown deployment {ref!r}; {listing}")
+
+    def find_by_label(self, label: str) -> Deployment | None:
+        rows = self._rows("SELECT * FROM deployments WHERE label = ?", (label,))
+        return rows[0] if rows else None
+
+    def find_by_instance(self, instance_id: int, api_url: str | None = None) -> Deployment | None:
+        rows = self._rows(
+            "SELECT * FROM deployments WHERE instance_id = ? ORDER BY created_at DESC", (instance_id,)
+        )
+        for row in rows:
+            if api_url is None or row.api_url == api_url:
+                return row
+        return None
+
+    def list(self, *, include_destroyed: bool = False) -> builtins.list[Deployment]:
+        """Oldest first; without ``include_destroyed`` only the active ones."""
+        where = "" if include_destroyed else f"WHERE {_ACTIVE_SQL}"
+        return self._rows(f"SELECT * FROM deployments {where} ORDER BY created_at, rowid")  # noqa: S608
+
+    def active(self) -> builtins.list[Deployment]:
+        return self.list(include_destroyed=False)
+
+    def resolve(self, ref: str | None) -> Deployment:
+        """What a command's optional NAME argument means."""
+        return self.resolve_default() if ref is None else self.get(ref)
+
+    def resolve_default(self) -> Deployment:
+        """The only active deployment, for commands whose NAME was left out."""
+        active = self.active()
+        if len(active) == 1:
+            return active[0]
+        if not active:
+            raise UsageError("no active deployment; start one with 'glmdeploy up --profile P'")
+        names = ", ".join(d.name for d in active)
+        raise UsageError(f"{len(active)} active deployments ({names}); name the one you mean")
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file owner-only before SQLite touches it, and tighten an existing one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION, one named step at a time, under the write lock."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the lock: another process may have migrated meanwhile.
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise UsageError(
+                f"state database {path} was written by a newer glmdeploy (schema {current}, "
+                f"this version knows {SCHEMA_VERSION}); upgrade glmdeploy"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
