@@ -68,11 +68,11 @@ def needs_proxy(profile: Profile, options: OnstartOptions | None = None) -> bool
     return (options is not None and options.auth_proxy) or not get_engine(profile.engine.kind).native_auth
 
 
-def proxy_snippet(listen_port: int, upstream_port: int) -> str:
-    """Install nginx if needed and front ``upstream_port`` with a Bearer check on ``listen_port``.
+def proxy_config_snippet(listen_port: int, upstream_port: int, conf_path: str = PROXY_CONF) -> str:
+    """Shell lines writing the nginx server block that checks the Bearer key and streams unbuffered.
 
     The key is read from the environment when the script runs, so it is written only into the
-    config file on the host, never into this script. /health stays open, as SGLang keeps it.
+    config file on the host (mode 0600), never into this script. /health stays open, as SGLang keeps it.
     """
     conf = f"""map $http_authorization $glmdeploy_authorized {{
   default 0;
@@ -97,6 +97,12 @@ server {{
     conf = conf.replace("$http_authorization", r"\$http_authorization").replace(
         "$glmdeploy_authorized", r"\$glmdeploy_authorized"
     )
+    path = shlex.quote(conf_path)
+    return "\n".join([f"cat > {path} <<GLMDEPLOY_NGINX", conf, "GLMDEPLOY_NGINX", f"chmod 600 {path}"])
+
+
+def proxy_snippet(listen_port: int, upstream_port: int) -> str:
+    """Install nginx from the image's package manager if needed, configure it, and start it."""
     return "\n".join(
         [
             "if ! command -v nginx >/dev/null 2>&1; then",
@@ -105,10 +111,7 @@ server {{
             ' || { echo "glmdeploy: could not install nginx for the auth proxy" >&2; exit 1; }',
             "fi",
             "rm -f /etc/nginx/sites-enabled/default",
-            f"cat > {PROXY_CONF} <<GLMDEPLOY_NGINX",
-            conf,
-            "GLMDEPLOY_NGINX",
-            f"chmod 600 {PROXY_CONF}",
+            proxy_config_snippet(listen_port, upstream_port),
             'nginx || { echo "glmdeploy: nginx failed to start" >&2; exit 1; }',
         ]
     )
