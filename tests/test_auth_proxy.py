@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.
 
 KEY = "a1" * 32
 CHUNK_GAP = 0.25
+TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def free_port() -> int:
@@ -76,7 +77,7 @@ def proxy(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "nginx.conf").write_text(
         f"{user}\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
         "events {}\nhttp {\n  access_log off;\n"
-        + "".join(f"  {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + "".join(f"  {kind}_temp_path {tmp_path}/{kind};\n" for kind in TEMP_KINDS)
         + f"  include {conf};\n}}\n"
     )
     proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"])
