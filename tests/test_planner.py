@@ -430,7 +430,9 @@ def test_several_gpu_names_plan_for_the_smallest_and_say_which() -> None:
 def test_unknown_gpu_name_falls_back_to_min_vram() -> None:
     plan = plan_profile(variant("h200", **{"hardware.gpu_names": ["Mystery 9000"], "hardware.min_vram_gb": 100}))
     assert plan.gpu.known is False
-    assert plan.per_gpu.total_gib == pytest.approx(100e9 / 2**30 - 0.4, abs=0.01)
+    # The offer filter guarantees gpu_ram >= min_vram_gb x 1000 MiB, and no more.
+    assert plan.gpu.nvidia_smi_mib == 100_000
+    assert plan.per_gpu.total_gib == pytest.approx(100_000 / 1024 - 0.4, abs=0.01)
     assert any("Mystery 9000" in w for w in plan.warnings)
 
 

@@ -429,7 +429,8 @@ def choose_gpu(gpu_names: list[str], min_vram_gb: float) -> tuple[GpuSpec, list[
             continue
         candidates += [v for v in variants if v.total_mib >= floor_mib] or list(variants)
     if not candidates:
-        assumed = GpuSpec(name=gpu_names[0], total_mib=round(min_vram_gb * GB / 2**20), label=gpu_names[0])
+        # The search only returns boards whose gpu_ram (MiB) is at least this floor.
+        assumed = GpuSpec(name=gpu_names[0], total_mib=floor_mib, label=gpu_names[0])
         warnings.append(
             f"no known GPU among {', '.join(gpu_names)}: planned with min_vram_gb {min_vram_gb:g} GB as its memory"
         )
