@@ -29,15 +29,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from glmdeploy.profiles.model import Hardware
 
 __all__ = [
     "COST_WEIGHT",
     "NETWORK_WEIGHT",
     "RELIABILITY_WEIGHT",
     "OfferLike",
+    "OfferSummary",
     "RankedOffer",
     "estimated_download_minutes",
+    "matches_hardware",
     "offer_reliability",
     "rank_offers",
     "score_offer",
@@ -143,3 +150,62 @@ def rank_offers(offers: Iterable[OfferLike], *, weights_gb: float, max_price: fl
     ]
     ranked.sort(key=lambda r: (-r.score, _number(r.offer.dph_total) or 0.0, r.offer.id))
     return ranked
+
+
+def matches_hardware(offer: object, hardware: Hardware) -> bool:
+    """Whether the offer really has the profile's GPUs, whatever the server's filtering did.
+
+    Guards against a search that silently drops a filter and offers the wrong card or count.
+    """
+    return getattr(offer, "gpu_name", None) in hardware.gpu_names and getattr(offer, "num_gpus", None) == (
+        hardware.num_gpus
+    )
+
+
+class OfferSummary(BaseModel):
+    """One ranked offer as ``glmdeploy offers --json`` prints it (and ``up`` records it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    machine_id: int | None
+    gpu_name: str | None
+    num_gpus: int | None
+    dph_total: float | None
+    reliability: float | None
+    inet_down: float | None
+    score: float
+    download_minutes: float | None  # None when the download speed is unknown
+    first_hour_cost: float | None
+    cuda_max_good: float | None
+    geolocation: str | None
+    direct_port_count: int | None
+    verification: str | None
+
+    @classmethod
+    def from_ranked(cls, ranked: RankedOffer) -> OfferSummary:
+        offer = ranked.offer
+        return cls(
+            id=offer.id,
+            machine_id=_integer(getattr(offer, "machine_id", None)),
+            gpu_name=_text(getattr(offer, "gpu_name", None)),
+            num_gpus=_integer(getattr(offer, "num_gpus", None)),
+            dph_total=_number(offer.dph_total),
+            reliability=ranked.reliability,
+            inet_down=_number(getattr(offer, "inet_down", None)),
+            score=round(ranked.score, 2),
+            download_minutes=round(ranked.download_minutes, 1) if math.isfinite(ranked.download_minutes) else None,
+            first_hour_cost=round(ranked.first_hour_cost, 4) if math.isfinite(ranked.first_hour_cost) else None,
+            cuda_max_good=_number(getattr(offer, "cuda_max_good", None)),
+            geolocation=_text(getattr(offer, "geolocation", None)),
+            direct_port_count=_integer(getattr(offer, "direct_port_count", None)),
+            verification=_text(getattr(offer, "verification", None)),
+        )
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

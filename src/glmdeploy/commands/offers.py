@@ -1,24 +1,146 @@
-"""``glmdeploy offers``: ranked offers for a profile (issue 4). Not implemented yet: says so and exits 1."""
+"""``glmdeploy offers``: the offers that can run a profile, best first, by ``glmdeploy.ranking``'s score."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, ProfileRef, Sandbox, not_implemented
+from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, ProfileRef, Sandbox, emit_json, handles_errors, say
 
-Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+if TYPE_CHECKING:
+    from glmdeploy.profiles.model import Profile
+    from glmdeploy.ranking import RankedOffer
+    from glmdeploy.vast.client import VastClient
+
+# Vast returns the cheapest matches first (filters.offer_query orders by dph_total), so ask for
+# more than are shown: the best-scored offer is often not among the very cheapest.
+MIN_SEARCH_LIMIT = 64
+SEARCH_LIMIT_FACTOR = 4
+MAX_SEARCH_LIMIT = 1000
 
 
+def vast_client(api_key: str | None, api_url: str | None, sandbox: bool) -> VastClient:
+    """The client for a command's ``--api-key/--api-url/--sandbox`` options."""
+    if sandbox:
+        return _sandbox_client()
+    from glmdeploy.vast.client import client_from_options
+
+    return client_from_options(api_key, api_url)
+
+
+def _sandbox_client() -> VastClient:
+    import importlib
+
+    from glmdeploy.errors import UsageError
+    from glmdeploy.vast.client import VastClient
+
+    try:
+        process: Any = importlib.import_module("glmdeploy.sandbox.process")
+    except ModuleNotFoundError:
+        raise UsageError("--sandbox is not available yet in this version of glmdeploy") from None
+    running = process.ensure_running()
+    return VastClient(str(running.api_key), base_url=str(running.url), key_source="sandbox")
+
+
+def search_ranked(
+    client: VastClient,
+    profile: Profile,
+    *,
+    max_price: float | None = None,
+    limit: int = MIN_SEARCH_LIMIT,
+    exclude_machines: tuple[int, ...] = (),
+) -> list[RankedOffer]:
+    """Search Vast for the profile's hardware under the cap and rank what comes back, best first.
+
+    Offers whose GPU or GPU count differ from the profile are dropped even if the server sent them.
+    """
+    from glmdeploy.ranking import matches_hardware, rank_offers
+    from glmdeploy.vast.filters import offer_query
+
+    cap = profile.hardware.max_price if max_price is None else max_price
+    search_limit = min(MAX_SEARCH_LIMIT, max(MIN_SEARCH_LIMIT, limit * SEARCH_LIMIT_FACTOR))
+    query = offer_query(profile.hardware, max_price=cap, limit=search_limit, exclude_machines=exclude_machines)
+    found = [o for o in client.search_offers(query) if matches_hardware(o, profile.hardware)]
+    if exclude_machines:
+        found = [o for o in found if o.machine_id not in exclude_machines]
+    return rank_offers(found, weights_gb=profile.model.weights_gb, max_price=cap)
+
+
+@handles_errors
 def offers(
     profile: ProfileRef,
-    limit: Annotated[int, typer.Option(help="How many offers to show.")] = 10,
-    max_price: Annotated[float | None, typer.Option(help="Price cap in $/h.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many offers to show.")] = 10,
+    max_price: Annotated[
+        float | None, typer.Option(help="Price cap in $/h for the whole instance (default: the profile's).")
+    ] = None,
     json_output: JsonOutput = False,
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
 ) -> None:
-    """Show the ranked offers that match a profile."""
-    not_implemented("offers")
+    """Show the offers that can run a profile, best first.
+
+    The score (0-100) weighs price, host reliability and the time to download the weights at the
+    host's speed (time that is billed too); offers above the price cap are left out. Exit 3 when
+    no offer matches.
+    """
+    from glmdeploy.errors import NoOfferError, UsageError
+    from glmdeploy.profiles import load_profile
+    from glmdeploy.ranking import OfferSummary
+
+    if max_price is not None and not max_price > 0:
+        raise UsageError(f"--max-price must be a positive number of $/h, got {max_price:g}")
+    loaded = load_profile(profile)
+    cap = loaded.hardware.max_price if max_price is None else max_price
+    with vast_client(api_key, api_url, sandbox) as client:
+        ranked = search_ranked(client, loaded, max_price=cap, limit=limit)
+    if not ranked:
+        raise NoOfferError(
+            f"no offer matches profile {loaded.name!r} at or under ${cap:.2f}/h",
+            hint="raise the cap with --max-price, or try again later: the market changes by the minute",
+        )
+    shown = [OfferSummary.from_ranked(r) for r in ranked[:limit]]
+    if json_output:
+        emit_json([row.model_dump(mode="json") for row in shown])
+        return
+    say(
+        f"{len(ranked)} offer(s) for profile {loaded.name} at or under ${cap:.2f}/h; "
+        f"showing {len(shown)}, best first (weights: {loaded.model.weights_gb:g} GB to download)"
+    )
+    _print_table(shown)
+
+
+def _print_table(rows: list[Any]) -> None:
+    import sys
+
+    from rich.console import Console, JustifyMethod
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("score", "right"),
+        ("$/h", "right"),
+        ("GPU", "left"),
+        ("reliability", "right"),
+        ("inet_down", "right"),
+        ("download", "right"),
+        ("CUDA", "right"),
+        ("location", "left"),
+        ("offer id", "right"),
+    )
+    for header, justify in columns:
+        table.add_column(header, justify=justify)
+    for row in rows:
+        table.add_row(
+            f"{row.score:.1f}",
+            "-" if row.dph_total is None else f"{row.dph_total:.3f}",
+            f"{row.num_gpus or '?'}x {row.gpu_name or '?'}",
+            "-" if row.reliability is None else f"{row.reliability:.3f}",
+            "-" if row.inet_down is None else f"{row.inet_down:,.0f} Mbit/s",
+            "unknown" if row.download_minutes is None else f"{row.download_minutes:.1f} min",
+            "-" if row.cuda_max_good is None else f"{row.cuda_max_good:g}",
+            row.geolocation or "-",
+            str(row.id),
+        )
+    Console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)
