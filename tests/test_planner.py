@@ -312,6 +312,19 @@ def test_profile_mla_switch_and_vllm_mla_disable() -> None:
     assert plan.attention == "mha"
 
 
+def test_pre_mla_releases_warn_that_they_lack_the_model() -> None:
+    plan = plan_profile(load_profile("4x3090"), image="lmsysorg/sglang:v0.5.7")
+    assert any("before 0.5.8" in w for w in plan.warnings)
+    plan = plan_profile(load_profile("2x5090-nvfp4"), image="vllm/vllm-openai:v0.14.1")
+    assert any("before 0.15" in w for w in plan.warnings)
+
+
+def test_image_of_another_engine_is_flagged() -> None:
+    plan = plan_profile(load_profile("2x5090-nvfp4"), image="lmsysorg/sglang:v0.5.9")
+    assert any("looks like a sglang image" in w for w in plan.warnings)
+    assert not any("looks like" in w for w in plan_profile(load_profile("2x5090-nvfp4")).warnings)
+
+
 def test_unrecognised_tag_assumes_mla_and_says_so() -> None:
     plan = plan_profile(load_profile("2x5090-nvfp4"), image="vllm/vllm-openai:glm5")
     assert plan.attention == "mla"
@@ -487,4 +500,5 @@ def test_bad_image_override_is_a_usage_error() -> None:
 def test_image_tag_parsing() -> None:
     assert parse_image_tag("vllm/vllm-openai:v0.24.0").version == (0, 24, 0)
     assert parse_image_tag("localhost:5000/sglang").tag == "latest"
+    assert parse_image_tag("localhost:5000/sglang:v0.5.9").repository == "localhost:5000/sglang"
     assert parse_image_tag("lmsysorg/sglang:v0.5.8@sha256:" + "a" * 64).version == (0, 5, 8)

@@ -150,6 +150,7 @@ class ImageTag:
     tag: str
     version: tuple[int, ...] | None
     built: date | None
+    repository: str = ""
 
     @property
     def current(self) -> bool:
@@ -165,17 +166,18 @@ def parse_image_tag(image: str) -> ImageTag:
     """Version or build date from an image reference (``vllm/vllm-openai:v0.24.0`` -> (0, 24, 0))."""
     ref = image.split("@", 1)[0]
     name_end = ref.rfind("/")
-    tag = ref[ref.index(":", name_end) + 1 :] if ":" in ref[name_end + 1 :] else "latest"
+    colon = ref.find(":", name_end + 1)
+    repository, tag = (ref[:colon], ref[colon + 1 :]) if colon >= 0 else (ref, "latest")
     match = _VERSION.match(tag)
     if match:
-        return ImageTag(tag, tuple(int(g) for g in match.groups() if g is not None), None)
+        return ImageTag(tag, tuple(int(g) for g in match.groups() if g is not None), None, repository)
     found = _DATE.search(tag)
     if found:
         try:
-            return ImageTag(tag, None, date(int(found[1]), int(found[2]), int(found[3])))
+            return ImageTag(tag, None, date(int(found[1]), int(found[2]), int(found[3])), repository)
         except ValueError:
             pass
-    return ImageTag(tag, None, None)
+    return ImageTag(tag, None, None, repository)
 
 
 def _dotted(version: tuple[int, ...]) -> str:
@@ -218,14 +220,28 @@ def detect_attention(
         if parsed.version is not None:
             if parsed.version >= VLLM_MLA_SINCE:
                 return "mla", f"vLLM {_dotted(parsed.version)} (>= 0.15) stores the MLA latent for glm4_moe_lite", []
-            return "mha", f"vLLM {_dotted(parsed.version)} predates MLA for glm4_moe_lite (added in 0.15)", []
+            return (
+                "mha",
+                f"vLLM {_dotted(parsed.version)} predates MLA for glm4_moe_lite (added in 0.15)",
+                [
+                    "no vLLM release before 0.15 ships glm4_moe_lite (engines.md §0): only patched or nightly"
+                    " builds of that era load the model, and they store per-head K/V"
+                ],
+            )
     elif kind == "sglang":
         if any(t in parsed.tag for t in SGLANG_MLA_TAGS):
             return "mla", f"SGLang image '{parsed.tag}' is the MLA build the Vast guide uses (memory.md §2.4)", []
         if parsed.version is not None:
             if parsed.version >= SGLANG_MLA_SINCE:
                 return "mla", f"SGLang {_dotted(parsed.version)} (>= 0.5.8) stores the MLA latent for glm4_moe_lite", []
-            return "mha", f"SGLang {_dotted(parsed.version)} predates MLA for glm4_moe_lite (added in 0.5.8)", []
+            return (
+                "mha",
+                f"SGLang {_dotted(parsed.version)} predates MLA for glm4_moe_lite (added in 0.5.8)",
+                [
+                    "no SGLang release before 0.5.8 ships glm4_moe_lite (engines.md §0): the image may not load the"
+                    " model at all; lmsysorg/sglang:v0.5.8 or newer stores the 17.8x smaller MLA latent"
+                ],
+            )
     elif kind == "lightllm":
         if parsed.version is not None and parsed.version < LIGHTLLM_FLASH_SINCE:
             return (
@@ -500,6 +516,13 @@ def plan_profile(
     total_gib = gpu.total_gib - CUDA_CONTEXT_GIB
 
     kind = e.kind
+    repository = tag.repository.lower()
+    foreign = [other for other in ("vllm", "sglang", "lightllm") if other != kind and other in repository]
+    if foreign and kind not in repository:
+        warnings.append(
+            f"image {e.image} looks like a {foreign[0]} image but the profile runs {kind}; "
+            f"its tag was read as a {kind} version"
+        )
     chosen_attention, attention_reason, attention_warnings = detect_attention(
         kind, e.image, arch, profile_mla=e.mla, forced=attention, env=dict(profile.env)
     )
