@@ -204,6 +204,23 @@ def test_generated_names_follow_the_rules() -> None:
     assert generate_name("2x5090").startswith("glm-2x5090-")
 
 
+def test_generated_name_collision_draws_again(
+    store: StateStore, snapshot: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = iter(["glm-h200-aaaa", "glm-h200-aaaa", "glm-h200-bbbb"])
+    monkeypatch.setattr("glmdeploy.state.generate_name", lambda profile: next(drawn))
+    assert store.create(profile="h200", profile_snapshot=snapshot).name == "glm-h200-aaaa"
+    assert store.create(profile="h200", profile_snapshot=snapshot).name == "glm-h200-bbbb"
+
+
+def test_mark_destroyed_is_idempotent(store: StateStore, snapshot: dict[str, Any]) -> None:
+    store.create(profile="h200", profile_snapshot=snapshot, name="twice")
+    first = store.mark_destroyed("twice")
+    second = store.mark_destroyed("twice")
+    assert second.destroyed_at == first.destroyed_at
+    assert second.status == "destroyed"
+
+
 def test_unknown_name_lists_known_ones(store: StateStore, snapshot: dict[str, Any]) -> None:
     with pytest.raises(UsageError, match="unknown deployment 'nope'; there are no active deployments"):
         store.get("nope")

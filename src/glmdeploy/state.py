@@ -360,13 +360,15 @@ class StateStore:
         """The instance is gone (or was never rented): the deployment stops being active.
 
         ``status="failed"`` records a deployment that failed and whose instance was torn down.
+        Idempotent: a second call keeps the first ``destroyed_at``.
         """
-        fields: dict[str, Any] = {"status": status, "destroyed_at": utcnow()}
+        current = self.get(ref)
+        fields: dict[str, Any] = {"status": status, "destroyed_at": current.destroyed_at or utcnow()}
         if error is not None:
             fields["error"] = error
         if phase is not None:
             fields["phase"] = phase
-        return self.update(ref, **fields)
+        return self.update(current.id, **fields)
 
     # -- reading --
 
@@ -430,6 +432,11 @@ class StateStore:
             raise UsageError("no active deployment; start one with 'glmdeploy up --profile P'")
         names = ", ".join(d.name for d in active)
         raise UsageError(f"{len(active)} active deployments ({names}); name the one you mean")
+
+
+def open_state(path: Path | None = None) -> StateStore:
+    """The one way commands open the store (``<home>/state.db`` unless a path is given)."""
+    return StateStore.open(path)
 
 
 def _create_private(path: Path) -> None:
