@@ -428,6 +428,8 @@ def test_a100_is_planned_at_40gb_only_when_the_filter_admits_40gb_boards() -> No
     assert small.gpu.nvidia_smi_mib == 40960
     assert big.gpu.nvidia_smi_mib == 81920
     assert big.kv_pool_tokens > small.kv_pool_tokens
+    assert any("smallest: A100 SXM4 40GB" in w for w in small.warnings)
+    assert not any("smallest" in w for w in big.warnings)
 
 
 def test_several_gpu_names_plan_for_the_smallest_and_say_which() -> None:

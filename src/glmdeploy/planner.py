@@ -452,6 +452,11 @@ def choose_gpu(gpu_names: list[str], min_vram_gb: float) -> tuple[GpuSpec, list[
         )
         return assumed, warnings, []
     chosen = min(candidates, key=lambda g: g.total_mib)
+    if len({g.total_mib for g in candidates}) > 1:
+        warnings.append(
+            f"the search can return GPUs of different sizes; planned for the smallest: {chosen.label} "
+            f"({chosen.total_mib} MiB)"
+        )
     return chosen, warnings, [g.label for g in candidates]
 
 
@@ -507,12 +512,6 @@ def plan_profile(
 
     gpu, gpu_warnings, candidates = choose_gpu(list(profile.hardware.gpu_names), profile.hardware.min_vram_gb)
     warnings += gpu_warnings
-    sizes = {GPU_VARIANTS[n][0].total_mib for n in profile.hardware.gpu_names if n in GPU_VARIANTS}
-    if len(sizes) > 1 or any(len(GPU_VARIANTS.get(n, ())) > 1 for n in profile.hardware.gpu_names):
-        warnings.append(
-            f"the search can return GPUs of different sizes; planned for the smallest: {gpu.label} "
-            f"({gpu.total_mib} MiB)"
-        )
     total_gib = gpu.total_gib - CUDA_CONTEXT_GIB
 
     kind = e.kind
