@@ -12,6 +12,7 @@ import respx
 
 from glmdeploy.vast.client import VastClient
 from glmdeploy.vast.errors import ApiError, AuthError, NotFound, OfferUnavailable
+from glmdeploy.vast.models import CreateResult
 from vast.conftest import KEY, SleepRecorder
 
 ONE_INSTANCE = {
@@ -100,7 +101,7 @@ def test_search_offers_without_offers_list_is_an_api_error(client: VastClient, r
 # ---------------------------------------------------------------- create
 
 
-def create(client: VastClient, offer_id: int = 555) -> object:
+def create(client: VastClient, offer_id: int = 555) -> CreateResult:
     return client.create_instance(
         offer_id,
         image="lmsysorg/sglang:v0.5.4",
@@ -157,8 +158,8 @@ def test_create_instance_optional_runtype_and_args(client: VastClient, router: r
 def test_create_that_lands_stopped_is_surfaced_not_hidden(client: VastClient, router: respx.Router) -> None:
     router.put("/api/v0/asks/555/").respond(200, json={"success": False, "new_contract": 4243})
     result = create(client)
-    assert result.created_stopped  # type: ignore[attr-defined]
-    assert result.instance_id == 4243  # type: ignore[attr-defined]
+    assert result.created_stopped
+    assert result.instance_id == 4243
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,13 @@ import respx
 
 from glmdeploy.vast.client import VastClient
 from glmdeploy.vast.errors import ApiUnreachable, CreateOutcomeUnknown, RateLimited
+from glmdeploy.vast.models import CreateResult
 from vast.conftest import SleepRecorder
 
 OK = {"offers": [{"id": 1}]}
 
 
-def create(client: VastClient) -> object:
+def create(client: VastClient) -> CreateResult:
     return client.create_instance(555, image="img", env={}, onstart="run", disk=50, label="glmdeploy-xyz")
 
 
@@ -223,8 +224,9 @@ def test_retry_after_at_the_cap_is_honoured(
         httpx.RemoteProtocolError("Server disconnected"),
         httpx.ReadError("reset"),
         httpx.WriteTimeout("write"),
+        httpx.DecodingError("bad gzip"),
     ],
-    ids=["read-timeout", "disconnect", "read-error", "write-timeout"],
+    ids=["read-timeout", "disconnect", "read-error", "write-timeout", "undecodable-answer"],
 )
 def test_create_is_not_resent_after_a_timeout_or_dropped_connection(
     client: VastClient, router: respx.Router, sleeps: SleepRecorder, failure: Exception
@@ -283,7 +285,7 @@ def test_create_refused_by_the_server_is_safely_retried(
         side_effect=[refusal, httpx.Response(200, json={"success": True, "new_contract": 77})]
     )
     result = create(client)
-    assert result.new_contract == 77  # type: ignore[attr-defined]
+    assert result.new_contract == 77
     assert route.call_count == 2
     assert len(sleeps.calls) == 1
     first, second = (json.loads(call.request.content) for call in route.calls)
@@ -294,7 +296,7 @@ def test_create_is_resent_when_the_connection_never_opened(client: VastClient, r
     route = router.put("/api/v0/asks/555/").mock(
         side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json={"success": True, "new_contract": 78})]
     )
-    assert create(client).new_contract == 78  # type: ignore[attr-defined]
+    assert create(client).new_contract == 78
     assert route.call_count == 2
 
 

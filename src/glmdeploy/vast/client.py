@@ -104,6 +104,16 @@ def api_path(path: str) -> str:
     return path
 
 
+def _may_have_run(exc: httpx.HTTPError) -> bool:
+    """Whether the server may have executed a request that failed with ``exc``.
+
+    Connection set-up failures happen before anything is sent; an unsupported scheme or a redirect
+    loop means the server answered with a redirect instead of acting. Anything else (timeouts while
+    waiting for the answer, dropped connections, an undecodable answer) leaves it unknown.
+    """
+    return not isinstance(exc, (*NEVER_SENT_ERRORS, httpx.UnsupportedProtocol, httpx.TooManyRedirects))
+
+
 def _one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     flat = " ".join(_CONTROL_CHARS.sub(" ", text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -441,11 +451,11 @@ class VastClient:
         def attempt() -> httpx.Response:
             try:
                 response = self._http.request(method, url, json=json_body, params=params, headers=headers)
-            except RETRYABLE_TRANSPORT_ERRORS as exc:
-                if create is not None and not isinstance(exc, NEVER_SENT_ERRORS):
-                    raise self._outcome_unknown(create, type(exc).__name__) from exc
-                raise
             except httpx.HTTPError as exc:
+                if create is not None and _may_have_run(exc):
+                    raise self._outcome_unknown(create, type(exc).__name__) from exc
+                if isinstance(exc, RETRYABLE_TRANSPORT_ERRORS):
+                    raise
                 raise ApiError(
                     f"could not {operation}: {type(exc).__name__}: {self._clean(str(exc))}", operation=operation
                 ) from exc
