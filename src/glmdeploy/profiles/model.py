@@ -204,3 +204,28 @@ def _no_newline(value: str) -> str:
     if any(ch in value for ch in "\n\r\x00"):
         raise ValueError("environment values must not contain newlines or NUL")
     return value
+
+
+def with_overrides(profile: Profile, *, context_length: int | None = None, image: str | None = None) -> Profile:
+    """``profile`` with command-line overrides applied and validated like a profile file.
+
+    Raises ``UsageError`` naming the option (``--context-length``, ``--image``) when a value is refused.
+    """
+    from pydantic import ValidationError
+
+    from glmdeploy.errors import UsageError
+
+    if context_length is None and image is None:
+        return profile
+    data = profile.model_dump()
+    if context_length is not None:
+        data["engine"]["context_length"] = context_length
+    if image is not None:
+        data["engine"]["image"] = image
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        option = {"engine.context_length": "--context-length", "engine.image": "--image"}.get(loc, loc)
+        raise UsageError(f"{option}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,595 @@
+"""``glmdeploy up`` as an explicit state machine.
+
+    plan_check -> search -> rank -> confirm -> create -> wait_running -> wait_ready
+               -> resolve_endpoint -> smoke -> done
+
+Every phase change is written to the state DB and reported to an ``UpEvents`` sink (a live
+display on a terminal, NDJSON with ``--json``). The rules that keep users' money safe:
+
+- the deployment row exists *before* the create call, and the instance carries the label
+  ``glmdeploy:<id>``, so a crash at any point leaves something ``destroy --orphans`` can find;
+- a create whose outcome is unknown (timeout, dropped connection) is resolved by looking the label
+  up before any retry, so a retry never rents twice;
+- every failure after an instance exists destroys it and checks it is gone (or, with
+  ``--keep-on-failure``, keeps it and says how to destroy it); if the destroy itself fails the row
+  is marked ``orphaned`` so ``destroy --orphans`` retries it;
+- "running" is not "ready": readiness needs the engine's ready marker in the logs and its health
+  endpoint answering, and a failure signature in the logs ends the wait at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from glmdeploy.engines import API_KEY_ENV, get_engine
+from glmdeploy.errors import (
+    DeploymentFailed,
+    GlmdeployError,
+    Interrupted,
+    NoOfferError,
+    SmokeFailed,
+    UsageError,
+)
+from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
+from glmdeploy.readiness import ReadinessWatcher
+from glmdeploy.vast.errors import (
+    AuthError,
+    CreateOutcomeUnknown,
+    OfferUnavailable,
+    VastError,
+)
+from glmdeploy.vast.filters import offer_query
+
+if TYPE_CHECKING:
+    from glmdeploy.planner import Plan
+    from glmdeploy.profiles.model import Profile
+    from glmdeploy.ranking import RankedOffer
+    from glmdeploy.state import Deployment, StateStore
+    from glmdeploy.vast.client import VastClient
+    from glmdeploy.vast.models import Instance, Offer
+
+
+class Phase(StrEnum):
+    PLAN_CHECK = "plan_check"
+    SEARCH = "search"
+    RANK = "rank"
+    CONFIRM = "confirm"
+    CREATE = "create"
+    WAIT_RUNNING = "wait_running"
+    WAIT_READY = "wait_ready"
+    RESOLVE_ENDPOINT = "resolve_endpoint"
+    SMOKE = "smoke"
+    DONE = "done"
+
+
+# The deployment status (shared/spec/cli.md) each phase puts the row in.
+PHASE_STATUS: dict[Phase, str] = {
+    Phase.CREATE: "creating",
+    Phase.WAIT_RUNNING: "starting",
+    Phase.WAIT_READY: "loading",
+    Phase.RESOLVE_ENDPOINT: "loading",
+    Phase.SMOKE: "loading",
+    Phase.DONE: "ready",
+}
+# Instance states that never reach running (vast-api.md §6.5).
+DEAD_STATES = frozenset({"exited", "offline", "unknown", "stopped"})
+LOG_TAIL = 400
+OFFERS_TRIED = 5
+TOP_OFFERS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Poll intervals, in seconds on the real Vast.ai.
+
+    Vast rate-limits per endpoint (vast-api.md §2.3: ~2 s for show/logs), and a 5-minute load must
+    cost at most ~40 API requests, so polls back off geometrically. ``scale`` shrinks every wait for
+    the sandbox, whose clock runs ``time_scale`` times faster, so the *number* of requests a sandbox
+    deployment makes is what the same deployment would make on Vast.
+    """
+
+    scale: float = 1.0
+    running_first: float = 5.0
+    running_max: float = 20.0
+    logs_first: float = 5.0
+    logs_max: float = 30.0
+    factor: float = 1.6
+    destroy_check: float = 3.0
+
+    def interval(self, attempt: int, first: float, cap: float) -> float:
+        return min(cap, first * self.factor**attempt) * self.scale
+
+
+@dataclass
+class UpRequest:
+    profile: Profile
+    api_url: str
+    name: str | None = None
+    max_price: float | None = None
+    ttl_s: float | None = None
+    timeout_s: float | None = None
+    max_attempts: int = 1
+    keep_on_failure: bool = False
+    smoke: bool = True
+    force: bool = False
+
+
+class UpEvents(Protocol):
+    """Where `up` reports progress; implementations render it (terminal or NDJSON)."""
+
+    def phase(self, phase: Phase, elapsed_s: float, **detail: Any) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def offers(self, ranked: Sequence[RankedOffer]) -> None: ...
+
+
+class StepFailed(DeploymentFailed):
+    """A failure after an instance exists: carries what the user needs to understand it."""
+
+    def __init__(
+        self, message: str, *, kind: str, phase: Phase, excerpt: Sequence[str] = (), hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
+        self.phase = phase
+        self.excerpt = list(excerpt)
+
+
+class PlanRefused(UsageError):
+    code = "plan_refused"
+
+
+class _OfferGone(Exception):
+    """The offer was rented by someone else between search and create: nothing exists, try the next."""
+
+
+@dataclass
+class _Attempt:
+    offer: Offer
+    deployment: Deployment
+    instance_id: int | None = None
+    machine_id: int | None = None
+
+
+@dataclass
+class Deployer:
+    """Runs one ``up``. Collaborators are injected so tests can drive it against the sandbox."""
+
+    client: VastClient
+    store: StateStore
+    events: UpEvents
+    confirm: Callable[[RankedOffer], bool]
+    pacing: Pacing = field(default_factory=Pacing)
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)))
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    started: float = 0.0
+    current: _Attempt | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def up(self, request: UpRequest) -> Deployment:
+        self.started = self.clock()
+        profile = request.profile
+        self._phase(Phase.PLAN_CHECK, None)
+        plan = self._plan_check(profile, force=request.force)
+        cap = profile.hardware.max_price if request.max_price is None else request.max_price
+        failed_machines: list[int] = []
+        last_error: GlmdeployError | None = None
+        for attempt_no in range(1, max(1, request.max_attempts) + 1):
+            self._phase(Phase.SEARCH, None, try_number=attempt_no)
+            ranked = self._search_and_rank(profile, cap, failed_machines)
+            try:
+                return self._attempt(request, plan, ranked, cap)
+            except StepFailed as exc:
+                last_error = exc
+                machine = self.current.machine_id if self.current else None
+                if machine is not None:
+                    failed_machines.append(machine)
+                if attempt_no < request.max_attempts and not request.keep_on_failure:
+                    self.events.note(f"attempt {attempt_no} failed ({exc}); trying another machine")
+                    continue
+                raise
+        assert last_error is not None  # the loop either returns or raises
+        raise last_error
+
+    def abort(self, reason: str) -> None:
+        """Clean up after an interrupt (Ctrl-C, SIGTERM): destroy whatever this run rented."""
+        if self.current is not None:
+            self._cleanup(self.current, reason=reason, keep=False, status="failed")
+
+    # ------------------------------------------------------------------ phases
+
+    def _plan_check(self, profile: Profile, *, force: bool) -> Plan:
+        from glmdeploy.planner import plan_profile
+
+        plan = plan_profile(profile)
+        if not plan.fits:
+            if not force:
+                raise PlanRefused(
+                    f"profile {profile.name!r} does not fit: {plan.reason}",
+                    hint="see 'glmdeploy plan --profile ...'; pass --force to rent anyway",
+                )
+            self.events.note(f"planner says it does not fit ({plan.reason}); continuing because of --force")
+        return plan
+
+    def _search_and_rank(self, profile: Profile, cap: float, failed: list[int]) -> list[RankedOffer]:
+        from glmdeploy.ranking import rank_offers
+
+        query = offer_query(profile.hardware, max_price=cap, exclude_machines=tuple(failed))
+        offers = self.client.search_offers(query)
+        self._phase(Phase.RANK, None, offers=len(offers))
+        ranked = rank_offers(offers, weights_gb=profile.model.weights_gb, max_price=cap)
+        if not ranked:
+            raise NoOfferError(
+                f"no offer matches profile {profile.name!r} under ${cap:.2f}/h",
+                hint="raise the cap with --max-price, or see 'glmdeploy offers --profile ...'",
+            )
+        self.events.offers(ranked[:TOP_OFFERS_SHOWN])
+        return ranked
+
+    def _attempt(self, request: UpRequest, plan: Plan, ranked: list[RankedOffer], cap: float) -> Deployment:
+        """Rent the best offer that is still there (offers vanish between search and create)."""
+        for candidate in ranked[:OFFERS_TRIED]:
+            offer = self._confirm_and_recheck(request.profile, candidate, cap)
+            if offer is None:
+                continue
+            try:
+                return self._deploy(request, offer)
+            except _OfferGone:
+                self.events.note(f"offer {offer.id} was taken before it could be rented; trying the next one")
+        raise NoOfferError(
+            f"every matching offer for profile {request.profile.name!r} was taken or moved above ${cap:.2f}/h",
+            hint="try again in a minute, or raise the cap with --max-price",
+        )
+
+    def _deploy(self, request: UpRequest, offer: Offer) -> Deployment:
+        profile = request.profile
+        engine = get_engine(profile.engine.kind)
+        key = secrets.token_hex(32)
+        expires = None
+        if request.ttl_s:
+            from glmdeploy.state import utcnow
+
+            expires = utcnow() + timedelta(seconds=request.ttl_s)
+        deployment = self.store.create(
+            profile=profile.name,
+            profile_snapshot=profile.model_dump(mode="json"),
+            name=request.name,
+            api_url=request.api_url,
+            expires_at=expires,
+            endpoint_api_key=key,
+            model=engine.reported_model_name(profile),
+            phase=Phase.CREATE.value,
+        )
+        attempt = _Attempt(offer=offer, deployment=deployment)
+        self.current = attempt
+        try:
+            self._create(request, attempt, key)
+            instance = self._wait_running(request, attempt)
+            endpoint = self._wait_ready(request, attempt, instance, key)
+            self._phase(Phase.RESOLVE_ENDPOINT, attempt)
+            self._verify_endpoint(attempt, endpoint, key)
+            if request.smoke:
+                self._phase(Phase.SMOKE, attempt)
+                self._smoke(attempt, endpoint, key)
+        except _OfferGone:
+            self.current = None
+            self.store.mark_destroyed(deployment.id, status="failed", error="offer taken before it was rented")
+            raise
+        except (StepFailed, SmokeFailed, VastError) as exc:
+            self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
+            raise
+        done = self.store.update(
+            deployment.id,
+            status="ready",
+            phase=Phase.DONE.value,
+            endpoint=endpoint,
+            ready_at=_now(),
+            error=None,
+        )
+        self._phase(Phase.DONE, None, endpoint=endpoint)
+        self.current = None
+        return done
+
+    def _confirm_and_recheck(self, profile: Profile, candidate: RankedOffer, cap: float) -> Offer | None:
+        offer: Offer = candidate.offer  # type: ignore[assignment]
+        self._phase(Phase.CONFIRM, None, offer=offer.id, dph_total=offer.dph_total)
+        if not self.confirm(candidate):
+            raise Interrupted("declined: nothing was rented")
+        # Prices move and offers vanish: look at the exact offer right before renting (anchors.md §1.5).
+        query = offer_query(profile.hardware)
+        query.pop("dph_total", None)
+        query["id"] = {"eq": offer.id}
+        fresh = [o for o in self.client.search_offers(query) if o.id == offer.id]
+        if not fresh:
+            self.events.note(f"offer {offer.id} is no longer listed; trying the next one")
+            return None
+        offer = fresh[0]
+        if offer.dph_total is not None and offer.dph_total > cap:
+            self.events.note(f"offer {offer.id} now costs ${offer.dph_total:.3f}/h, above the cap; skipping it")
+            return None
+        return offer
+
+    def _create(self, request: UpRequest, attempt: _Attempt, key: str) -> None:
+        profile = request.profile
+        d = attempt.deployment
+        onstart = render(
+            profile,
+            OnstartOptions(deployment=d.name, ttl_seconds=int(request.ttl_s) if request.ttl_s else None),
+        )
+        env = {
+            f"-p {profile.engine.port}:{profile.engine.port}": "1",
+            **profile.env,
+            API_KEY_ENV: key,
+            VAST_URL_ENV: request.api_url,
+        }
+        self._phase(Phase.CREATE, attempt, offer=attempt.offer.id)
+        for tries in range(2):
+            try:
+                result = self.client.create_instance(
+                    attempt.offer.id,
+                    image=profile.engine.image,
+                    env=env,
+                    onstart=onstart,
+                    disk=profile.hardware.disk_gb,
+                    label=d.label,
+                )
+            except CreateOutcomeUnknown:
+                found = self._find_by_label(d.label)
+                if found is not None:
+                    self.events.note(f"create timed out, but instance {found.id} exists with our label; using it")
+                    self._record_instance(attempt, found.id, found.machine_id)
+                    return
+                if tries == 0:
+                    self.events.note("create timed out and no instance carries our label; retrying once")
+                    continue
+                raise
+            except OfferUnavailable:
+                raise _OfferGone from None
+            if result.new_contract is None:
+                raise StepFailed(
+                    "Vast.ai accepted the create but returned no instance id", kind="create", phase=Phase.CREATE
+                )
+            self._record_instance(attempt, result.new_contract, attempt.offer.machine_id)
+            if result.created_stopped:
+                raise StepFailed(
+                    f"instance {result.new_contract} was created stopped (resources unavailable)",
+                    kind="created_stopped",
+                    phase=Phase.CREATE,
+                )
+            return
+
+    def _find_by_label(self, label: str) -> Instance | None:
+        for instance in self.client.list_instances(label=label):
+            if instance.label == label:
+                return instance
+        return None
+
+    def _record_instance(self, attempt: _Attempt, instance_id: int, machine_id: int | None) -> None:
+        attempt.instance_id = instance_id
+        attempt.machine_id = machine_id
+        offer = attempt.offer
+        self.store.update(
+            attempt.deployment.id,
+            instance_id=instance_id,
+            machine_id=machine_id,
+            offer_id=offer.id,
+            offer_snapshot=offer.model_dump(mode="json"),
+            dph_total=offer.dph_total,
+        )
+
+    def _deadline(self, request: UpRequest) -> float:
+        timeout = request.timeout_s or request.profile.readiness.timeout_s
+        return self.started + timeout
+
+    def _wait_running(self, request: UpRequest, attempt: _Attempt) -> Instance:
+        self._phase(Phase.WAIT_RUNNING, attempt)
+        assert attempt.instance_id is not None
+        deadline = self._deadline(request)
+        last_msg: str | None = None
+        polls = 0
+        while True:
+            instance = self.client.show_instance(attempt.instance_id)
+            if instance is None:
+                raise StepFailed(
+                    f"instance {attempt.instance_id} disappeared while starting",
+                    kind="vanished",
+                    phase=Phase.WAIT_RUNNING,
+                )
+            if instance.machine_id is not None:
+                attempt.machine_id = instance.machine_id
+            if instance.status_msg and instance.status_msg != last_msg:
+                last_msg = instance.status_msg
+                self.events.note(f"instance {instance.id}: {instance.actual_status or 'provisioning'}: {last_msg}")
+            status = instance.actual_status
+            if status == "running":
+                return instance
+            if status in DEAD_STATES:
+                raise StepFailed(
+                    f"instance {instance.id} is {status}: {instance.status_msg or 'no status message'}",
+                    kind=f"instance_{status}",
+                    phase=Phase.WAIT_RUNNING,
+                )
+            if self.clock() >= deadline:
+                raise StepFailed(
+                    f"instance {instance.id} still '{status or 'provisioning'}' at the timeout",
+                    kind="timeout",
+                    phase=Phase.WAIT_RUNNING,
+                    hint="raise --timeout, or try another offer",
+                )
+            self._wait(self.pacing.interval(polls, self.pacing.running_first, self.pacing.running_max), deadline)
+            polls += 1
+
+    def _wait_ready(self, request: UpRequest, attempt: _Attempt, instance: Instance, key: str) -> str:
+        self._phase(Phase.WAIT_READY, attempt)
+        profile = request.profile
+        engine = get_engine(profile.engine.kind)
+        watcher = ReadinessWatcher(engine)
+        deadline = self._deadline(request)
+        endpoint: str | None = None
+        polls = 0
+        seen_lines = 0
+        assert attempt.instance_id is not None
+        while True:
+            verdict = watcher.feed(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL))
+            if verdict.failure is not None:
+                raise StepFailed(
+                    f"engine failed: {verdict.failure.kind}: {verdict.failure_line}",
+                    kind=verdict.failure.kind,
+                    phase=Phase.WAIT_READY,
+                    excerpt=verdict.excerpt,
+                    hint=verdict.failure.advice,
+                )
+            if endpoint is None:
+                if (polls and polls % 3 == 0) or verdict.ready:
+                    refreshed = self.client.show_instance(attempt.instance_id)
+                    if refreshed is None:
+                        raise StepFailed("instance disappeared while loading", kind="vanished", phase=Phase.WAIT_READY)
+                    if refreshed.actual_status in DEAD_STATES:
+                        raise StepFailed(
+                            f"instance {refreshed.id} is {refreshed.actual_status}: {refreshed.status_msg or ''}",
+                            kind=f"instance_{refreshed.actual_status}",
+                            phase=Phase.WAIT_READY,
+                            excerpt=verdict.excerpt,
+                        )
+                    instance = refreshed
+                endpoint = instance.service_url(profile.engine.port)
+            if verdict.ready and endpoint is not None and self._healthy(engine.health_path, endpoint, key):
+                return endpoint + "/v1"
+            if self.clock() >= deadline:
+                why = "the ready marker never appeared" if not verdict.ready else "the health check never passed"
+                if endpoint is None:
+                    why = "the port was never mapped (ports stayed null)"
+                raise StepFailed(
+                    f"engine not ready at the timeout: {why}",
+                    kind="timeout",
+                    phase=Phase.WAIT_READY,
+                    excerpt=verdict.excerpt,
+                    hint="raise --timeout or the profile's readiness.timeout",
+                )
+            # New log lines mean progress: keep polling at the current pace instead of backing off.
+            if watcher.lines_seen == seen_lines:
+                polls += 1
+            seen_lines = watcher.lines_seen
+            self._wait(self.pacing.interval(polls, self.pacing.logs_first, self.pacing.logs_max), deadline)
+
+    def _healthy(self, health_path: str, endpoint: str, key: str) -> bool:
+        try:
+            r = self.http.get(endpoint + health_path, headers={"Authorization": f"Bearer {key}"})
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    def _verify_endpoint(self, attempt: _Attempt, endpoint: str, key: str) -> None:
+        try:
+            r = self.http.get(endpoint + "/models", headers={"Authorization": f"Bearer {key}"})
+            ids = [m.get("id") for m in r.json().get("data", [])] if r.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            ids = []
+        if not ids:
+            raise StepFailed(
+                f"the endpoint {endpoint} is not reachable from here or lists no model",
+                kind="unreachable",
+                phase=Phase.RESOLVE_ENDPOINT,
+            )
+        self.store.update(attempt.deployment.id, endpoint=endpoint)
+
+    def _smoke(self, attempt: _Attempt, endpoint: str, key: str) -> None:
+        model = attempt.deployment.model
+        try:
+            r = self.http.post(
+                endpoint + "/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "Say hello in one word."}],
+                    "max_tokens": 64,
+                    "chat_template_kwargs": {"enable_thinking": False},
+                },
+            )
+            body = r.json() if r.status_code == 200 else {}
+            message = (body.get("choices") or [{}])[0].get("message") or {}
+        except (httpx.HTTPError, ValueError, AttributeError, IndexError) as exc:
+            raise SmokeFailed(f"chat completion failed: {type(exc).__name__}: {exc}") from None
+        text = message.get("content") or message.get("reasoning_content") or message.get("reasoning")
+        if r.status_code != 200 or not text:
+            raise SmokeFailed(f"chat completion failed: HTTP {r.status_code}, no content")
+
+    # ------------------------------------------------------------------ cleanup
+
+    def _cleanup(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> None:
+        d = attempt.deployment
+        self.current = None
+        if attempt.instance_id is None:
+            # The row exists but nothing was rented, unless a create is in doubt: look by label.
+            try:
+                found = self._find_by_label(d.label)
+            except GlmdeployError:
+                self.store.update(d.id, status="orphaned", error=f"{reason}; could not check for an instance")
+                return
+            if found is None:
+                self.store.mark_destroyed(d.id, status="failed", error=reason)
+                return
+            attempt.instance_id = found.id
+        if keep:
+            self.store.update(d.id, status="failed", error=reason)
+            self.events.note(
+                f"kept instance {attempt.instance_id} for debugging (--keep-on-failure); it is still billing: "
+                f"run 'glmdeploy destroy {d.name}' when done"
+            )
+            return
+        self.store.update(d.id, status="destroying", error=reason)
+        try:
+            self.client.destroy_instance(attempt.instance_id)
+            if not self._gone(attempt.instance_id):
+                raise DeploymentFailed(f"instance {attempt.instance_id} still exists after destroy")
+        except GlmdeployError as exc:
+            self.store.update(d.id, status="orphaned", error=f"{reason}; destroy failed: {exc}")
+            self.events.note(
+                f"could not destroy instance {attempt.instance_id} ({exc}); "
+                "it is recorded: run 'glmdeploy destroy --orphans'"
+            )
+            return
+        self.store.mark_destroyed(d.id, status=status, error=reason)  # type: ignore[arg-type]
+        self.events.note(f"destroyed instance {attempt.instance_id}")
+
+    def _gone(self, instance_id: int) -> bool:
+        for check in range(4):
+            instance = self.client.show_instance(instance_id)
+            if instance is None or (instance.actual_status in ("destroyed", None) and instance.cur_state == "unloaded"):
+                return True
+            self.sleep(self.pacing.destroy_check * self.pacing.scale * (check + 1))
+        return False
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _phase(self, phase: Phase, attempt: _Attempt | None, **detail: Any) -> None:
+        if attempt is not None:
+            fields: dict[str, Any] = {"phase": phase.value}
+            status = PHASE_STATUS.get(phase)
+            if status is not None:
+                fields["status"] = status
+            self.store.update(attempt.deployment.id, **fields)
+        self.events.phase(phase, round(self.clock() - self.started, 3), **detail)
+
+    def _wait(self, seconds: float, deadline: float) -> None:
+        self.sleep(max(0.0, min(seconds, deadline - self.clock())))
+
+
+def _now() -> Any:
+    from glmdeploy.state import utcnow
+
+    return utcnow()
+
+
+__all__ = ["AuthError", "Deployer", "Pacing", "Phase", "PlanRefused", "StepFailed", "UpEvents", "UpRequest"]

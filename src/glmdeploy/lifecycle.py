@@ -1,0 +1,127 @@
+"""Keeping local records and Vast.ai in agreement, and tearing deployments down for sure.
+
+``reconcile`` runs before ``list``, ``status`` and ``destroy --orphans``. It merges the local
+rows with the instances Vast.ai reports under our label prefix:
+
+- a row whose instance is gone (destroyed in the console, by the TTL watchdog, expired) is marked
+  destroyed;
+- a labelled instance with no active row, or whose row is stuck mid-``up`` because the process
+  that owned it died (crash, kill -9), or whose row says ``orphaned``, is an *orphan*: it bills
+  and nobody is watching it.
+
+``destroy_instance`` destroys and then checks the instance is really gone, because a destroy
+that was accepted is not yet a destroy that happened.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from glmdeploy.errors import GlmdeployError
+
+if TYPE_CHECKING:
+    from glmdeploy.state import Deployment, StateStore
+    from glmdeploy.vast.client import VastClient
+    from glmdeploy.vast.models import Instance
+
+LABEL_PREFIX = "glmdeploy:"
+IN_FLIGHT = frozenset({"creating", "starting", "loading", "destroying"})
+
+
+@dataclass(frozen=True)
+class Orphan:
+    instance_id: int
+    label: str | None
+    reason: str
+    deployment: Deployment | None
+    dph_total: float | None
+
+
+@dataclass
+class Reconciled:
+    api_url: str
+    instances: dict[str, Instance] = field(default_factory=dict)
+    orphans: list[Orphan] = field(default_factory=list)
+    marked_gone: list[str] = field(default_factory=list)
+
+
+def owner_alive(deployment: Deployment) -> bool:
+    """Whether the process that runs this deployment's ``up`` still exists on this machine."""
+    pid = getattr(deployment, "owner_pid", None)
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled:
+    """Merge the rows created on ``api_url`` with the labelled instances it reports."""
+    result = Reconciled(api_url=api_url)
+    live = {
+        inst.label: inst
+        for inst in client.list_instances(label_prefix=LABEL_PREFIX)
+        if inst.label and inst.actual_status not in ("destroyed",)
+    }
+    result.instances = dict(live)
+    for d in store.list(include_destroyed=True):
+        if d.api_url != api_url:
+            continue
+        inst = live.pop(d.label, None)
+        if not d.is_active:
+            if inst is not None:
+                result.orphans.append(
+                    Orphan(inst.id, inst.label, f"its record says {d.status} but it still exists", d, inst.dph_total)
+                )
+            continue
+        if inst is None:
+            if d.status in IN_FLIGHT and owner_alive(d):
+                continue  # an `up` or `destroy` in another process is still working on it
+            if d.instance_id is None and d.status == "creating":
+                store.mark_destroyed(d.id, status="failed", error="interrupted before an instance was rented")
+            else:
+                store.mark_destroyed(d.id, status="destroyed", error=d.error or "instance no longer exists on Vast.ai")
+            result.marked_gone.append(d.name)
+            continue
+        if d.status == "orphaned":
+            result.orphans.append(Orphan(inst.id, inst.label, d.error or "cleanup failed earlier", d, inst.dph_total))
+        elif d.status in IN_FLIGHT and not owner_alive(d):
+            store.update(d.id, status="orphaned", error=f"the process running it died during '{d.phase}'")
+            result.orphans.append(Orphan(inst.id, inst.label, f"stuck in '{d.status}': its process died", d,
+                                         inst.dph_total))
+        if d.instance_id is None:
+            store.update(d.id, instance_id=inst.id, machine_id=inst.machine_id)
+    for label, inst in live.items():
+        result.orphans.append(Orphan(inst.id, label, "no local record (another machine, or a lost state DB)",
+                                     None, inst.dph_total))
+    return result
+
+
+def destroy_and_verify(
+    client: VastClient,
+    instance_id: int,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    pause: float = 2.0,
+    checks: int = 5,
+) -> bool:
+    """Destroy ``instance_id`` and wait until Vast.ai no longer shows it.
+
+    Returns False when it was already gone. Raises ``GlmdeployError`` if it is still there after
+    the checks, so the caller keeps it recorded as orphaned instead of claiming success.
+    """
+    destroyed_now = client.destroy_instance(instance_id)
+    for attempt in range(checks):
+        instance = client.show_instance(instance_id)
+        if instance is None:
+            return destroyed_now
+        sleep(pause * (attempt + 1))
+    raise GlmdeployError(f"instance {instance_id} still exists after destroy")
