@@ -318,6 +318,14 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     assert str(db) in message
 
 
+def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "garbage.db"
+    db.write_bytes(b"this is not a database, just text that happens to be long enough" * 20)
+    with pytest.raises(UsageError, match=r"state database .*garbage\.db is unreadable") as info:
+        StateStore.open(db)
+    assert info.value.exit_code == EXIT_USAGE
+
+
 _WORKER = textwrap.dedent(
     """
     import sys

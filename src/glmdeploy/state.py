@@ -27,6 +27,7 @@ import secrets
 import sqlite3
 import string
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -241,9 +242,17 @@ class StateStore:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn, db_path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+            raise UsageError(
+                f"state database {db_path} is unreadable ({exc}); move it aside to start afresh",
+                hint="it lists rented instances: check 'vastai show instances' for ones labelled glmdeploy:",
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -437,6 +446,26 @@ class StateStore:
 def open_state(path: Path | None = None) -> StateStore:
     """The one way commands open the store (``<home>/state.db`` unless a path is given)."""
     return StateStore.open(path)
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (persistent in the file), retrying: the switch ignores the busy handler.
+
+    When several processes open a brand-new database at once, all but one get "database is
+    locked" straight away instead of waiting, so wait here, bounded by the same busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            # A file system without WAL support answers with the mode it kept; that still works.
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _create_private(path: Path) -> None:
