@@ -1,0 +1,207 @@
+"""The simulated engine's view of its own launch: flags, defaults, and a plausible GPU and KV pool.
+
+Everything a real engine would print or decide at startup is derived here from the argv, with the
+defaults of engines.md §2.1/§3.1/§4.1 and the memory budgets of memory.md §5. The sandbox has no GPU,
+so the GPU is the smallest common card on which the launch would fit; the numbers are **derived**,
+meant to look like a real log, not to predict one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from glmdeploy.catalog import MODEL_ARCHS, ModelArch
+from glmdeploy.sandbox.engines.launch import LaunchSpec, has_flag, model_path, option
+
+GIB = 1024**3
+# CUDA-visible totals in GiB of common cards (memory.md §4: nvidia-smi total minus ~0.4 GiB).
+GPU_SIZES_GIB = (23.6, 31.4, 44.6, 47.6, 79.2, 95.2, 140.0, 178.6)
+# The newest releases engines.md read; an image tag such as `latest` means these.
+NEWEST = {"vllm": (0, 33, 0), "sglang": (0, 5, 9), "lightllm": (1, 2, 0)}
+
+
+def _version(image: str, kind: str) -> tuple[int, ...]:
+    tag = image.split("@", 1)[0].rpartition("/")[2].partition(":")[2]
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
+    if not match:
+        return NEWEST[kind]
+    return tuple(int(g or 0) for g in match.groups())
+
+
+def _arch(path: str) -> ModelArch:
+    lowered = path.lower()
+    for key in ("glm-4.7-flash", "glm-4.5-air", "glm-4.7", "glm-4.6", "glm-4.5"):
+        if key in lowered:
+            return MODEL_ARCHS[key]
+    return MODEL_ARCHS["glm-4.7-flash"]
+
+
+def _quant(path: str) -> str:
+    lowered = path.lower()
+    for quant in ("nvfp4", "fp8", "awq"):
+        if quant in lowered:
+            return quant
+    return "bf16"
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the simulated engine prints and how it behaves, derived once from the launch."""
+
+    spec: LaunchSpec
+    version: tuple[int, ...]
+    model_path: str
+    arch: ModelArch
+    architecture_name: str  # e.g. Glm4MoeLiteForCausalLM
+    quant: str
+    weights_gb: float  # whole checkpoint, 10^9 bytes
+    tp: int
+    host: str
+    port: int  # the port inside the container (the sandbox maps it)
+    context_len: int
+    mem_fraction: float
+    kv_dtype: str  # torch dtype name as logged
+    kv_bytes_per_token: int
+    gpu_total_gib: float
+    weights_gib_per_rank: float
+    kv_pool_gib: float
+    kv_tokens: int
+    max_running_requests: int
+    chunked_prefill_size: int
+    speculative: bool
+    cuda_graphs: bool
+    reasoning_parser: str | None
+    tool_call_parser: str | None
+    auto_tool_choice: bool
+    num_shards: int
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(p) for p in self.version)
+
+    @property
+    def max_concurrency(self) -> float:
+        return self.kv_tokens / self.context_len
+
+    @property
+    def dtype_name(self) -> str:
+        return "torch.float16" if self.quant == "fp16" else "torch.bfloat16"
+
+
+def engine_config(spec: LaunchSpec) -> EngineConfig:
+    argv = spec.argv
+    kind = spec.kind
+    path = model_path(kind, argv) or spec.served_model
+    arch = _arch(path)
+    quant = _quant(path)
+    dtype = option(argv, "--dtype", "--data_type")
+    if quant == "bf16" and dtype in ("float16", "half", "fp16"):
+        quant = "fp16"
+    weights_gb = arch.weights_gb.get(quant) or arch.weights_gb["bf16"]
+    tp = _int(option(argv, "--tp-size", "--tensor-parallel-size", "-tp", "--tp")) or 1
+    speculative = bool(
+        option(argv, "--speculative-algorithm", "--speculative-config.method", "--speculative-config", "--mtp_mode")
+    )
+    defaults = {"sglang": ("127.0.0.1", 30000), "vllm": ("0.0.0.0", 8000), "lightllm": ("127.0.0.1", 8000)}
+    host = option(argv, "--host") or defaults[kind][0]
+    port = _int(option(argv, "--port")) or defaults[kind][1]
+    version = _version(spec.image, kind)
+
+    if kind == "sglang":
+        fraction = _float(option(argv, "--mem-fraction-static")) or (0.81 if speculative else 0.835)
+        kv_flag = option(argv, "--kv-cache-dtype") or "auto"
+        cuda_graphs = not has_flag(argv, "--disable-cuda-graph")
+    elif kind == "vllm":
+        fraction = _float(option(argv, "--gpu-memory-utilization")) or (0.92 if version >= (0, 33) else 0.9)
+        kv_flag = option(argv, "--kv-cache-dtype") or "auto"
+        cuda_graphs = not has_flag(argv, "--enforce-eager")
+    else:
+        fraction = _float(option(argv, "--mem_fraction")) or 0.8
+        kv_flag = "auto"  # --llm_kv_type is ignored for MLA models (engines.md §4.1)
+        cuda_graphs = not has_flag(argv, "--disable_cudagraph")
+    kv_elem = 1 if "fp8" in kv_flag else 2
+    kv_dtype = "torch.float8_e4m3fn" if kv_elem == 1 else ("torch.float16" if quant == "fp16" else "torch.bfloat16")
+
+    # MTP's draft layer shares the pool in vLLM and LightLLM (engines.md §1, §4.6).
+    layers = arch.num_layers + (arch.mtp_layers if speculative and kind != "sglang" else 0)
+    if arch.is_mla:
+        assert arch.kv_lora_rank is not None and arch.qk_rope_head_dim is not None
+        per_token = (arch.kv_lora_rank + arch.qk_rope_head_dim) * layers * kv_elem  # replicated per rank
+    else:
+        heads = max(1, arch.num_kv_heads // tp)
+        per_token = heads * (arch.k_head_dim + arch.v_head_dim) * layers * kv_elem
+
+    context_len = spec.context_length or arch.max_position_embeddings
+    rf = arch.replicated_fraction
+    weights_gib = weights_gb * 1e9 / GIB * (rf + (1 - rf) / tp)
+    overhead_gib = 1.5 if kind == "vllm" else 1.0
+    gpu = GPU_SIZES_GIB[-1]
+    for size in GPU_SIZES_GIB:
+        pool = fraction * size - weights_gib - overhead_gib
+        if pool > 0 and pool * GIB / per_token >= context_len:
+            gpu = size
+            break
+    pool_gib = max(fraction * gpu - weights_gib - overhead_gib, per_token * context_len / GIB)
+    tokens = int(pool_gib * GIB // per_token)
+    if kind == "vllm":
+        tokens -= tokens % 16  # whole blocks
+    chunked = _int(option(argv, "--chunked-prefill-size", "--max-num-batched-tokens", "--chunked_prefill_size"))
+    if not chunked or chunked < 0:
+        chunked = 8192 if gpu >= 60 else (4096 if gpu >= 35 else 2048)
+    running = _int(option(argv, "--max-running-requests", "--max-num-seqs", "--running_max_req_size"))
+    if running is None:
+        if kind == "sglang":
+            running = 48 if speculative else min(4096, max(1, tokens // 2))
+        elif kind == "vllm":
+            running = 1024 if gpu >= 70 else 256
+        else:
+            running = 256
+    architecture = "Glm4MoeLiteForCausalLM" if arch.key == "glm-4.7-flash" else "Glm4MoeForCausalLM"
+    return EngineConfig(
+        spec=spec,
+        version=version,
+        model_path=path,
+        arch=arch,
+        architecture_name=architecture,
+        quant=quant,
+        weights_gb=weights_gb,
+        tp=tp,
+        host=host,
+        port=port,
+        context_len=context_len,
+        mem_fraction=fraction,
+        kv_dtype=kv_dtype,
+        kv_bytes_per_token=per_token,
+        gpu_total_gib=gpu,
+        weights_gib_per_rank=weights_gib,
+        kv_pool_gib=pool_gib,
+        kv_tokens=tokens,
+        max_running_requests=running,
+        chunked_prefill_size=chunked,
+        speculative=speculative,
+        cuda_graphs=cuda_graphs,
+        reasoning_parser=option(argv, "--reasoning-parser", "--reasoning_parser"),
+        tool_call_parser=option(argv, "--tool-call-parser", "--tool_call_parser"),
+        auto_tool_choice=has_flag(argv, "--enable-auto-tool-choice"),
+        num_shards=max(1, math.ceil(weights_gb / 5.0)),
+    )

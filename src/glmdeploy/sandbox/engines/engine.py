@@ -1,0 +1,256 @@
+"""``SimulatedEngine``: one engine process inside a sandbox instance, from first log line to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
+from typing import Any
+
+from glmdeploy.sandbox.engines.config import EngineConfig, engine_config
+from glmdeploy.sandbox.engines.dialects import dialect_for
+from glmdeploy.sandbox.engines.launch import LaunchSpec
+from glmdeploy.sandbox.engines.logs import Milestone, startup_plan
+from glmdeploy.sandbox.engines.server import EngineApp, status_phrase
+
+ENGINE_FAULTS: frozenset[str] = frozenset(
+    {
+        "engine_oom",  # startup crashes with the engine's CUDA OOM log; port never opens
+        "never_ready",  # startup stalls before the ready marker forever; port per engine semantics
+        "health_flap",  # once serving, /health alternates 200/503
+        "slow_first_token",  # value = seconds (real seconds, not scaled) added before the first streamed token
+        "broken_tool_parser",  # tool_calls[].function.arguments is not valid JSON
+        "reasoning_leak",  # reasoning text appears inside content instead of the reasoning field
+        "no_done",  # streams end without `data: [DONE]`
+        "no_auth",  # the endpoint does not enforce the API key
+        "models_before_health",  # /v1/models answers 200 while /health stays 503 (SGLang-like warmup that never ends)
+    }
+)
+
+
+@dataclass(frozen=True)
+class EngineTiming:
+    time_scale: float = 0.005  # real seconds per simulated second of startup (download/load/graphs)
+    ttft_s: float = 0.0  # extra real seconds before the first token
+    tpot_s: float = 0.0  # real seconds between tokens when streaming
+    seed: int = 0
+
+
+class _Clock:
+    """Log timestamps: simulated time during startup, then wall time shifted to continue from it."""
+
+    def __init__(self) -> None:
+        self._start = datetime.now(UTC).replace(tzinfo=None)
+        self._elapsed = 0.0
+        self._offset: timedelta | None = None
+
+    def advance(self, seconds: float) -> None:
+        self._elapsed += seconds
+
+    def settle(self) -> None:
+        if self._offset is None:
+            self._offset = self._start + timedelta(seconds=self._elapsed) - datetime.now(UTC).replace(tzinfo=None)
+
+    def now(self) -> datetime:
+        if self._offset is None:
+            return self._start + timedelta(seconds=self._elapsed)
+        return datetime.now(UTC).replace(tzinfo=None) + self._offset
+
+
+class SimulatedEngine:
+    """A fake SGLang, vLLM or LightLLM process: real log lines, real sockets, no GPU."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        *,
+        port: int,
+        log: Callable[[str], None],
+        timing: EngineTiming,
+        faults: Mapping[str, str | None],
+    ) -> None:
+        self.spec = spec
+        self.port = port
+        self.timing = timing
+        self.faults = {k: v for k, v in faults.items() if k in ENGINE_FAULTS}
+        self.config: EngineConfig = engine_config(spec)
+        self._log = log
+        self._state = "starting"
+        self._stopping = asyncio.Event()
+        self._clock = _Clock()
+        self._rng = random.Random(f"{timing.seed}:{spec.kind}:{spec.served_model}")
+        self._pid = self._rng.randint(200, 900)
+        self._sock: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+        self._server_state: Any = None
+        self.app = EngineApp(
+            self.config,
+            dialect_for(self.config),
+            faults=self.faults,
+            seed=timing.seed,
+            ttft_s=timing.ttft_s,
+            tpot_s=timing.tpot_s,
+            time_scale=timing.time_scale,
+            access_log=self._access_log,
+        )
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Write the startup log through ``log`` over simulated time, open the port when the real engine
+        would, and serve until ``stop()``. Returns after logging the crash if a fault kills it."""
+        try:
+            if self.spec.proxy is not None:
+                if not await self._listen():  # nginx starts before the engine and holds the port
+                    return
+            elif self.config.kind in ("vllm", "lightllm") and not self._bind():
+                return  # both check their port before anything else (engines.md §3.3 step 2, §4.3 step 1)
+            for step in startup_plan(self.config, self.faults, self._rng, self._pid):
+                if step.after_s > 0 and not await self._sleep(step.after_s):
+                    return
+                self._clock.advance(step.after_s)
+                if step.render is not None:
+                    for line in step.render(self._clock.now()):
+                        self._log(line)
+                if step.milestone is Milestone.LISTEN:
+                    if self.spec.proxy is None and not await self._listen():
+                        return
+                    self.app.upstream_up = True
+                elif step.milestone is Milestone.READY:
+                    self._clock.settle()
+                    self._state = "serving"
+                    self.app.ready.set()
+                elif step.milestone is Milestone.CRASH:
+                    self._state = "crashed"
+                    return
+                elif step.milestone is Milestone.STALL:
+                    break
+            self._clock.settle()
+            await self._stopping.wait()
+        finally:
+            await self._close()
+            if self._state not in ("crashed",):
+                self._state = "stopped" if self._stopping.is_set() else self._state
+
+    async def stop(self) -> None:
+        """Close the listening socket and all connections; idempotent."""
+        self._stopping.set()
+        await self._close()
+        if self._state != "crashed":
+            self._state = "stopped"
+
+    async def _sleep(self, simulated_s: float) -> bool:
+        """Wait out simulated time; False when stopped meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), simulated_s * self.timing.time_scale)
+        except TimeoutError:
+            return True
+        return False
+
+    # ------------------------------------------------------------------ sockets
+
+    def _bind(self) -> bool:
+        if self._sock is not None:
+            return True
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", self.port))
+        except OSError as exc:
+            sock.close()
+            self._port_in_use(exc)
+            return False
+        sock.setblocking(False)
+        self._sock = sock
+        return True
+
+    def _port_in_use(self, exc: OSError) -> None:
+        cfg = self.config
+        ts = self._clock.now()
+        if exc.errno != errno.EADDRINUSE:
+            self._log(f"OSError: {exc}")
+        elif self.spec.proxy is not None:
+            port = self.spec.proxy.listen_port
+            self._log(f"nginx: [emerg] bind() to 0.0.0.0:{port} failed (98: Address already in use)")
+            self._log("glmdeploy: nginx failed to start")
+        elif cfg.kind == "sglang":
+            self._log(
+                f"[{ts:%Y-%m-%d %H:%M:%S}] ERROR:    [Errno 98] error while attempting to bind on address "
+                f"('{cfg.host}', {cfg.port}): address already in use"
+            )
+        elif cfg.kind == "vllm":
+            self._log("OSError: [Errno 98] Address already in use")
+        else:
+            self._log(f"RuntimeError: port {cfg.port} has been used")
+        self._state = "crashed"
+
+    async def _listen(self) -> bool:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        if not self._bind():
+            return False
+        assert self._sock is not None
+        self._sock.listen(2048)
+        server_header = self.app.dialect.server_header is None
+        config = uvicorn.Config(
+            self.app, lifespan="off", access_log=False, log_config=None, http="h11", server_header=server_header
+        )
+        config.load()
+        state = ServerState()
+        state.default_headers = [(b"date", formatdate(usegmt=True).encode()), *config.encoded_headers]
+        loop = asyncio.get_running_loop()
+
+        protocol_class: Any = config.http_protocol_class
+
+        def protocol() -> asyncio.Protocol:
+            proto: asyncio.Protocol = protocol_class(config=config, server_state=state, app_state={})
+            return proto
+
+        self._server_state = state
+        self._server = await loop.create_server(protocol, sock=self._sock)
+        return True
+
+    async def _close(self) -> None:
+        server, self._server = self._server, None
+        sock, self._sock = self._sock, None
+        if server is not None:
+            server.close()
+        elif sock is not None:
+            sock.close()
+        state = self._server_state
+        if state is not None:
+            for connection in list(state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
+            for task in list(state.tasks):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*list(state.tasks), return_exceptions=True)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+
+    # ------------------------------------------------------------------ logging
+
+    def _access_log(self, method: str, path: str, client: str, status: int) -> None:
+        kind = self.config.kind
+        if kind == "lightllm":
+            self._log(f"INFO {self._clock.now():%m-%d %H:%M:%S} [api_http.py:154] {method} {path} {status}")
+            return
+        line = f'INFO:     {client} - "{method} {path} HTTP/1.1" {status} {status_phrase(status)}'
+        if kind == "sglang":
+            self._log(f"[{self._clock.now():%Y-%m-%d %H:%M:%S}] {line}")
+        else:
+            self._log(f"(APIServer pid={self._pid}) {line}")
