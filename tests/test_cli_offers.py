@@ -175,3 +175,59 @@ def test_bad_input_exits_2(vast: respx.MockRouter, args: list[str], message: str
     assert result.exit_code == 2
     assert message in result.stderr
     assert not route.called
+
+
+# --- against the sandbox's Vast API over 127.0.0.1 ---------------------------------------------
+
+
+@pytest.fixture
+def sandbox_api() -> Iterator[Any]:
+    from glmdeploy.sandbox.process import serve_in_thread
+
+    with serve_in_thread() as served:
+        yield served
+
+
+@pytest.mark.e2e
+def test_ranks_the_sandbox_market(sandbox_api: Any) -> None:
+    from glmdeploy.profiles import load_profile
+
+    hardware = load_profile("4x3090").hardware
+    args = ("--profile", "4x3090", "--json", "--limit", "50", "--api-url", sandbox_api.url)
+    result = runner.invoke(app, ["offers", *args, "--api-key", sandbox_api.api_key])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    for row in rows:
+        assert row["gpu_name"] in hardware.gpu_names
+        assert row["num_gpus"] == hardware.num_gpus
+        assert row["dph_total"] <= hardware.max_price
+        assert row["reliability"] >= hardware.min_reliability
+
+    cheapest = min(r["dph_total"] for r in rows)
+    capped = runner.invoke(
+        app, ["offers", *args, "--api-key", sandbox_api.api_key, "--max-price", f"{cheapest / 2:.4f}"]
+    )
+    assert capped.exit_code == 3, capped.stderr
+    assert "no offer matches profile '4x3090'" in capped.stderr
+
+
+@pytest.fixture
+def background_sandbox() -> Iterator[None]:
+    from glmdeploy.sandbox.process import stop
+
+    try:
+        yield
+    finally:
+        stop()
+
+
+@pytest.mark.e2e
+def test_sandbox_flag_starts_the_sandbox_and_needs_no_key(background_sandbox: None) -> None:
+    from glmdeploy.sandbox.process import running
+
+    result = runner.invoke(app, ["offers", "--profile", "4x3090", "--sandbox", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)
+    assert running() is not None

@@ -30,17 +30,15 @@ def vast_client(api_key: str | None, api_url: str | None, sandbox: bool) -> Vast
 
 
 def _sandbox_client() -> VastClient:
-    import importlib
-
-    from glmdeploy.errors import UsageError
+    from glmdeploy.errors import GlmdeployError
+    from glmdeploy.sandbox.process import SandboxError, ensure_running
     from glmdeploy.vast.client import VastClient
 
     try:
-        process: Any = importlib.import_module("glmdeploy.sandbox.process")
-    except ModuleNotFoundError:
-        raise UsageError("--sandbox is not available yet in this version of glmdeploy") from None
-    running = process.ensure_running()
-    return VastClient(str(running.api_key), base_url=str(running.url), key_source="sandbox")
+        info = ensure_running()
+    except SandboxError as exc:
+        raise GlmdeployError(f"could not start the sandbox: {exc}") from None
+    return VastClient(info.api_key, base_url=info.url, key_source="the sandbox")
 
 
 def search_ranked(
