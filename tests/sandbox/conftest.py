@@ -87,7 +87,7 @@ class ApiClient:
         return result.text
 
     def destroy(self, instance_id: int) -> httpx.Response:
-        return self.http.delete(f"/api/v0/instances/{instance_id}/", json={})
+        return self.http.request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
 
     def ledger(self) -> dict[str, Any]:
         data: dict[str, Any] = httpx.get(f"{self.url}/_sandbox/ledger", timeout=10).json()
