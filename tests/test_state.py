@@ -23,6 +23,7 @@ from glmdeploy.state import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Deployment,
+    DeploymentReleased,
     StateStore,
     generate_name,
     validate_name,
@@ -216,9 +217,27 @@ def test_generated_name_collision_draws_again(
 def test_mark_destroyed_is_idempotent(store: StateStore, snapshot: dict[str, Any]) -> None:
     store.create(profile="h200", profile_snapshot=snapshot, name="twice")
     first = store.mark_destroyed("twice")
-    second = store.mark_destroyed("twice")
+    second = store.mark_destroyed("twice", status="failed", error="late cleanup")
     assert second.destroyed_at == first.destroyed_at
-    assert second.status == "destroyed"
+    assert second.status == "destroyed" and second.error is None
+
+
+def test_late_status_change_does_not_revive_a_destroyed_deployment(
+    store: StateStore, snapshot: dict[str, Any]
+) -> None:
+    store.create(profile="h200", profile_snapshot=snapshot, name="raced")
+    store.update("raced", status="loading", instance_id=5)
+    # Another terminal ran 'glmdeploy destroy raced'; then 'up' reports ready.
+    store.mark_destroyed("raced")
+    with pytest.raises(DeploymentReleased, match="'raced' was destroyed meanwhile"):
+        store.update("raced", status="ready", endpoint="http://127.0.0.1:1/v1")
+    after = store.get("raced")
+    assert after.status == "destroyed" and after.endpoint is None and not after.is_active
+    # Non-status facts may still be recorded, and a terminal status is allowed.
+    assert store.update("raced", error="destroyed by the user").error == "destroyed by the user"
+    # Reviving on purpose (an orphan found still running) says so with destroyed_at=None.
+    revived = store.update("raced", status="orphaned", destroyed_at=None)
+    assert revived.is_active and store.resolve_default().id == revived.id
 
 
 def test_unknown_name_lists_known_ones(store: StateStore, snapshot: dict[str, Any]) -> None:

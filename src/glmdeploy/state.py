@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from glmdeploy.errors import UsageError
+from glmdeploy.errors import GlmdeployError, UsageError
 from glmdeploy.paths import ensure_home
 
 DB_FILENAME = "state.db"
@@ -50,8 +50,16 @@ _NAME_ATTEMPTS = 50
 Status = Literal["creating", "starting", "loading", "ready", "failed", "destroying", "destroyed", "orphaned"]
 STATUSES: tuple[str, ...] = get_args(Status)
 
+# Statuses that may be written to a deployment already marked destroyed.
+_ENDED_STATUSES = frozenset({"destroyed", "failed"})
 # The SQL twin of Deployment.is_active; the partial unique index uses the same expression.
 _ACTIVE_SQL = "destroyed_at IS NULL AND status != 'destroyed'"
+
+
+class DeploymentReleased(GlmdeployError):
+    """A status change arrived for a deployment that another process has already destroyed."""
+
+    code = "deployment_released"
 
 
 class Deployment(BaseModel):
@@ -341,18 +349,32 @@ class StateStore:
         raise UsageError(f"could not find a free deployment name for profile {profile!r}; pass --name")
 
     def update(self, ref: str, **fields: Any) -> Deployment:
-        """Change fields of one deployment (by name or id) and bump ``updated_at``."""
+        """Change fields of one deployment (by name or id) and bump ``updated_at``.
+
+        A deployment already marked destroyed is not brought back to life by a late status change
+        from another process (say ``up`` reporting ``ready`` after ``destroy`` ran in another
+        terminal): that raises ``DeploymentReleased``. Reviving one on purpose (an orphan found
+        still running) means passing ``destroyed_at=None`` along with the new status.
+        """
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
         if "name" in fields:
             validate_name(fields["name"])
-        target = self.get(ref)
         values = {**fields, "updated_at": utcnow()}
-        assignments = ", ".join(f"{col} = ?" for col in values)
         encoded = tuple(_encode(col, val) for col, val in values.items())
+        assignments = ", ".join(f"{col} = ?" for col in values)
+        target = self.get(ref)
         try:
             with self._write() as conn:
+                row = conn.execute("SELECT status, destroyed_at FROM deployments WHERE id = ?", (target.id,)).fetchone()
+                reviving = "status" in fields and fields["status"] not in _ENDED_STATUSES
+                on_purpose = "destroyed_at" in fields and fields["destroyed_at"] is None
+                if row["destroyed_at"] is not None and reviving and not on_purpose:
+                    raise DeploymentReleased(
+                        f"deployment {target.name!r} was destroyed meanwhile (status {row['status']}); "
+                        f"not setting it to {fields['status']!r}"
+                    )
                 conn.execute(
                     f"UPDATE deployments SET {assignments} WHERE id = ?",  # noqa: S608 (columns are allow-listed)
                     (*encoded, target.id),
@@ -369,15 +391,22 @@ class StateStore:
         """The instance is gone (or was never rented): the deployment stops being active.
 
         ``status="failed"`` records a deployment that failed and whose instance was torn down.
-        Idempotent: a second call keeps the first ``destroyed_at``.
+        Idempotent: on a deployment already marked, nothing changes (the first outcome stands).
         """
-        current = self.get(ref)
-        fields: dict[str, Any] = {"status": status, "destroyed_at": current.destroyed_at or utcnow()}
+        target = self.get(ref)
+        fields: dict[str, Any] = {"status": status, "destroyed_at": utcnow(), "updated_at": utcnow()}
         if error is not None:
             fields["error"] = error
         if phase is not None:
             fields["phase"] = phase
-        return self.update(current.id, **fields)
+        assignments = ", ".join(f"{col} = ?" for col in fields)
+        encoded = tuple(_encode(col, val) for col, val in fields.items())
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE deployments SET {assignments} WHERE id = ? AND destroyed_at IS NULL",  # noqa: S608
+                (*encoded, target.id),
+            )
+        return self._by_id(target.id)
 
     # -- reading --
 
