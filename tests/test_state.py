@@ -84,6 +84,7 @@ def test_round_trip_keeps_every_field(store: StateStore, snapshot: dict[str, Any
     assert again.api_url == "http://127.0.0.1:1234"
     assert again.updated_at >= again.created_at
     assert again.endpoint_key() == SECRET
+    assert again.owner_pid == os.getpid()
     assert store.get(created.id) == again
     assert store.find_by_label(created.label) == again
     assert store.find_by_instance(123456) == again
@@ -294,11 +295,13 @@ def test_blank_database_gets_current_schema(tmp_path: Path) -> None:
     assert set(Deployment.model_fields) <= columns
 
 
-def test_upgrade_from_schema_1_keeps_rows(tmp_path: Path, snapshot: dict[str, Any]) -> None:
+@pytest.mark.parametrize("start", range(1, SCHEMA_VERSION))
+def test_upgrade_from_an_older_schema_keeps_rows(tmp_path: Path, snapshot: dict[str, Any], start: int) -> None:
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
-    MIGRATIONS[0](conn)
-    conn.execute("PRAGMA user_version = 1")
+    for migration in MIGRATIONS[:start]:
+        migration(conn)
+    conn.execute(f"PRAGMA user_version = {start}")
     conn.execute(
         "INSERT INTO deployments (id, name, profile, profile_snapshot, status, created_at, updated_at, label,"
         " instance_id, endpoint_api_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -311,10 +314,10 @@ def test_upgrade_from_schema_1_keeps_rows(tmp_path: Path, snapshot: dict[str, An
     with StateStore.open(db) as store:
         legacy = store.get("legacy")
         assert legacy.instance_id == 42 and legacy.status == "ready"
-        assert legacy.expires_at is None and legacy.api_url is None
+        assert legacy.expires_at is None and legacy.api_url is None and legacy.owner_pid is None
         assert legacy.endpoint_key() == SECRET
-        updated = store.update("legacy", api_url="https://console.vast.ai")
-        assert updated.api_url == "https://console.vast.ai"
+        updated = store.update("legacy", api_url="https://console.vast.ai", owner_pid=4242)
+        assert updated.api_url == "https://console.vast.ai" and updated.owner_pid == 4242
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

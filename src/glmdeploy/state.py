@@ -88,6 +88,9 @@ class Deployment(BaseModel):
     dph_total: float | None = None
     label: str = Field(description="Vast instance label, glmdeploy:<id>.")
     api_url: str | None = Field(default=None, description="Vast API server the instance was created on.")
+    owner_pid: int | None = Field(
+        default=None, description="PID of the process driving it (up, destroy): tells in-flight from abandoned."
+    )
     endpoint_api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
 
     @property
@@ -145,8 +148,13 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE deployments ADD COLUMN api_url TEXT")
 
 
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Which local process drives the deployment, so a crashed ``up`` can be told from a running one."""
+    conn.execute("ALTER TABLE deployments ADD COLUMN owner_pid INTEGER")
+
+
 # Applied in order; the database's user_version counts how many have run. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS: tuple[str, ...] = tuple(Deployment.model_fields)
@@ -304,11 +312,13 @@ class StateStore:
         endpoint_api_key: str | None = None,
         model: str | None = None,
         phase: str | None = None,
+        owner_pid: int | None = None,
     ) -> Deployment:
         """Record a new deployment in status ``creating``; call this before renting anything.
 
         ``name`` is validated and must not belong to an active deployment; without it one is
-        generated (``glm-<profile>-xxxx``), retrying on the rare collision.
+        generated (``glm-<profile>-xxxx``), retrying on the rare collision. ``owner_pid``
+        defaults to this process.
         """
         chosen = validate_name(name) if name is not None else None
         for _ in range(_NAME_ATTEMPTS):
@@ -329,6 +339,7 @@ class StateStore:
                 "api_url": api_url,
                 "expires_at": expires_at,
                 "endpoint_api_key": endpoint_api_key,
+                "owner_pid": os.getpid() if owner_pid is None else owner_pid,
             }
             columns = ", ".join(values)
             marks = ", ".join("?" for _ in values)
