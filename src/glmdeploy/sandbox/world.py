@@ -401,7 +401,9 @@ class World:
         spec = launch_spec_from(instance.image, instance.onstart, instance.container_env())
         if spec is None:
             return
-        container_port = _argv_port(spec.argv)
+        # Behind an auth proxy (onstart's nginx) the mapped container port is the proxy's.
+        proxy = getattr(spec, "proxy", None)
+        container_port = getattr(proxy, "listen_port", None) or _argv_port(spec.argv)
         host_port = instance.host_ports.get(f"{container_port}/tcp") if container_port else None
         if host_port is None:
             tcp = [port for key, port in instance.host_ports.items() if key.endswith("/tcp") and key != "22/tcp"]
