@@ -167,6 +167,8 @@ def test_api_url_option_picks_the_server(vast: respx.MockRouter) -> None:
     [
         (["--profile", "nope"], "unknown profile 'nope'"),
         (["--profile", "h200", "--max-price", "0"], "--max-price must be a positive"),
+        (["--profile", "h200", "--max-price", "inf"], "--max-price must be a positive"),
+        (["--profile", "h200", "--limit", "0"], "--limit"),
     ],
 )
 def test_bad_input_exits_2(vast: respx.MockRouter, args: list[str], message: str) -> None:

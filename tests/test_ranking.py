@@ -44,6 +44,12 @@ def test_offers_above_the_cap_are_excluded() -> None:
     assert rank_offers([], weights_gb=WEIGHTS_GB, max_price=1.0) == []
 
 
+@pytest.mark.parametrize("cap", [0.0, -1.0, math.inf, math.nan])
+def test_a_cap_must_be_positive_and_finite(cap: float) -> None:
+    with pytest.raises(ValueError, match="price cap"):
+        rank_offers([FakeOffer(1, 0.5)], weights_gb=WEIGHTS_GB, max_price=cap)
+
+
 def test_cheap_but_unreliable_slow_offer_loses_to_a_slightly_pricier_good_one() -> None:
     cheap_flaky = FakeOffer(1, dph_total=0.30, reliability=0.85, inet_down=100)  # 83 min download
     solid = FakeOffer(2, dph_total=0.40, reliability=0.99, inet_down=1000)  # 8 min download

@@ -112,6 +112,7 @@ def offer_reliability(offer: object) -> float | None:
 
 def score_offer(offer: OfferLike, *, weights_gb: float, max_price: float) -> RankedOffer | None:
     """The offer's score, or None when it is above the cap or has no price."""
+    _check_cap(max_price)
     price = _number(offer.dph_total)
     if price is None or price < 0 or price > max_price:
         return None
@@ -119,7 +120,7 @@ def score_offer(offer: OfferLike, *, weights_gb: float, max_price: float) -> Ran
     minutes = estimated_download_minutes(weights_gb, _number(getattr(offer, "inet_down", None)))
 
     first_hour_cost = price * (SERVING_HOURS + minutes / 60.0) if price > 0 else 0.0
-    cost_term = max_price / (max_price + first_hour_cost) if max_price > 0 else 0.0
+    cost_term = max_price / (max_price + first_hour_cost)
     if reliability is None:
         reliability_term = 0.0
     else:
@@ -141,8 +142,14 @@ def score_offer(offer: OfferLike, *, weights_gb: float, max_price: float) -> Ran
     )
 
 
+def _check_cap(max_price: float) -> None:
+    if not (max_price > 0 and math.isfinite(max_price)):
+        raise ValueError(f"the price cap must be a positive, finite $/h, got {max_price!r}")
+
+
 def rank_offers(offers: Iterable[OfferLike], *, weights_gb: float, max_price: float) -> list[RankedOffer]:
     """Offers at or under ``max_price`` $/h, best score first (see the module docstring)."""
+    _check_cap(max_price)
     ranked = [
         scored
         for offer in offers

@@ -83,11 +83,13 @@ def offers(
     host's speed (time that is billed too); offers above the price cap are left out. Exit 3 when
     no offer matches.
     """
+    import math
+
     from glmdeploy.errors import NoOfferError, UsageError
     from glmdeploy.profiles import load_profile
     from glmdeploy.ranking import OfferSummary
 
-    if max_price is not None and not max_price > 0:
+    if max_price is not None and not (max_price > 0 and math.isfinite(max_price)):
         raise UsageError(f"--max-price must be a positive number of $/h, got {max_price:g}")
     loaded = load_profile(profile)
     cap = loaded.hardware.max_price if max_price is None else max_price
