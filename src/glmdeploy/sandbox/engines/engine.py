@@ -110,6 +110,8 @@ class SimulatedEngine:
         """Write the startup log through ``log`` over simulated time, open the port when the real engine
         would, and serve until ``stop()``. Returns after logging the crash if a fault kills it."""
         try:
+            if self._stopping.is_set():
+                return
             if self.spec.proxy is not None:
                 if not await self._listen():  # nginx starts before the engine and holds the port
                     return
