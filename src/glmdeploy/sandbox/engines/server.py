@@ -371,7 +371,8 @@ class Turn:
         self.parse_tools = parse_tools
         self.broken_args = "broken_tool_parser" in app.faults
         self.id = self.d.response_id() if chat else "cmpl-" + self.d.response_id()[-32:]
-        self.model = request.get("model") or app.cfg.spec.served_model
+        # LightLLM's request model defaults to "default" and is echoed like any other (engines.md §4.5).
+        self.model = request.get("model") or ("default" if self.d.kind == "lightllm" else app.cfg.spec.served_model)
         if self.d.checks_model:
             self.model = app.cfg.spec.served_model
         self.created = int(time.time())
