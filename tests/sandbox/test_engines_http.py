@@ -370,6 +370,9 @@ def test_lightllm_behind_the_onstart_nginx_proxy() -> None:
         assert (unauthorized.status_code, unauthorized.json()) == (401, {"error": "Unauthorized"})
         assert anon.get("/healthz").status_code == 401  # only `location = /health` is open
         assert ok.get("/v1/models").json()["data"][0]["id"] == "GLM-4.7-Flash"
+    # What nginx answers itself (401, 502) never reaches LightLLM's access log.
+    assert any(line.endswith("GET /v1/models 200") for line in r.lines)
+    assert not any(line.endswith((" 401", " 502")) for line in r.lines)
 
 
 @pytest.mark.parametrize("kind", KINDS)

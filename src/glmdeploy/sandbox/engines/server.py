@@ -112,14 +112,6 @@ class EngineApp:
                 status_box[0] = message["status"]
             await send(message)
 
-        try:
-            await self._dispatch(scope, method, path, receive, logged_send)
-        finally:
-            client = scope.get("client") or ("127.0.0.1", 0)
-            self.access_log(method, path, f"{client[0]}:{client[1]}", status_box[0] or 500)
-
-    async def _dispatch(self, scope: Scope, method: str, path: str, receive: Receive, send: Send) -> None:
-        d = self.dialect
         if self.proxy is not None:
             key = self.proxy.api_key
             if key and path not in self.proxy.open_paths and not _proxy_key_matches(scope["headers"], key):
@@ -128,6 +120,15 @@ class EngineApp:
         if not self.upstream_up:
             await self._raw(send, 502, _NGINX_502, b"text/html")
             return
+        # Only what reaches the engine shows in its access log (nginx answers the two cases above itself).
+        try:
+            await self._dispatch(scope, method, path, receive, logged_send)
+        finally:
+            client = scope.get("client") or ("127.0.0.1", 0)
+            self.access_log(method, path, f"{client[0]}:{client[1]}", status_box[0] or 500)
+
+    async def _dispatch(self, scope: Scope, method: str, path: str, receive: Receive, send: Send) -> None:
+        d = self.dialect
         if self.api_key and d.needs_key(method, path) and not bearer_matches(scope["headers"], self.api_key):
             await self._raw(send, 401, _UNAUTHORIZED, b"application/json")
             return
