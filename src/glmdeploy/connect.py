@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from glmdeploy.deploy import Pacing
+    from glmdeploy.sandbox.process import SandboxInfo
     from glmdeploy.state import Deployment
     from glmdeploy.vast.client import VastClient
 
@@ -59,10 +60,10 @@ def connect_for(deployment: Deployment, api_key: str | None) -> Connection:
 
 
 def is_local(api_url: str | None) -> bool:
-    return bool(api_url) and api_url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+    return api_url is not None and api_url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
 
 
-def _running_sandbox():  # type: ignore[no-untyped-def]
-    from glmdeploy.sandbox.process import current
+def _running_sandbox() -> SandboxInfo | None:
+    from glmdeploy.sandbox.process import running
 
-    return current()
+    return running()

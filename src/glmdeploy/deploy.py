@@ -38,6 +38,7 @@ from glmdeploy.errors import (
     SmokeFailed,
     UsageError,
 )
+from glmdeploy.lifecycle import destroy_and_verify
 from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
 from glmdeploy.readiness import ReadinessWatcher
 from glmdeploy.vast.errors import (
@@ -223,12 +224,10 @@ class Deployer:
         return plan
 
     def _search_and_rank(self, profile: Profile, cap: float, failed: list[int]) -> list[RankedOffer]:
-        from glmdeploy.ranking import rank_offers
+        from glmdeploy.market import search_ranked
 
-        query = offer_query(profile.hardware, max_price=cap, exclude_machines=tuple(failed))
-        offers = self.client.search_offers(query)
-        self._phase(Phase.RANK, None, offers=len(offers))
-        ranked = rank_offers(offers, weights_gb=profile.model.weights_gb, max_price=cap)
+        ranked = search_ranked(self.client, profile, max_price=cap, exclude_machines=tuple(failed))
+        self._phase(Phase.RANK, None, offers=len(ranked))
         if not ranked:
             raise NoOfferError(
                 f"no offer matches profile {profile.name!r} under ${cap:.2f}/h",
@@ -389,8 +388,9 @@ class Deployer:
         )
 
     def _deadline(self, request: UpRequest) -> float:
+        # Durations are in the provider's time: the sandbox's clock runs `scale` times faster.
         timeout = request.timeout_s or request.profile.readiness.timeout_s
-        return self.started + timeout
+        return self.started + timeout * self.pacing.scale
 
     def _wait_running(self, request: UpRequest, attempt: _Attempt) -> Instance:
         self._phase(Phase.WAIT_RUNNING, attempt)
@@ -550,9 +550,12 @@ class Deployer:
             return
         self.store.update(d.id, status="destroying", error=reason)
         try:
-            self.client.destroy_instance(attempt.instance_id)
-            if not self._gone(attempt.instance_id):
-                raise DeploymentFailed(f"instance {attempt.instance_id} still exists after destroy")
+            destroy_and_verify(
+                self.client,
+                attempt.instance_id,
+                sleep=self.sleep,
+                pause=self.pacing.destroy_check * self.pacing.scale,
+            )
         except GlmdeployError as exc:
             self.store.update(d.id, status="orphaned", error=f"{reason}; destroy failed: {exc}")
             self.events.note(
@@ -562,14 +565,6 @@ class Deployer:
             return
         self.store.mark_destroyed(d.id, status=status, error=reason)  # type: ignore[arg-type]
         self.events.note(f"destroyed instance {attempt.instance_id}")
-
-    def _gone(self, instance_id: int) -> bool:
-        for check in range(4):
-            instance = self.client.show_instance(instance_id)
-            if instance is None or (instance.actual_status in ("destroyed", None) and instance.cur_state == "unloaded"):
-                return True
-            self.sleep(self.pacing.destroy_check * self.pacing.scale * (check + 1))
-        return False
 
     # ------------------------------------------------------------------ plumbing
 

@@ -9,61 +9,7 @@ import typer
 from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, ProfileRef, Sandbox, emit_json, handles_errors, say
 
 if TYPE_CHECKING:
-    from glmdeploy.profiles.model import Profile
-    from glmdeploy.ranking import RankedOffer
-    from glmdeploy.vast.client import VastClient
-
-# Vast returns the cheapest matches first (filters.offer_query orders by dph_total), so ask for
-# more than are shown: the best-scored offer is often not among the very cheapest.
-MIN_SEARCH_LIMIT = 64
-SEARCH_LIMIT_FACTOR = 4
-MAX_SEARCH_LIMIT = 1000
-
-
-def vast_client(api_key: str | None, api_url: str | None, sandbox: bool) -> VastClient:
-    """The client for a command's ``--api-key/--api-url/--sandbox`` options."""
-    if sandbox:
-        return _sandbox_client()
-    from glmdeploy.vast.client import client_from_options
-
-    return client_from_options(api_key, api_url)
-
-
-def _sandbox_client() -> VastClient:
-    from glmdeploy.errors import GlmdeployError
-    from glmdeploy.sandbox.process import SandboxError, ensure_running
-    from glmdeploy.vast.client import VastClient
-
-    try:
-        info = ensure_running()
-    except SandboxError as exc:
-        raise GlmdeployError(f"could not start the sandbox: {exc}") from None
-    return VastClient(info.api_key, base_url=info.url, key_source="the sandbox")
-
-
-def search_ranked(
-    client: VastClient,
-    profile: Profile,
-    *,
-    max_price: float | None = None,
-    limit: int = MIN_SEARCH_LIMIT,
-    exclude_machines: tuple[int, ...] = (),
-) -> list[RankedOffer]:
-    """Search Vast for the profile's hardware under the cap and rank what comes back, best first.
-
-    Offers whose GPU or GPU count differ from the profile are dropped even if the server sent them.
-    """
-    from glmdeploy.ranking import matches_hardware, rank_offers
-    from glmdeploy.vast.filters import offer_query
-
-    cap = profile.hardware.max_price if max_price is None else max_price
-    search_limit = min(MAX_SEARCH_LIMIT, max(MIN_SEARCH_LIMIT, limit * SEARCH_LIMIT_FACTOR))
-    query = offer_query(profile.hardware, max_price=cap, limit=search_limit, exclude_machines=exclude_machines)
-    found = [o for o in client.search_offers(query) if matches_hardware(o, profile.hardware)]
-    if exclude_machines:
-        found = [o for o in found if o.machine_id not in exclude_machines]
-    return rank_offers(found, weights_gb=profile.model.weights_gb, max_price=cap)
-
+    pass
 
 @handles_errors
 def offers(
@@ -93,7 +39,10 @@ def offers(
         raise UsageError(f"--max-price must be a positive number of $/h, got {max_price:g}")
     loaded = load_profile(profile)
     cap = loaded.hardware.max_price if max_price is None else max_price
-    with vast_client(api_key, api_url, sandbox) as client:
+    from glmdeploy.connect import connect
+    from glmdeploy.market import search_ranked
+
+    with connect(api_key, api_url, sandbox).client as client:
         ranked = search_ranked(client, loaded, max_price=cap, limit=limit)
     if not ranked:
         raise NoOfferError(
