@@ -725,3 +725,22 @@ def test_models_before_health(kind: str) -> None:
             assert c.get("/health").status_code == 503
         assert r.engine.state == "starting"
         assert not r.logged(READY_LINE[kind])
+
+
+def test_ttft_and_tpot_pace_streaming_and_non_streaming() -> None:
+    body = {"messages": HELLO, "max_tokens": 20, "ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}}
+    with running(spec_for("vllm"), ttft_s=0.1, tpot_s=0.01) as r:
+        r.wait_serving()
+        with r.client() as c:
+            started = time.monotonic()
+            assert c.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 20
+            assert time.monotonic() - started >= 0.1 + 19 * 0.01
+            arrivals = []
+            started = time.monotonic()
+            with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+                for line in resp.iter_lines():
+                    if '"content": "' in line and '"content": ""' not in line:
+                        arrivals.append(time.monotonic())
+    assert len(arrivals) == 20
+    assert arrivals[0] - started >= 0.1
+    assert arrivals[-1] - arrivals[0] >= 19 * 0.01

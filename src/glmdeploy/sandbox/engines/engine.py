@@ -211,6 +211,7 @@ class SimulatedEngine:
         config.load()
         state = ServerState()
         state.default_headers = [(b"date", formatdate(usegmt=True).encode()), *config.encoded_headers]
+        self.app.server_state = state
         loop = asyncio.get_running_loop()
 
         protocol_class: Any = config.http_protocol_class

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
@@ -97,12 +98,20 @@ class EngineApp:
         self.slow_first_token = _seconds(first) if "slow_first_token" in faults else 0.0
         self.created = int(time.time())
         self.requests = 0
+        self.server_state: Any = None  # uvicorn's ServerState, set once the socket listens
+        self._date_at = 0.0
 
     # ------------------------------------------------------------------ plumbing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        now = time.time()
+        if self.server_state is not None and now - self._date_at >= 1.0:
+            # uvicorn's Server refreshes the Date header once a second; we run its protocol without it.
+            self._date_at = now
+            others = [h for h in self.server_state.default_headers if h[0] != b"date"]
+            self.server_state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *others]
         method: str = scope["method"]
         path: str = scope["path"]
         status_box = [0]
@@ -261,6 +270,8 @@ class EngineApp:
             await self._stream(turn, receive, send)
         else:
             await self._sleep_first_token()
+            if self.tpot_s > 0 and len(turn.pieces) > 1:
+                await asyncio.sleep(self.tpot_s * (len(turn.pieces) - 1))  # the whole decode, then one answer
             await self._json(send, 200, turn.response())
 
     def _validate(self, body: Any, *, chat: bool) -> dict[str, Any]:
