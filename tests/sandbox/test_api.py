@@ -410,3 +410,18 @@ def test_health_reports_pid_and_token(sandbox: Any) -> None:
 
     data = httpx.get(f"{sandbox.url}/_sandbox/health", timeout=5).json()
     assert data["ok"] is True and data["pid"] == os.getpid() and data["token"] == sandbox.world.token
+
+
+def test_v1_pages_neither_skip_nor_repeat_when_instances_go_away(vast: Any) -> None:
+    offers = vast.search({"rentable": {"eq": True}, "limit": 30, "order": [["dph_total", "asc"]]})
+    ids = sorted(vast.create(o["id"]).json()["new_contract"] for o in offers[:30])
+    first = _page(vast).json()
+    assert [r["id"] for r in first["instances"]] == ids[:25]
+    for gone in ids[:3]:
+        vast.destroy(gone)
+    second = _page(vast, after_token=first["next_token"]).json()
+    assert [r["id"] for r in second["instances"]] == ids[25:]
+    assert second["next_token"] is None
+    # A token from another query is refused.
+    other = _page(vast, select_filters={"label": {"eq": "x"}}, after_token=first["next_token"])
+    assert other.status_code == 400 and other.json()["error"] == "invalid_token"

@@ -49,7 +49,7 @@ def _logs_until(vast: Any, instance_id: int, markers: tuple[str, ...], timeout: 
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
-        text = vast.logs(instance_id, tail="2000")
+        text = str(vast.logs(instance_id, tail="2000"))
         if any(marker in text for marker in markers):
             return text
         time.sleep(0.1)

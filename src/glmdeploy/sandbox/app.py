@@ -84,7 +84,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self.world.requests.append(RequestRecord(
+            self.world.record(RequestRecord(
                 method=scope["method"], path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"),
                 status=status["code"], at=self.world.clock()))
 
@@ -309,10 +309,15 @@ def create_app(world: World) -> Starlette:
         offset = 0
         token = params.get("after_token")
         if token:
-            offset = _read_token(token, digest)
+            offset, last_id = _read_token(token, digest)
+            # Resume after the last row seen when it still exists, so destroying instances between
+            # pages neither skips nor repeats rows.
+            positions = [index for index, row in enumerate(rows) if row["id"] == last_id]
+            if positions:
+                offset = positions[0] + 1
         page = rows[offset:offset + limit]
         next_offset = offset + len(page)
-        next_token = _make_token(next_offset, digest) if next_offset < len(rows) else None
+        next_token = _make_token(next_offset, page[-1]["id"], digest) if page and next_offset < len(rows) else None
         if isinstance(select_cols, list) and select_cols and select_cols != ["*"]:
             page = [{col: row.get(col) for col in select_cols if isinstance(col, str)} for row in page]
         label_counts: dict[str, int] = {}
@@ -420,17 +425,18 @@ def _no_such_key(name: str) -> str:
             f"<Message>The specified key does not exist.</Message><Key>instance_logs/{name}.log</Key></Error>")
 
 
-def _make_token(offset: int, digest: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset, "d": digest}).encode()).decode().rstrip("=")
+def _make_token(offset: int, last_id: int, digest: str) -> str:
+    payload = json.dumps({"o": offset, "i": last_id, "d": digest}).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
-def _read_token(token: str, digest: str) -> int:
+def _read_token(token: str, digest: str) -> tuple[int, int]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        offset = data["o"]
-        ok = isinstance(offset, int) and offset >= 0 and data["d"] == digest
+        offset, last_id = data["o"], data["i"]
+        ok = isinstance(offset, int) and offset >= 0 and isinstance(last_id, int) and data["d"] == digest
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
         raise ApiError(400, "invalid_token", "Invalid or expired pagination token.")
-    return int(offset)
+    return int(offset), int(last_id)

@@ -41,6 +41,9 @@ LIST_FILTER_COLUMNS = frozenset({
 })
 ONSTART_LIMIT = 4096
 LOG_TAIL_DEFAULT = 1000
+# Bounds on what a long-running sandbox keeps in memory.
+MAX_RECORDS = 20_000
+MAX_LOG_SNAPSHOTS = 2_000
 
 
 class ApiError(Exception):
@@ -266,6 +269,11 @@ class World:
         self.rentals: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self._next_id = 24_000_000 + (seed * 7_919) % 1_000_000
+
+    def record(self, request: RequestRecord) -> None:
+        self.requests.append(request)
+        if len(self.requests) > MAX_RECORDS:
+            del self.requests[: len(self.requests) - MAX_RECORDS]
 
     # ---------- offers ----------
 
@@ -562,6 +570,8 @@ class World:
         if tail >= 0:
             lines = lines[-tail:] if tail else []
         name = secrets.token_hex(16)
+        while len(self.log_snapshots) >= MAX_LOG_SNAPSHOTS:
+            del self.log_snapshots[next(iter(self.log_snapshots))]
         self.log_snapshots[name] = LogSnapshot(
             text="".join(line + "\n" for line in lines), pending=self.faults.count("logs_pending") or 0)
         return name
@@ -631,7 +641,9 @@ def _validate_create(body: Any) -> dict[str, Any]:
         return ApiError(400, "invalid_args", msg)
 
     image = body.get("image")
-    if not body.get("template_hash_id") and (not isinstance(image, str) or not image.strip()):
+    if body.get("template_hash_id") and not image:
+        raise bad("templates are not supported by the sandbox: send 'image' and the other fields.")
+    if not isinstance(image, str) or not image.strip():
         raise bad("'image' is required.")
     if not isinstance(image, str) or len(image) > 1024:
         raise bad("'image' must be a string of at most 1024 characters.")
