@@ -213,7 +213,7 @@ def served() -> Iterator[dict[str, Running]]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_startup_log_banner_kv_line_ready_marker_in_order(kind: str) -> None:
-    with running(spec_for(kind), time_scale=0.001) as r:
+    with running(spec_for(kind), time_scale=0.003) as r:
         r.wait(lambda: r.logged(BANNER))
         # The engine is still loading: the port is not open yet.
         assert not r.logged(READY_LINE[kind])
@@ -252,7 +252,7 @@ def test_log_prefixes_follow_each_engine_format(served: dict[str, Running]) -> N
 
 def test_sglang_port_opens_with_health_503_until_warmup_then_200() -> None:
     outcomes: list[str] = []
-    with running(spec_for("sglang"), time_scale=0.004) as r, httpx.Client(timeout=1.0) as c:
+    with running(spec_for("sglang"), time_scale=0.006) as r, httpx.Client(timeout=1.0) as c:
         deadline = time.monotonic() + 10
         while r.engine.state != "serving" or (outcomes and outcomes[-1] != "200"):
             assert time.monotonic() < deadline

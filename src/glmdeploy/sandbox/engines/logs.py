@@ -200,9 +200,9 @@ def sglang_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random
         p.line(uv('127.0.0.1:41542 - "GET /model_info HTTP/1.1" 200 OK'))
         p.milestone(Milestone.STALL)  # the warmup POST /generate never returns
         return p.steps
-    p.wait(1)
-    p.line(uv('127.0.0.1:41542 - "GET /model_info HTTP/1.1" 200 OK'))
     p.wait(2)
+    p.line(uv('127.0.0.1:41542 - "GET /model_info HTTP/1.1" 200 OK'))
+    p.wait(5)  # the first real request: kernels warm up
     prefill = "Prefill batch. #new-seq: 1, #new-token: 7, #cached-token: 0, token usage: 0.00, "
     p.line(tp0(prefill + "#running-req: 0, #queue-req: 0"))
     p.wait(1)
