@@ -744,3 +744,15 @@ def test_ttft_and_tpot_pace_streaming_and_non_streaming() -> None:
     assert len(arrivals) == 20
     assert arrivals[0] - started >= 0.1
     assert arrivals[-1] - arrivals[0] >= 19 * 0.01
+
+
+def test_traffic_shows_in_the_engine_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SimulatedEngine, "STATS_INTERVAL_S", 0.05)
+    with running(spec_for("sglang")) as s, running(spec_for("vllm")) as v:
+        s.wait_serving()
+        v.wait_serving()
+        for r in (s, v):
+            with r.client() as c:
+                usage = chat(c, max_tokens=8).json()["usage"]
+        assert s.logged(f"Prefill batch. #new-seq: 1, #new-token: {usage['prompt_tokens']}, #cached-token: 0")
+        v.wait(lambda: v.logged("Avg generation throughput: 160.0 tokens/s, Running: 0 reqs, Waiting: 0 reqs"))

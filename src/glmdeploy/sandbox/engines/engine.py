@@ -98,7 +98,9 @@ class SimulatedEngine:
             tpot_s=timing.tpot_s,
             time_scale=timing.time_scale,
             access_log=self._access_log,
+            on_request=self._traffic_line,
         )
+        self._stats_task: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> str:
@@ -132,6 +134,8 @@ class SimulatedEngine:
                     self._clock.settle()
                     self._state = "serving"
                     self.app.ready.set()
+                    if self.config.kind == "vllm":
+                        self._stats_task = asyncio.create_task(self._vllm_stats())
                 elif step.milestone is Milestone.CRASH:
                     self._state = "crashed"
                     return
@@ -225,6 +229,11 @@ class SimulatedEngine:
         return True
 
     async def _close(self) -> None:
+        stats, self._stats_task = self._stats_task, None
+        if stats is not None:
+            stats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stats
         server, self._server = self._server, None
         sock, self._sock = self._sock, None
         if server is not None:
@@ -246,6 +255,37 @@ class SimulatedEngine:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
 
     # ------------------------------------------------------------------ logging
+
+    # vLLM's stat logger reports every 10 s while there is traffic (engines.md §3.3 step 12).
+    STATS_INTERVAL_S = 10.0
+
+    def _traffic_line(self, prompt_tokens: int, running: int) -> None:
+        if self.config.kind != "sglang":
+            return
+        usage = min(1.0, running * prompt_tokens / max(1, self.config.kv_tokens))
+        self._log(
+            f"[{self._clock.now():%Y-%m-%d %H:%M:%S} TP0] Prefill batch. #new-seq: 1, #new-token: {prompt_tokens}, "
+            f"#cached-token: 0, token usage: {usage:.2f}, #running-req: {running - 1}, #queue-req: 0"
+        )
+
+    async def _vllm_stats(self) -> None:
+        app = self.app
+        seen_prompt, seen_generated = app.prompt_tokens_total, app.generated_tokens_total
+        while True:
+            await asyncio.sleep(self.STATS_INTERVAL_S)
+            prompt = app.prompt_tokens_total - seen_prompt
+            generated = app.generated_tokens_total - seen_generated
+            seen_prompt, seen_generated = app.prompt_tokens_total, app.generated_tokens_total
+            if not prompt and not generated and not app.running:
+                continue
+            interval = self.STATS_INTERVAL_S
+            usage = 100.0 * min(1.0, app.running * 1024 / max(1, self.config.kv_tokens))
+            self._log(
+                f"(APIServer pid={self._pid}) INFO {self._clock.now():%m-%d %H:%M:%S} [loggers.py:236] "
+                f"Avg prompt throughput: {prompt / interval:.1f} tokens/s, "
+                f"Avg generation throughput: {generated / interval:.1f} tokens/s, Running: {app.running} reqs, "
+                f"Waiting: 0 reqs, GPU KV cache usage: {usage:.1f}%, Prefix cache hit rate: 0.0%"
+            )
 
     def _access_log(self, method: str, path: str, client: str, status: int) -> None:
         kind = self.config.kind

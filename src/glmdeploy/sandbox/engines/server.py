@@ -79,6 +79,7 @@ class EngineApp:
         tpot_s: float,
         time_scale: float,
         access_log: Callable[[str, str, str, int], None],
+        on_request: Callable[[int, int], None] = lambda _prompt, _running: None,
     ) -> None:
         self.cfg = cfg
         self.dialect = dialect
@@ -88,6 +89,10 @@ class EngineApp:
         self.tpot_s = tpot_s
         self.time_scale = time_scale
         self.access_log = access_log
+        self.on_request = on_request  # (prompt tokens, requests running): the engine's own traffic lines
+        self.running = 0
+        self.prompt_tokens_total = 0
+        self.generated_tokens_total = 0
         self.ready = asyncio.Event()
         self.proxy = None if "no_auth" in faults else cfg.spec.proxy
         self.api_key = None if "no_auth" in faults else cfg.spec.engine_key
@@ -266,13 +271,20 @@ class EngineApp:
         except RequestError as err:
             await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind))
             return
-        if request.get("stream"):
-            await self._stream(turn, receive, send)
-        else:
-            await self._sleep_first_token()
-            if self.tpot_s > 0 and len(turn.pieces) > 1:
-                await asyncio.sleep(self.tpot_s * (len(turn.pieces) - 1))  # the whole decode, then one answer
-            await self._json(send, 200, turn.response())
+        self.running += 1
+        self.prompt_tokens_total += turn.prompt_tokens
+        self.generated_tokens_total += len(turn.pieces)
+        self.on_request(turn.prompt_tokens, self.running)
+        try:
+            if request.get("stream"):
+                await self._stream(turn, receive, send)
+            else:
+                await self._sleep_first_token()
+                if self.tpot_s > 0 and len(turn.pieces) > 1:
+                    await asyncio.sleep(self.tpot_s * (len(turn.pieces) - 1))  # the whole decode, then one answer
+                await self._json(send, 200, turn.response())
+        finally:
+            self.running -= 1
 
     def _validate(self, body: Any, *, chat: bool) -> dict[str, Any]:
         if not isinstance(body, dict):
