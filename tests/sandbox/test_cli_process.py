@@ -146,3 +146,16 @@ def test_ensure_running_starts_once_and_is_reused(isolated_env: Path) -> None:
     finally:
         assert process.stop() == first
     assert process.status().running is False
+
+
+def test_busy_port_is_reported_not_hidden(isolated_env: Path) -> None:
+    taken = process.bind(0)
+    try:
+        result = cli("start", "--port", str(taken.getsockname()[1]))
+        assert result.returncode == 1
+        assert "exited at start" in result.stderr and "sandbox.log" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert "cannot listen on 127.0.0.1" in (isolated_env / "sandbox.log").read_text()
+    finally:
+        taken.close()
+    assert status_json()["running"] is False

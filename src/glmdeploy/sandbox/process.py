@@ -326,7 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = SandboxConfig(port=args.port, time_scale=args.time_scale, faults=args.faults, seed=args.seed,
                            api_key=os.environ.get("GLMDEPLOY_SANDBOX_KEY") or None)
-    run_foreground(config, announce=False)
+    try:
+        run_foreground(config, announce=False)
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
