@@ -425,3 +425,10 @@ def test_v1_pages_neither_skip_nor_repeat_when_instances_go_away(vast: Any) -> N
     # A token from another query is refused.
     other = _page(vast, select_filters={"label": {"eq": "x"}}, after_token=first["next_token"])
     assert other.status_code == 400 and other.json()["error"] == "invalid_token"
+
+
+def test_proxy_only_host_never_maps_ports(vast: Any) -> None:
+    offer = vast.search({"direct_port_count": {"eq": 0}, "rentable": {"eq": True}, "limit": 1})[0]
+    instance_id = vast.create(offer["id"]).json()["new_contract"]
+    row = vast.wait_status(instance_id, "running")
+    assert row["ports"] is None and row["direct_port_count"] == 0 and row["direct_port_start"] == -1

@@ -147,6 +147,8 @@ class Instance:
     def ports_object(self) -> dict[str, list[dict[str, str]]] | None:
         if self.actual_status != "running" or self.ports_hidden or not self.host_ports:
             return None
+        if self.offer["direct_port_count"] <= 0:
+            return None  # proxy-only host: nothing is mapped directly (vast-api.md §11.6)
         return {key: [{"HostIp": "0.0.0.0", "HostPort": str(port)}] for key, port in self.host_ports.items()}
 
     def row(self, now: float) -> dict[str, Any]:
