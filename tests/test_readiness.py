@@ -70,3 +70,11 @@ def test_follower_sees_every_line_exactly_once_whatever_the_poll_points(lines: l
         got += f.feed(full[: min(cut, len(full))])
     got += f.feed(full)
     assert got == unique
+
+
+def test_a_specific_cause_replaces_a_generic_engine_failure() -> None:
+    w = ReadinessWatcher(get_engine("vllm"))
+    v = w.feed("(EngineCore_DP0 pid=7) ERROR EngineCore failed to start.\nTraceback (most recent call last):\n")
+    assert v.failure is not None and v.failure.kind == "init_failed" and v.failure_is_generic
+    v = w.feed("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB.\n")
+    assert v.failure is not None and v.failure.kind == "cuda_oom" and not v.failure_is_generic

@@ -143,6 +143,8 @@ class StepFailed(DeploymentFailed):
         self.kind = kind
         self.phase = phase
         self.excerpt = list(excerpt)
+        # The host it failed on, so a retry with --max-attempts goes elsewhere.
+        self.machine_id: int | None = None
 
 
 class PlanRefused(UsageError):
@@ -193,9 +195,8 @@ class Deployer:
                 return self._attempt(request, plan, ranked, cap)
             except StepFailed as exc:
                 last_error = exc
-                machine = self.current.machine_id if self.current else None
-                if machine is not None:
-                    failed_machines.append(machine)
+                if exc.machine_id is not None:
+                    failed_machines.append(exc.machine_id)
                 if attempt_no < request.max_attempts and not request.keep_on_failure:
                     self.events.note(f"attempt {attempt_no} failed ({exc}); trying another machine")
                     continue
@@ -286,6 +287,8 @@ class Deployer:
             self.store.mark_destroyed(deployment.id, status="failed", error="offer taken before it was rented")
             raise
         except (StepFailed, SmokeFailed, VastError) as exc:
+            if isinstance(exc, StepFailed):
+                exc.machine_id = attempt.machine_id
             self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
             raise
         done = self.store.update(
@@ -442,6 +445,10 @@ class Deployer:
         assert attempt.instance_id is not None
         while True:
             verdict = watcher.feed(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL))
+            if verdict.failure_is_generic:
+                # The cause usually follows in the traceback: read once more before giving up.
+                self._wait(self.pacing.interval(0, self.pacing.logs_first, self.pacing.logs_max), deadline)
+                verdict = watcher.feed(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL))
             if verdict.failure is not None:
                 raise StepFailed(
                     f"engine failed: {verdict.failure.kind}: {verdict.failure_line}",

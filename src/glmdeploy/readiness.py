@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from glmdeploy.engines import Engine, FailureSignature
 
 EXCERPT_LINES = 12
+# Signatures that say an engine died without saying why; a later, specific one replaces them.
+GENERIC_FAILURES = frozenset({"init_failed"})
 
 
 class LogFollower:
@@ -66,6 +68,10 @@ class LogVerdict:
     kv_tokens: int | None = None
     excerpt: list[str] = field(default_factory=list)
 
+    @property
+    def failure_is_generic(self) -> bool:
+        return self.failure is not None and self.failure.kind in GENERIC_FAILURES
+
 
 class ReadinessWatcher:
     """Feed it log snapshots; it says when the engine logged readiness or a fatal failure."""
@@ -86,9 +92,10 @@ class ReadinessWatcher:
         self.lines_seen += 1
         self.recent.append(line)
         v = self.verdict
-        if v.failure is None:
+        if v.failure is None or v.failure.kind in GENERIC_FAILURES:
             sig = self.engine.classify_failure(line)
-            if sig is not None:
+            # "failed to start" comes before the traceback that says why: let the cause replace it.
+            if sig is not None and (v.failure is None or sig.kind not in GENERIC_FAILURES):
                 v.failure = sig
                 v.failure_line = line.strip()
         if any(marker in line for marker in self.engine.ready_markers):
