@@ -43,7 +43,8 @@ class ApiClient:
         return offers
 
     def first_offer(self, **filters: Any) -> dict[str, Any]:
-        query: dict[str, Any] = {"rentable": {"eq": True}, "order": [["dph_total", "asc"]], "limit": 5}
+        query: dict[str, Any] = {"rentable": {"eq": True}, "direct_port_count": {"gte": 1},
+                                 "order": [["dph_total", "asc"]], "limit": 5}
         query.update({k: {"eq": v} for k, v in filters.items()})
         offers = self.search(query)
         assert offers, f"no offer for {filters}"
