@@ -549,7 +549,7 @@ def test_vllm_015_streams_each_call_in_one_delta_and_copies_reasoning_content() 
     with running(spec_for("vllm-0.15")) as r:
         r.wait_serving()
         with r.client() as c:
-            events, _ = sse(chat(c, messages=PARIS, tools=[WEATHER_TOOL], stream=True))
+            events, _ = sse(chat(c, messages=PARIS, tools=[WEATHER_TOOL], stream=True, stream_options={}))
             message = chat(c).json()["choices"][0]["message"]
     tool_events = [e for e in events if e["choices"] and e["choices"][0]["delta"].get("tool_calls")]
     assert len(tool_events) == 1
@@ -557,6 +557,17 @@ def test_vllm_015_streams_each_call_in_one_delta_and_copies_reasoning_content() 
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
     assert message["reasoning"] and message["reasoning_content"] == message["reasoning"]
     assert any("GPU KV cache size:" in ln and ln.endswith(" tokens") for ln in r.lines)  # 0.15: two lines
+    assert not events[-1]["choices"] and events[-1]["usage"]  # stream_options sent: usage on by default
+
+
+def test_vllm_015_usage_defaults_on_once_stream_options_is_sent() -> None:
+    with running(spec_for("vllm-0.15")) as r:
+        r.wait_serving()
+        with r.client() as c:
+            with_options, _ = sse(chat(c, stream=True, stream_options={}))
+            without, _ = sse(chat(c, stream=True))
+    assert with_options[-1]["choices"] == [] and with_options[-1]["usage"]["completion_tokens"] > 0
+    assert without[-1]["choices"] != []
 
 
 def test_no_tool_call_when_not_relevant_or_tool_choice_none(served: dict[str, Running]) -> None:

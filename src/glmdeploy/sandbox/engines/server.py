@@ -636,7 +636,9 @@ class Turn:
             yield self._chunk(self._reasoning_delta("".join(held_reasoning)))
         yield self._chunk({} if not self.d.explicit_nulls else None, self.finish_reason())
         options = self.request.get("stream_options") or {}
-        if self.d.always_usage or (isinstance(options, dict) and options.get("include_usage")):
+        # vLLM 0.15's StreamOptions.include_usage defaults to true once the object is sent (engines.md §3.6).
+        default = self.d.kind == "vllm" and self.app.cfg.version < (0, 16) and "stream_options" in self.request
+        if self.d.always_usage or (isinstance(options, dict) and options.get("include_usage", default)):
             obj: dict[str, Any] = {
                 "id": self.id,
                 "object": "chat.completion.chunk" if self.chat else "text_completion",
