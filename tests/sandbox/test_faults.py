@@ -51,6 +51,16 @@ def test_http429_without_count_is_every_time_and_any_matches_all(start_sandbox: 
     assert httpx.get(f"{vast.url}/_sandbox/ledger").status_code == 200
 
 
+def test_http429_body_shapes(start_sandbox: Any, client_for: Any) -> None:
+    vast = _vast(start_sandbox, client_for, "http429:create=1,body=detail;http429:search=1,body=text")
+    detail = vast.http.put("/api/v0/asks/1/", json={"image": "x"})
+    assert detail.status_code == 429
+    assert detail.json() == {"detail": "API requests too frequent endpoint threshold=4.5"}
+    text = vast.http.post("/api/v0/bundles/", json={})
+    assert text.status_code == 429 and text.headers["content-type"].startswith("text/plain")
+    assert text.text == "API requests too frequent endpoint threshold=2.0"
+
+
 @pytest.mark.parametrize(("status", "kind"), [("500", "application/json"), ("502", "text/html"),
                                               ("503", "text/html"), ("504", "text/html")])
 def test_http5xx(start_sandbox: Any, client_for: Any, status: str, kind: str) -> None:
@@ -220,7 +230,7 @@ def test_engine_faults_are_recorded_for_the_engine(vast: Any) -> None:
     "spec",
     ["nonsense", "http429=3", "http429:create=x", "http429:create,retry_after=soon", "exited:create",
      "http5xx:show,status=418", "empty_logs", "engine_oom:create", "stuck_loading,colour=red",
-     "http429:create,p=2"],
+     "http429:create,p=2", "http429:create,body=xml"],
 )
 def test_bad_specs_are_rejected(spec: str) -> None:
     with pytest.raises(FaultSpecError):

@@ -136,8 +136,14 @@ def create_app(world: World) -> Starlette:
                 wait = fault.params["retry_after"]
                 headers = {"Retry-After": wait, "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
                            "X-RateLimit-Reset": str(int(world.clock() + float(wait)) + 1)}
-            return JSONResponse({"success": False, "error": "rate_limit_exceeded",
-                                 "msg": f"API requests too frequent endpoint threshold={threshold}"},
+            text = f"API requests too frequent endpoint threshold={threshold}"
+            # vast-api.md §2.2: the server has answered 429s in all three shapes.
+            shape = fault.params.get("body", "json")
+            if shape == "text":
+                return PlainTextResponse(text, status_code=429, headers=headers)
+            if shape == "detail":
+                return JSONResponse({"detail": text}, status_code=429, headers=headers)
+            return JSONResponse({"success": False, "error": "rate_limit_exceeded", "msg": text},
                                 status_code=429, headers=headers)
         return None
 

@@ -29,7 +29,7 @@ INSTANCE_FAULTS = frozenset({"stuck_loading", "exited", "ports_null"})
 LOG_FAULTS = frozenset({"empty_logs", "logs_pending"})
 
 PARAMS: dict[str, frozenset[str]] = {
-    "http429": frozenset({"retry_after", "p"}),
+    "http429": frozenset({"retry_after", "body", "p"}),
     "http5xx": frozenset({"status", "p"}),
     "drop": frozenset({"p"}),
     "offer_taken": frozenset({"p"}),
@@ -140,6 +140,8 @@ def _check_params(name: str, params: Mapping[str, str], entry: str) -> None:
                 raise FaultSpecError(f"fault {entry!r}: {key} must be a number") from None
             if number < 0 or (key == "p" and number > 1):
                 raise FaultSpecError(f"fault {entry!r}: {key} out of range")
+    if params.get("body", "json") not in ("json", "detail", "text"):
+        raise FaultSpecError(f"fault {entry!r}: body must be json, detail or text")
     if "status" in params:
         if params["status"] not in ("500", "502", "503", "504"):
             raise FaultSpecError(f"fault {entry!r}: status must be 500, 502, 503 or 504")
