@@ -699,6 +699,25 @@ def test_broken_tool_parser_returns_invalid_json_arguments() -> None:
             json.loads(arguments)
 
 
+def test_named_tool_choice_and_zero_argument_calls_also_break_under_the_fault() -> None:
+    clock = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+    choice = {"type": "function", "function": {"name": "now"}}
+    for faults, valid in (({}, True), ({"broken_tool_parser": None}, False)):
+        with running(spec_for("sglang"), faults) as r:
+            r.wait_serving()
+            with r.client() as c:
+                body = chat(c, messages=HELLO, tools=[WEATHER_TOOL, clock], tool_choice=choice).json()
+                events, _ = sse(chat(c, messages=HELLO, tools=[WEATHER_TOOL, clock], tool_choice=choice, stream=True))
+        call = body["choices"][0]["message"]["tool_calls"][0]
+        assert call["function"]["name"] == "now"
+        for arguments in (call["function"]["arguments"], streamed_tool_calls(events)[0]["arguments"]):
+            if valid:
+                assert json.loads(arguments) == {}
+            else:
+                with pytest.raises(json.JSONDecodeError):
+                    json.loads(arguments)
+
+
 def test_reasoning_leak_puts_reasoning_in_content() -> None:
     with running(spec_for("sglang"), {"reasoning_leak": None}) as r:
         r.wait_serving()

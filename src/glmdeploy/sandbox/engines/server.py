@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -567,7 +567,7 @@ class Turn:
             delta["reasoning_content"] = text
         return delta
 
-    def stream_events(self) -> Any:
+    def stream_events(self) -> Iterator[bytes]:
         """SSE events interleaved with ``TOKEN_TICK`` markers, one marker per generated token."""
         if self.chat:
             yield self._chunk({"role": "assistant", "content": ""})
@@ -588,9 +588,6 @@ class Turn:
                     yield self._chunk(self._reasoning_delta("".join(held_reasoning)))
                     held_reasoning.clear()
             elif channel == "content":
-                if held_reasoning:  # no parser: cannot happen; kept for safety of ordering
-                    yield self._chunk(self._reasoning_delta("".join(held_reasoning)))
-                    held_reasoning.clear()
                 if text:
                     yield self._chunk({"content": text})
             elif channel == "tool_name" and self.d.incremental_tool_args:

@@ -265,12 +265,13 @@ def generate_text(prompt: str, *, seed: int) -> Generation:
 
 
 def split_evenly(text: str, parts: int) -> list[str]:
-    """``parts`` consecutive slices of ``text`` (some may be empty) that join back to it."""
+    """``parts`` consecutive slices of ``text`` that join back to it; any empty ones come first, so the
+    last slice holds the end of the text (the closing ``}`` of a call's arguments)."""
     parts = max(1, parts)
     size, extra = divmod(len(text), parts)
     out, at = [], 0
     for i in range(parts):
-        end = at + size + (1 if i < extra else 0)
+        end = at + size + (1 if i >= parts - extra else 0)
         out.append(text[at:end])
         at = end
     return out
