@@ -81,6 +81,8 @@ def test_drop_closes_the_connection_without_an_answer(start_sandbox: Any, client
     with pytest.raises(httpx.TransportError):
         vast.http.request("DELETE", "/api/v0/instances/1/", json={})
     assert vast.destroy(1).status_code == 404  # the next one is answered
+    records = httpx.get(f"{vast.url}/_sandbox/requests").json()["requests"]
+    assert [r["status"] for r in records if r["method"] == "DELETE"] == [0, 404]
 
 
 def test_offer_taken_between_search_and_create(start_sandbox: Any, client_for: Any) -> None:

@@ -58,6 +58,7 @@ async def drop_connection(request: Request) -> None:
     if transport is None:
         raise RuntimeError("cannot drop the connection: not running under uvicorn")
     transport.abort()
+    request.scope["sandbox.dropped"] = True
     # connection_lost runs on the next loop iteration; after it, uvicorn ignores our sends.
     for _ in range(5):
         await asyncio.sleep(0)
@@ -86,7 +87,7 @@ class RequestLog:
         finally:
             self.world.record(RequestRecord(
                 method=scope["method"], path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"),
-                status=status["code"], at=self.world.clock()))
+                status=0 if scope.get("sandbox.dropped") else status["code"], at=self.world.clock()))
 
 
 def create_app(world: World) -> Starlette:
