@@ -786,3 +786,34 @@ def test_traffic_shows_in_the_engine_log(monkeypatch: pytest.MonkeyPatch) -> Non
                 usage = chat(c, max_tokens=8).json()["usage"]
         assert s.logged(f"Prefill batch. #new-seq: 1, #new-token: {usage['prompt_tokens']}, #cached-token: 0")
         v.wait(lambda: v.logged("Avg generation throughput: 160.0 tokens/s, Running: 0 reqs, Waiting: 0 reqs"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "after_load"),
+    [
+        ("vllm", "OSError: [Errno 98] Address already in use", False),
+        ("lightllm", "RuntimeError: port 8000 has been used", False),
+        (
+            "sglang",
+            "[Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address already in use",
+            True,
+        ),
+    ],
+)
+def test_busy_port_fails_early_or_late_per_engine(kind: str, message: str, after_load: bool) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        loop = asyncio.new_event_loop()
+        try:
+            lines: list[str] = []
+            engine = SimulatedEngine(
+                spec_for(kind), port=port, log=lines.append, timing=EngineTiming(time_scale=SCALE), faults={}
+            )
+            loop.run_until_complete(asyncio.wait_for(engine.run(), 10))
+        finally:
+            loop.close()
+    assert engine.state == "crashed"
+    assert message in lines[-1]
+    assert any(KV_LINE[kind].search(line) for line in lines) == after_load

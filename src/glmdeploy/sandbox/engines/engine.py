@@ -144,9 +144,10 @@ class SimulatedEngine:
             self._clock.settle()
             await self._stopping.wait()
         finally:
+            # Left by stop(), a crash, or the task being cancelled: in every case nothing listens any more.
             await self._close()
-            if self._state not in ("crashed",):
-                self._state = "stopped" if self._stopping.is_set() else self._state
+            if self._state != "crashed":
+                self._state = "stopped"
 
     async def stop(self) -> None:
         """Close the listening socket and all connections; idempotent."""
