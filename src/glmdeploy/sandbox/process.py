@@ -108,7 +108,8 @@ def probe(info: SandboxInfo) -> bool:
     import httpx
 
     try:
-        response = httpx.get(f"{info.url}/_sandbox/health", timeout=HEALTH_TIMEOUT_S)
+        # trust_env=False: a proxy configured for the outside world must not see loopback probes.
+        response = httpx.get(f"{info.url}/_sandbox/health", timeout=HEALTH_TIMEOUT_S, trust_env=False)
         data = response.json()
     except (httpx.HTTPError, ValueError):
         return False
@@ -257,7 +258,10 @@ def stop() -> SandboxInfo | None:
 
 def ensure_running(*, seed: int = 0, time_scale: float | None = None, faults: str | None = None,
                    port: int = 0) -> SandboxInfo:
-    """The running sandbox of this GLMDEPLOY_HOME, started in the background if needed."""
+    """The running sandbox of this GLMDEPLOY_HOME, started in the background if needed.
+
+    A sandbox that already runs is reused as it is: the arguments only shape a new one.
+    """
     info, _ = start_background(SandboxConfig(port=port, time_scale=time_scale, faults=faults, seed=seed))
     return info
 
