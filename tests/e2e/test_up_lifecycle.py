@@ -234,8 +234,8 @@ def test_ttl_watchdog_destroys_the_instance_from_inside(cli: Cli, sandbox: Start
 
 
 def _instance_key(sb: Sandbox, instance_id: int) -> str:
-    r = httpx.get(f"{sb.url}/_sandbox/instances/{instance_id}/key", headers={"Authorization": f"Bearer {sb.api_key}"},
-                  timeout=10)
+    r = httpx.get(f"{sb.url}/_sandbox/instances/{instance_id}/container-env",
+                  headers={"Authorization": f"Bearer {sb.api_key}"}, timeout=10)
     r.raise_for_status()
-    key: str = r.json()["instance_api_key"]
+    key: str = r.json()["env"]["CONTAINER_API_KEY"]
     return key

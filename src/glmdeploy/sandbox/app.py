@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -389,6 +390,22 @@ def create_app(world: World) -> Starlette:
                 return JSONResponse({"success": False, "error": "invalid_args", "msg": str(exc)}, status_code=400)
         return JSONResponse({"success": True, "spec": world.faults.spec, "faults": world.faults.describe()})
 
+    async def container_env(request: Request) -> Response:
+        """What the container of an instance sees in its environment (CONTAINER_API_KEY included).
+
+        For tests that run on-host snippets (the TTL watchdog) as the container would. It holds
+        secrets, so unlike the other admin endpoints it needs the sandbox's own key.
+        """
+        header = request.headers.get("authorization", "")
+        if not hmac.compare_digest(header.encode(), f"Bearer {world.api_key}".encode()):
+            return JSONResponse({"success": False, "error": "auth_error", "msg": "Invalid user key"}, status_code=401)
+        try:
+            instance = world.instances[int(request.path_params["id"])]
+        except (KeyError, ValueError):
+            return JSONResponse({"success": False, "error": "no_such_instance", "msg": "Instance not found."},
+                                status_code=404)
+        return JSONResponse({"env": instance.container_env()})
+
     routes = [
         Route("/api/v0/bundles/", search_post, methods=["POST"]),
         Route("/api/v0/bundles/", search_get, methods=["GET"]),
@@ -407,6 +424,7 @@ def create_app(world: World) -> Starlette:
         Route("/_sandbox/ledger", ledger, methods=["GET"]),
         Route("/_sandbox/requests", requests_log, methods=["GET"]),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"]),
+        Route("/_sandbox/instances/{id}/container-env", container_env, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager
