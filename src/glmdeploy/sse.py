@@ -110,7 +110,10 @@ class SSEParser:
 
     def _line(self, line: str, when: float) -> SSEEvent | None:
         if line == "":
-            return self._dispatch(when) if self._data else self._reset()
+            if self._data:
+                return self._dispatch(when)
+            self._reset()
+            return None
         if line.startswith(":"):
             return None
         name, colon, value = line.partition(":")
@@ -130,7 +133,6 @@ class SSEParser:
     def _reset(self) -> None:
         self._data = []
         self._event = ""
-        return None
 
     def _dispatch(self, when: float) -> SSEEvent:
         event = SSEEvent(
