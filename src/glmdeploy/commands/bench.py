@@ -1,16 +1,155 @@
-"""``glmdeploy bench`` (issue 5). Not implemented yet: says so and exits 1."""
+"""``glmdeploy bench``: load-test a deployment (or any OpenAI chat URL) the way ``vllm bench serve`` measures.
+
+The load generator and the metrics live in ``glmdeploy.bench``; this module resolves the target, shows
+progress on stderr and prints the result block (or JSON). Exit codes: 0 when the run completed (failed
+requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, not_implemented
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+
+if TYPE_CHECKING:
+    from glmdeploy.bench import BenchOptions, BenchResult
 
 Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
 
 
-def bench(name: Name = None, json_output: JsonOutput = False) -> None:
-    """Load-test an endpoint the way `vllm bench serve` measures it."""
-    not_implemented("bench")
+@handles_errors
+def bench(
+    name: Name = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="OpenAI base URL (…/v1) to bench instead of a deployment.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="OPENAI_API_KEY",
+            show_envvar=True,
+            show_default=False,
+            help="Endpoint key for --url (a deployment's own key is used for NAME).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name to request (default: the deployment's, or /models).")
+    ] = None,
+    num_prompts: Annotated[int, typer.Option("--num-prompts", min=1, help="Requests to send.")] = 100,
+    input_len: Annotated[
+        int, typer.Option("--input-len", min=1, help="Prompt length in words (about one token each).")
+    ] = 1024,
+    output_len: Annotated[
+        int, typer.Option("--output-len", min=1, help="Tokens to generate per request (max_tokens, ignore_eos).")
+    ] = 128,
+    request_rate: Annotated[
+        str, typer.Option("--request-rate", help="Requests per second, or 'inf' to send all at once.")
+    ] = "inf",
+    burstiness: Annotated[
+        float,
+        typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 = Poisson, <1 burstier, >1 steadier."),
+    ] = 1.0,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", min=1, help="Cap on requests in flight.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the prompts and the arrival times.")] = 0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.001, help="Seconds one request may take before it counts as failed.")
+    ] = 600.0,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)
+    ] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput)."""
+    import math
+
+    from glmdeploy.bench import BenchOptions, first_model, parse_request_rate
+    from glmdeploy.errors import SmokeFailed, UsageError
+
+    rate = parse_request_rate(request_rate)
+    if math.isnan(burstiness) or burstiness <= 0:
+        raise UsageError(f"--burstiness must be a positive number or 'inf', got {burstiness!r}")
+    if name is not None and url is not None:
+        raise UsageError("give a deployment NAME or --url, not both")
+    label: str | None = None
+    if url is not None:
+        target, key = url, api_key
+        model = model or first_model(url, key)
+    else:
+        target, key, served, label = _deployment_target(name)
+        model = model or served
+    options = BenchOptions(
+        num_prompts=num_prompts,
+        input_len=input_len,
+        output_len=output_len,
+        request_rate=rate,
+        burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        seed=seed,
+        timeout_s=timeout,
+        label=label,
+    )
+    result = _run_with_progress(target, key, model, options)
+
+    from glmdeploy.bench import format_summary
+
+    summary = format_summary(result)
+    if json_output:
+        say(summary)
+        emit_json(result.model_dump(mode="json"))
+    else:
+        print(summary, flush=True)
+    for error in result.errors:
+        say(f"failed request: {error}")
+    if output is not None:
+        try:
+            output.write_text(result.model_dump_json(indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if result.completed == 0:
+        first = result.errors[0] if result.errors else "no request was sent"
+        raise SmokeFailed(f"every request failed ({first})")
+
+
+def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
+    """(endpoint, key, served model, deployment name) of the named or only active deployment."""
+    from glmdeploy.errors import UsageError
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        d = store.resolve(name)
+    if not d.endpoint or not d.is_active:
+        raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
+    return d.endpoint, d.endpoint_key(), d.model or "", d.name
+
+
+def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from glmdeploy.bench import RequestOutcome, run_bench
+
+    console = Console(stderr=True)
+    failed = 0
+    with Progress(
+        TextColumn("bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("bench", total=options.num_prompts, failed=0)
+
+        def done(outcome: RequestOutcome) -> None:
+            nonlocal failed
+            failed += 0 if outcome.success else 1
+            progress.update(task, advance=1, failed=failed)
+
+        return run_bench(url, key, model, options, on_done=done)

@@ -1,0 +1,531 @@
+"""Load generator for an OpenAI chat endpoint, measuring the way ``vllm bench serve`` does (engines.md §9).
+
+Three layers, so the numbers can be checked by hand and the I/O stays thin:
+
+- **Workload** (pure): ``make_requests`` builds the random-words dataset, ``arrival_offsets`` the send schedule
+  (all at t=0 for ``inf``, else gamma-distributed gaps rescaled so the last send is at ``n / rate``).
+- **Client** (I/O): ``run_bench`` streams every request with httpx and records, per request, the
+  ``time.perf_counter()`` at which each ``data:`` line's bytes arrived. Lines are split from the raw byte
+  stream and only parsed as JSON after the stream ends, so parsing never delays a timestamp.
+- **Metrics** (pure): ``summarize`` turns the per-request ``RequestOutcome`` list into a ``BenchResult``
+  with vLLM's JSON key names; ``format_summary`` prints vLLM's result block.
+
+Definitions (vLLM's, with glmdeploy's choices where vLLM versions differ):
+
+- A chunk *carries output* when its first choice's delta has a non-empty ``content``, ``reasoning``,
+  ``reasoning_content``, ``tool_calls`` or ``function_call``. Unlike vLLM 0.33, SGLang's
+  ``reasoning_content`` counts, so TTFT means the same thing on all three engines (first generated token,
+  thinking included). The role-only first chunk (``content: ""``) does not count.
+- TTFT = send to the first output chunk; ITL = gaps between consecutive output chunks (per chunk, not per
+  token); E2EL = send to the last output chunk; TPOT = (E2EL - TTFT) / (output_tokens - 1), only for
+  requests with more than one output token. Statistics are over requests (TTFT, TPOT, E2EL) or over all
+  gaps of all requests (ITL); std is the population std, percentiles interpolate linearly (numpy's default).
+- Output tokens are the server's ``usage.completion_tokens`` (``stream_options.include_usage`` is always
+  sent); when a server sends no usage, the number of output chunks stands in (one chunk per token on
+  these engines without speculative decoding). Input tokens are ``usage.prompt_tokens`` (the prompt as
+  the server counted it, chat template included), else the requested ``input_len``.
+- A request fails on an HTTP error status, a connection error or timeout, a stream that closes before a
+  ``finish_reason`` or ``[DONE]``, a non-JSON ``data:`` line, an error object in the stream, or a stream
+  with no output at all. Failed requests count in ``failed`` and their first errors are kept; they do not
+  stop the run and do not enter the latency statistics or token totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from glmdeploy.errors import UsageError
+
+BACKEND = "openai-chat"
+MAX_ERRORS_KEPT = 10
+PERCENTILE = 99
+METRICS = ("ttft", "tpot", "itl", "e2el")
+_OUTPUT_FIELDS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
+
+# Common English words of at most four letters: each is one token (with its leading space) for GLM's BPE
+# tokenizer and exactly one for the sandbox's stand-in, so a prompt of N words is about N tokens (exactly N in
+# the sandbox) plus the chat template's few.
+VOCAB: tuple[str, ...] = tuple(
+    """the of and to in is it you that he was for on are as with his they at be this have from or one had by
+    word but not what all were we when your can said use an each she do how if will up out many then them so
+    some her make like him into time has look two more go see way no than been call who its now find long
+    down day did get come made may part over new take only work know live me back give most very our just
+    name good man say help much too mean old any same tell boy low line sea sky blue red tree city road rain
+    wind fire cold warm book door open game home hand high year girl keep kind last left life fish bird moon
+    star snow farm ship lake hill king free late""".split()
+)
+
+
+# --------------------------------------------------------------------------- options and workload
+
+
+def parse_request_rate(text: str | float) -> float:
+    """``inf`` or a positive finite number of requests per second; anything else is a usage error."""
+    try:
+        rate = float(text)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if math.isnan(rate) or rate <= 0:
+        raise UsageError(f"--request-rate must be a positive number or 'inf', got {text!r}")
+    return rate
+
+
+class BenchOptions(BaseModel):
+    """What to send and how fast. Defaults follow vLLM's random dataset except ``num_prompts``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_prompts: int = Field(default=100, ge=1)
+    input_len: int = Field(default=1024, ge=1, description="Prompt words (about one token each).")
+    output_len: int = Field(default=128, ge=1, description="max_tokens, with ignore_eos.")
+    request_rate: float = Field(default=math.inf, gt=0, description="Requests/s; inf sends all at t=0.")
+    burstiness: float = Field(default=1.0, gt=0, description="Gamma shape: 1 = Poisson, <1 burstier.")
+    max_concurrency: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    timeout_s: float = Field(default=600.0, gt=0, description="Per-request limit, connect to last byte.")
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    prompt: str
+    input_len: int
+    output_len: int
+
+
+def make_requests(num_prompts: int, input_len: int, output_len: int, seed: int) -> list[BenchRequest]:
+    """Random-word prompts of ``input_len`` words from ``VOCAB``; the same seed gives the same prompts."""
+    rng = random.Random(seed)
+    return [
+        BenchRequest(" ".join(rng.choices(VOCAB, k=input_len)), input_len, output_len) for _ in range(num_prompts)
+    ]
+
+
+def arrival_offsets(num_prompts: int, request_rate: float, burstiness: float, seed: int) -> list[float]:
+    """Seconds after the start at which each request is sent (vLLM's ``get_request`` schedule).
+
+    Gaps are gamma-distributed with shape ``burstiness`` and scale ``1 / (rate x burstiness)``, so their
+    mean is ``1 / rate`` and their coefficient of variation ``1 / sqrt(burstiness)`` (1 = Poisson);
+    ``burstiness = inf`` is constant spacing. The cumulative times are then rescaled so the last one is
+    exactly ``num_prompts / rate``, as vLLM does, which keeps the offered load exact for small runs.
+    """
+    if math.isinf(request_rate):
+        return [0.0] * num_prompts
+    rng = random.Random(seed)
+    if math.isinf(burstiness):
+        gaps = [1.0 / request_rate] * num_prompts
+    else:
+        scale = 1.0 / (request_rate * burstiness)
+        gaps = [rng.gammavariate(burstiness, scale) for _ in range(num_prompts)]
+    offsets: list[float] = []
+    total = 0.0
+    for gap in gaps:
+        total += gap
+        offsets.append(total)
+    if total > 0:
+        factor = (num_prompts / request_rate) / total
+        offsets = [t * factor for t in offsets]
+    return offsets
+
+
+# --------------------------------------------------------------------------- per-request outcome
+
+
+@dataclass
+class RequestOutcome:
+    """What one request measured. Times are seconds; ``ttft``/``latency`` are 0 for failed requests."""
+
+    success: bool = False
+    error: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    start_time: float = 0.0
+
+
+def outcome_from_stream(
+    events: Sequence[tuple[float, bytes]], sent_at: float, request: BenchRequest
+) -> RequestOutcome:
+    """Interpret a finished stream: ``events`` are (arrival time, payload after ``data:``) in order."""
+    out = RequestOutcome(start_time=sent_at)
+    last = 0.0
+    chunks = 0
+    finished = False
+    usage: dict[str, Any] | None = None
+    for arrived, payload in events:
+        if payload == b"[DONE]":
+            finished = True
+            continue
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            out.error = f"invalid JSON in stream: {payload[:80].decode('utf-8', 'replace')!r}"
+            return out
+        if not isinstance(obj, dict):
+            out.error = f"unexpected stream event: {payload[:80].decode('utf-8', 'replace')!r}"
+            return out
+        if "error" in obj or obj.get("object") == "error":
+            out.error = f"error in stream: {_error_message(obj)}"
+            return out
+        choices = obj.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict) and any(delta.get(k) for k in _OUTPUT_FIELDS):
+                if chunks == 0:
+                    out.ttft = arrived - sent_at
+                else:
+                    out.itl.append(arrived - last)
+                last = arrived
+                chunks += 1
+            if choice.get("finish_reason"):
+                finished = True
+        if isinstance(obj.get("usage"), dict):
+            usage = obj["usage"]
+    if not finished:
+        out.error = "stream ended before the response was complete"
+        return out
+    if chunks == 0:
+        out.error = "stream carried no output"
+        return out
+    out.latency = last - sent_at
+    completion = usage.get("completion_tokens") if usage else None
+    prompt = usage.get("prompt_tokens") if usage else None
+    out.output_tokens = completion if isinstance(completion, int) and completion > 0 else chunks
+    out.input_tokens = prompt if isinstance(prompt, int) and prompt > 0 else request.input_len
+    out.success = True
+    return out
+
+
+def _error_message(obj: Any) -> str:
+    """The human part of an engine's error body (vLLM ``{"error": {...}}``, others ``{"message": ...}``)."""
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:200]
+        if isinstance(err, str) and err:
+            return err[:200]
+        for key in ("message", "detail"):
+            if obj.get(key):
+                return str(obj[key])[:200]
+    return json.dumps(obj)[:200]
+
+
+# --------------------------------------------------------------------------- metrics (pure)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def std(values: Sequence[float]) -> float:
+    """Population standard deviation (numpy's default), 0 for no values."""
+    if not values:
+        return 0.0
+    m = mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def tpot_of(outcome: RequestOutcome) -> float | None:
+    """(E2EL - TTFT) / (output_tokens - 1); None when there is no second token to time."""
+    if not outcome.success or outcome.output_tokens <= 1:
+        return None
+    return (outcome.latency - outcome.ttft) / (outcome.output_tokens - 1)
+
+
+class BenchResult(BaseModel):
+    """The result, with ``vllm bench serve``'s JSON key names (engines.md §9) plus a few of glmdeploy's."""
+
+    date: str
+    endpoint_type: str = BACKEND
+    backend: str = BACKEND
+    label: str | None = None
+    model_id: str
+    num_prompts: int
+    input_len: int
+    output_len: int
+    seed: int
+    request_rate: float | str = Field(description='Requests/s, or "inf".')
+    burstiness: float | str = Field(description='Gamma shape, or "inf" for constant spacing.')
+    max_concurrency: int | None
+    duration: float
+    completed: int
+    failed: int
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    request_goodput: float | None = None
+    output_throughput: float
+    total_token_throughput: float
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    std_ttft_ms: float
+    p99_ttft_ms: float
+    mean_tpot_ms: float
+    median_tpot_ms: float
+    std_tpot_ms: float
+    p99_tpot_ms: float
+    mean_itl_ms: float
+    median_itl_ms: float
+    std_itl_ms: float
+    p99_itl_ms: float
+    mean_e2el_ms: float
+    median_e2el_ms: float
+    std_e2el_ms: float
+    p99_e2el_ms: float
+    errors: list[str] = Field(default_factory=list, description=f"The first {MAX_ERRORS_KEPT} failure reasons.")
+
+
+def _json_number(value: float) -> float | str:
+    return "inf" if math.isinf(value) else value
+
+
+def summarize(
+    outcomes: Sequence[RequestOutcome], duration: float, options: BenchOptions, model: str, *, date: str | None = None
+) -> BenchResult:
+    """Aggregate per-request outcomes into the result (vLLM's ``calculate_metrics``)."""
+    ok = [o for o in outcomes if o.success]
+    series: dict[str, list[float]] = {
+        "ttft": [o.ttft for o in ok],
+        "tpot": [t for o in ok if (t := tpot_of(o)) is not None],
+        "itl": [gap for o in ok for gap in o.itl],
+        "e2el": [o.latency for o in ok],
+    }
+    stats: dict[str, float] = {}
+    for name, values in series.items():
+        stats[f"mean_{name}_ms"] = mean(values) * 1000
+        stats[f"median_{name}_ms"] = percentile(values, 50) * 1000
+        stats[f"std_{name}_ms"] = std(values) * 1000
+        stats[f"p{PERCENTILE}_{name}_ms"] = percentile(values, PERCENTILE) * 1000
+    total_in = sum(o.input_tokens for o in ok)
+    total_out = sum(o.output_tokens for o in ok)
+    per_s = 1.0 / duration if duration > 0 else 0.0
+    return BenchResult(
+        date=date or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+        label=options.label,
+        model_id=model,
+        num_prompts=options.num_prompts,
+        input_len=options.input_len,
+        output_len=options.output_len,
+        seed=options.seed,
+        request_rate=_json_number(options.request_rate),
+        burstiness=_json_number(options.burstiness),
+        max_concurrency=options.max_concurrency,
+        duration=duration,
+        completed=len(ok),
+        failed=len(outcomes) - len(ok),
+        total_input_tokens=total_in,
+        total_output_tokens=total_out,
+        request_throughput=len(ok) * per_s,
+        output_throughput=total_out * per_s,
+        total_token_throughput=(total_in + total_out) * per_s,
+        errors=[o.error for o in outcomes if not o.success][:MAX_ERRORS_KEPT],
+        **stats,
+    )
+
+
+_SECTIONS = (
+    ("ttft", "TTFT", "Time to First Token"),
+    ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
+    ("itl", "ITL", "Inter-token Latency"),
+    ("e2el", "E2EL", "End-to-end Latency"),
+)
+
+
+def format_summary(result: BenchResult) -> str:
+    """vLLM's printed result block (seed 002's shape), E2EL included."""
+    rows: list[str] = ["{s:{c}^{n}}".format(s=" Serving Benchmark Result ", n=50, c="=")]
+
+    def row(label: str, value: object) -> None:
+        text = f"{value:<10.2f}" if isinstance(value, float) else f"{value!s:<10}"
+        rows.append(f"{label:<40} {text}".rstrip())
+
+    row("Successful requests:", result.completed)
+    row("Failed requests:", result.failed)
+    if result.max_concurrency is not None:
+        row("Maximum request concurrency:", result.max_concurrency)
+    rate = result.request_rate
+    row("Request rate configured (RPS):", rate if isinstance(rate, str) else float(rate))
+    row("Benchmark duration (s):", result.duration)
+    row("Total input tokens:", result.total_input_tokens)
+    row("Total generated tokens:", result.total_output_tokens)
+    row("Request throughput (req/s):", result.request_throughput)
+    row("Output token throughput (tok/s):", result.output_throughput)
+    row("Total Token throughput (tok/s):", result.total_token_throughput)
+    values = result.model_dump()
+    for key, short, title in _SECTIONS:
+        rows.append("{s:{c}^{n}}".format(s=title, n=50, c="-"))
+        row(f"Mean {short} (ms):", float(values[f"mean_{key}_ms"]))
+        row(f"Median {short} (ms):", float(values[f"median_{key}_ms"]))
+        row(f"P{PERCENTILE} {short} (ms):", float(values[f"p{PERCENTILE}_{key}_ms"]))
+    rows.append("=" * 50)
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- client (I/O)
+
+
+def chat_url(base_url: str) -> str:
+    """``.../v1/chat/completions`` from an OpenAI base URL (``http://host:port`` gets ``/v1``)."""
+    base = base_url.rstrip("/")
+    if not urlsplit(base).path:
+        base += "/v1"
+    return f"{base}/chat/completions"
+
+
+def _is_local(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def request_body(model: str, request: BenchRequest) -> bytes:
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": request.prompt}],
+            "max_tokens": request.output_len,
+            # vLLM and SGLang take it as an extra sampling parameter; LightLLM ignores unknown fields.
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+
+
+async def _send_one(
+    client: Any, url: str, body: bytes, request: BenchRequest, timeout_s: float
+) -> RequestOutcome:
+    import httpx
+
+    events: list[tuple[float, bytes]] = []
+    perf = time.perf_counter
+    sent_at = perf()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with client.stream("POST", url, content=body) as response:
+                if response.status_code != 200:
+                    raw = b""
+                    async for piece in response.aiter_bytes():
+                        raw += piece
+                        if len(raw) > 4096:
+                            break
+                    try:
+                        detail = _error_message(json.loads(raw))
+                    except ValueError:
+                        detail = raw[:200].decode("utf-8", "replace").strip()
+                    return RequestOutcome(start_time=sent_at, error=f"HTTP {response.status_code}: {detail}")
+                pending = b""
+                async for piece in response.aiter_bytes():
+                    now = perf()
+                    lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        if line[:5] == b"data:":
+                            events.append((now, line[5:].strip()))
+                if pending[:5] == b"data:":
+                    events.append((perf(), pending[5:].strip()))
+    except TimeoutError:
+        return RequestOutcome(start_time=sent_at, error=f"timed out after {timeout_s:g} s")
+    except httpx.RemoteProtocolError as exc:
+        return RequestOutcome(start_time=sent_at, error=f"connection closed mid-response: {exc}")
+    except httpx.HTTPError as exc:
+        return RequestOutcome(start_time=sent_at, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+    except OSError as exc:
+        return RequestOutcome(start_time=sent_at, error=f"{type(exc).__name__}: {exc}")
+    return outcome_from_stream(events, sent_at, request)
+
+
+async def run_bench_async(
+    url: str,
+    api_key: str | None,
+    model: str,
+    options: BenchOptions,
+    on_done: Callable[[RequestOutcome], None] | None = None,
+) -> BenchResult:
+    """Run the benchmark against the OpenAI base URL ``url`` (``.../v1``) and summarize it."""
+    import httpx
+
+    requests = make_requests(options.num_prompts, options.input_len, options.output_len, options.seed)
+    offsets = arrival_offsets(options.num_prompts, options.request_rate, options.burstiness, options.seed)
+    bodies = [request_body(model, r) for r in requests]
+    target = chat_url(url)
+    pool = options.max_concurrency or options.num_prompts
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    # The per-request limit is enforced around the whole exchange; httpx's own timeouts only as a backstop.
+    timeout = httpx.Timeout(options.timeout_s + 5, connect=min(30.0, options.timeout_s + 5))
+    semaphore = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
+    outcomes: list[RequestOutcome] = [RequestOutcome() for _ in requests]
+
+    local = _is_local(url)
+    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=timeout, trust_env=not local) as client:
+        started = time.perf_counter()
+
+        async def one(index: int) -> None:
+            delay = started + offsets[index] - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if semaphore is None:
+                outcome = await _send_one(client, target, bodies[index], requests[index], options.timeout_s)
+            else:
+                async with semaphore:
+                    outcome = await _send_one(client, target, bodies[index], requests[index], options.timeout_s)
+            outcomes[index] = outcome
+            if on_done is not None:
+                on_done(outcome)
+
+        await asyncio.gather(*(one(i) for i in range(len(requests))))
+        duration = time.perf_counter() - started
+    return summarize(outcomes, duration, options, model)
+
+
+def run_bench(
+    url: str,
+    api_key: str | None,
+    model: str,
+    options: BenchOptions,
+    on_done: Callable[[RequestOutcome], None] | None = None,
+) -> BenchResult:
+    """Blocking ``run_bench_async`` (for ``glmdeploy bench`` and ``glmdeploy ci``)."""
+    return asyncio.run(run_bench_async(url, api_key, model, options, on_done))
+
+
+def first_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
+    """The first model id ``GET /models`` lists (what vLLM's bench does without --model)."""
+    import httpx
+
+    base = chat_url(url).removesuffix("/chat/completions")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout_s, trust_env=not _is_local(url))
+        response.raise_for_status()
+        data = response.json()["data"]
+        return str(data[0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        reason = type(exc).__name__
+        raise UsageError(f"could not read the model name from {base}/models ({reason}); pass --model") from None
