@@ -67,8 +67,11 @@ def test_ttft_itl_e2el_tpot_of_one_stream_by_hand() -> None:
 
 
 def test_sglang_reasoning_content_counts_as_output() -> None:
-    events = [(1.0, chunk({"role": "assistant", "content": None, "reasoning_content": None})),
-              (1.3, chunk({"reasoning_content": "Hm"})), (1.4, chunk({}, finish="length"))]
+    events = [
+        (1.0, chunk({"role": "assistant", "content": None, "reasoning_content": None})),
+        (1.3, chunk({"reasoning_content": "Hm"})),
+        (1.4, chunk({}, finish="length")),
+    ]
     out = outcome_from_stream(events, 1.0, REQ)
     assert out.success and out.ttft == pytest.approx(0.3)
 
@@ -157,9 +160,22 @@ def test_json_has_vllm_key_names_and_inf_as_a_string() -> None:
     r = summarize([ok(0.1, [0.01], 2)], 1.0, BenchOptions(num_prompts=1), "glm-4.7-flash")
     data = json.loads(r.model_dump_json())
     vllm_keys = {
-        "date", "backend", "model_id", "num_prompts", "request_rate", "burstiness", "max_concurrency", "duration",
-        "completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput",
-        "output_throughput", "total_token_throughput", "errors",
+        "date",
+        "backend",
+        "model_id",
+        "num_prompts",
+        "request_rate",
+        "burstiness",
+        "max_concurrency",
+        "duration",
+        "completed",
+        "failed",
+        "total_input_tokens",
+        "total_output_tokens",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "errors",
     } | {f"{s}_{m}_ms" for s in ("mean", "median", "std", "p99") for m in ("ttft", "tpot", "itl", "e2el")}
     assert vllm_keys <= data.keys()
     assert data["backend"] == "openai-chat" and data["model_id"] == "glm-4.7-flash"
@@ -176,12 +192,23 @@ def test_summary_block_has_seed_002s_rows_in_order() -> None:
     assert lines[0] == "============ Serving Benchmark Result ============"
     assert lines[-1] == "=" * 50
     order = [
-        "Successful requests:", "Failed requests:", "Benchmark duration (s):", "Total input tokens:",
-        "Total generated tokens:", "Request throughput (req/s):", "Output token throughput (tok/s):",
-        "Total Token throughput (tok/s):", "---------------Time to First Token----------------",
-        "Mean TTFT (ms):", "Median TTFT (ms):", "P99 TTFT (ms):",
-        "-----Time per Output Token (excl. 1st token)------", "Mean TPOT (ms):",
-        "---------------Inter-token Latency----------------", "Mean ITL (ms):", "Mean E2EL (ms):",
+        "Successful requests:",
+        "Failed requests:",
+        "Benchmark duration (s):",
+        "Total input tokens:",
+        "Total generated tokens:",
+        "Request throughput (req/s):",
+        "Output token throughput (tok/s):",
+        "Total Token throughput (tok/s):",
+        "---------------Time to First Token----------------",
+        "Mean TTFT (ms):",
+        "Median TTFT (ms):",
+        "P99 TTFT (ms):",
+        "-----Time per Output Token (excl. 1st token)------",
+        "Mean TPOT (ms):",
+        "---------------Inter-token Latency----------------",
+        "Mean ITL (ms):",
+        "Mean E2EL (ms):",
     ]
     positions = [next(i for i, line in enumerate(lines) if line.startswith(label)) for label in order]
     assert positions == sorted(positions)

@@ -107,9 +107,7 @@ class BenchRequest:
 def make_requests(num_prompts: int, input_len: int, output_len: int, seed: int) -> list[BenchRequest]:
     """Random-word prompts of ``input_len`` words from ``VOCAB``; the same seed gives the same prompts."""
     rng = random.Random(seed)
-    return [
-        BenchRequest(" ".join(rng.choices(VOCAB, k=input_len)), input_len, output_len) for _ in range(num_prompts)
-    ]
+    return [BenchRequest(" ".join(rng.choices(VOCAB, k=input_len)), input_len, output_len) for _ in range(num_prompts)]
 
 
 def arrival_offsets(num_prompts: int, request_rate: float, burstiness: float, seed: int) -> list[float]:
@@ -156,9 +154,7 @@ class RequestOutcome:
     start_time: float = 0.0
 
 
-def outcome_from_stream(
-    events: Sequence[tuple[float, bytes]], sent_at: float, request: BenchRequest
-) -> RequestOutcome:
+def outcome_from_stream(events: Sequence[tuple[float, bytes]], sent_at: float, request: BenchRequest) -> RequestOutcome:
     """Interpret a finished stream: ``events`` are (arrival time, payload after ``data:``) in order."""
     out = RequestOutcome(start_time=sent_at)
     last = 0.0
@@ -415,9 +411,7 @@ def request_body(model: str, request: BenchRequest) -> bytes:
     ).encode()
 
 
-async def _send_one(
-    client: Any, url: str, body: bytes, request: BenchRequest, timeout_s: float
-) -> RequestOutcome:
+async def _send_one(client: Any, url: str, body: bytes, request: BenchRequest, timeout_s: float) -> RequestOutcome:
     import httpx
 
     events: list[tuple[float, bytes]] = []
