@@ -74,10 +74,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ProfileError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise ProfileError(f"{path}: invalid YAML{where}: {_one_line(problem)}") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors let these through: a 5,000-digit integer, a date like 2001-13-45.
+        raise ProfileError(f"{path}: invalid YAML: {_one_line(str(exc))}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _loc_part(part: object) -> str:
+    # A key is user text: one with spaces, newlines or control characters is shown quoted and escaped.
+    text = str(part)
+    return text if text.isprintable() and " " not in text else repr(text)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +116,11 @@ def _raw(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise ProfileError(f"{path}: extends: expected a profile name, got {parent!r}")
-    base = _raw(resolve(parent), (*chain, path.resolve()))
+    try:
+        parent_path = resolve(parent)
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: extends: {exc}") from None
+    base = _raw(parent_path, (*chain, path.resolve()))
     return _merge(base, data)
 
 
@@ -108,12 +128,12 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     parts = []
     for err in errors[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(_loc_part(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         msg = msg.removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {_one_line(msg)}")
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return f"{path}: " + "; ".join(parts) + more
 

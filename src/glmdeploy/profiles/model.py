@@ -158,9 +158,12 @@ class Readiness(StrictModel):
         from glmdeploy.errors import UsageError
 
         try:
-            parse_duration(value, option="readiness.timeout")
+            seconds = parse_duration(value, option="readiness.timeout")
         except UsageError as exc:
             raise ValueError(str(exc)) from None
+        # A 400-digit number parses to infinity: a wait that never ends keeps a rented GPU billing.
+        if seconds == float("inf"):
+            raise ValueError("must be a finite duration")
         return value
 
     @property
