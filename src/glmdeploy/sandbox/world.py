@@ -595,6 +595,8 @@ class World:
                 "machine_id": instance.offer["machine_id"],
                 "offer_id": instance.offer["id"],
                 "engine": getattr(instance.engine, "state", None),
+                "running_at": instance.start_date,
+                "engine_ready_at": getattr(instance.engine, "ready_at", None),
             })
         return {
             "instances": rows,

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import random
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,6 +83,8 @@ class SimulatedEngine:
         self.config: EngineConfig = engine_config(spec)
         self._log = log
         self._state = "starting"
+        # Wall-clock time the ready marker was logged (for benchmarks measuring detection delay).
+        self.ready_at: float | None = None
         self._stopping = asyncio.Event()
         self._clock = _Clock()
         self._rng = random.Random(f"{timing.seed}:{spec.kind}:{spec.served_model}")
@@ -133,6 +136,7 @@ class SimulatedEngine:
                 elif step.milestone is Milestone.READY:
                     self._clock.settle()
                     self._state = "serving"
+                    self.ready_at = time.time()
                     self.app.ready.set()
                     if self.config.kind == "vllm":
                         self._stats_task = asyncio.create_task(self._vllm_stats())
