@@ -239,3 +239,22 @@ def _instance_key(sb: Sandbox, instance_id: int) -> str:
     r.raise_for_status()
     key: str = r.json()["env"]["CONTAINER_API_KEY"]
     return key
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        "create_timeout=1",  # created server-side, answer lost: found by label, not rented twice
+        "offer_taken=1",  # someone else rented it between search and create: next offer
+        "http429:create=2,retry_after=1;http5xx:show=2;drop:logs=1",  # the client waits these out
+        "logs_pending=2;empty_logs=3",  # logs slow to appear are "not yet", not failure
+    ],
+)
+def test_up_survives_api_trouble_without_renting_twice(cli: Cli, sandbox: StartSandbox, faults: str) -> None:
+    sb = sandbox(faults=faults)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", check_exit=0)
+    assert events(up.stdout)[-1]["event"] == "ready"
+    ledger = sb.ledger()
+    assert len(ledger["instances"]) == 1, ledger
+    cli("destroy", "--yes", check_exit=0)
+    assert sb.running() == []
