@@ -1,0 +1,755 @@
+"""Smoke checks: named, timed probes of an OpenAI-compatible endpoint (issue 5 §1).
+
+Each check sends a few plain OpenAI requests and reports ``passed``, ``failed`` or ``skipped`` with
+a one-line reason. Nothing here assumes more than the OpenAI chat completions API plus the GLM
+extras the engines document (shared/reference/engines.md): the reasoning field under either name
+(``reasoning_content`` or ``reasoning``), ``chat_template_kwargs.enable_thinking``, and, only when
+the engine is known, ``ignore_eos``. Every network or protocol failure becomes a failed check with
+its reason; a check never raises.
+
+The checks, in order:
+
+- ``health``: the engine's health path (for an unknown server ``/health``, else ``/v1/models``).
+  ``/v1/models`` answering is not readiness: SGLang serves it during warmup while ``/health`` is 503.
+- ``auth``: no key and a wrong key are refused (401/403) on ``/v1/models`` and chat completions.
+- ``models``: ``/v1/models`` lists the model (or, none given, the first one is used from then on).
+- ``chat``: a completion with content, usage and a valid finish reason.
+- ``stream``: SSE that arrives incrementally, ends with ``[DONE]`` and carries the usage chunk.
+- ``reasoning``: thinking on → reasoning separated from content; thinking off → none.
+- ``tools``: a ``get_weather`` call with JSON arguments matching the schema, plain and streamed.
+- ``max_tokens``: the limit holds and the finish reason is ``length``.
+
+``up`` calls ``smoke_endpoint(...)`` and then ``report.raise_for_failure()``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, Field
+
+from glmdeploy.errors import SmokeFailed, UsageError
+from glmdeploy.sse import ChatStreamAssembly, SSEParser, StreamFormatError, ToolCallDraft, reasoning_text
+
+if TYPE_CHECKING:
+    from glmdeploy.profiles.model import Profile
+    from glmdeploy.state import Deployment
+
+CHECK_NAMES: tuple[str, ...] = ("health", "auth", "models", "chat", "stream", "reasoning", "tools", "max_tokens")
+ENGINE_KINDS: tuple[str, ...] = ("sglang", "vllm", "lightllm")
+DEFAULT_TIMEOUT_S = 120.0
+# SGLang's /health runs a generation and may take up to its own 20 s timeout to answer (engines.md §5 tip b).
+SGLANG_HEALTH_TIMEOUT_S = 25.0
+# A stream whose first and last chunks arrive closer than this came in one piece (a buffering proxy).
+MIN_STREAM_GAP_S = 0.001
+MAX_TOKENS_LIMIT = 16
+VALID_FINISH = frozenset({"stop", "length", "tool_calls"})
+
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name, e.g. Paris"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
+WEATHER_PROMPT = "What's the weather in Paris right now? Use the get_weather tool."
+THINKING_OFF = {"enable_thinking": False}
+THINKING_ON = {"enable_thinking": True}
+
+Status = Literal["passed", "failed", "skipped"]
+
+
+class CheckResult(BaseModel):
+    """One check's outcome. A skipped check counts as passed: it did not find a problem."""
+
+    name: str
+    passed: bool
+    status: Status
+    duration_ms: float
+    detail: str
+    ttft_ms: float | None = None
+    info: dict[str, Any] = Field(default_factory=dict, description="What the check saw (model, tool call, ...).")
+
+
+class SmokeReport(BaseModel):
+    passed: bool
+    target: str = Field(description="Base URL (never holds a key).")
+    engine: str | None = None
+    model: str | None = None
+    checks: list[CheckResult]
+
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "failed"]
+
+    def summary(self) -> str:
+        bad = self.failed()
+        if not bad:
+            ran = sum(c.status == "passed" for c in self.checks)
+            return f"smoke checks passed ({ran} passed, {len(self.checks) - ran} skipped)"
+        return "smoke checks failed: " + "; ".join(f"{c.name}: {c.detail}" for c in bad)
+
+    def raise_for_failure(self) -> None:
+        if not self.passed:
+            raise SmokeFailed(self.summary())
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        for check in data["checks"]:
+            if check["ttft_ms"] is None:
+                del check["ttft_ms"]
+        return data
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to smoke: where, with which key and model, and what the deployment's profile enables."""
+
+    api_base: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    engine: str | None = None
+    # Checks the profile rules out, with the reason (a profile without a reasoning parser, ...).
+    profile_skips: Mapping[str, str] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def root(self) -> str:
+        return self.api_base.removesuffix("/v1")
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, api_key: str | None = None, model: str | None = None, engine: str | None = None
+    ) -> Target:
+        """``url`` may be the base URL ending in ``/v1`` or the server root."""
+        return cls(api_base=normalise_base_url(url), api_key=api_key or None, model=model or None,
+                   engine=_engine_kind(engine))
+
+    @classmethod
+    def from_profile(
+        cls,
+        endpoint: str,
+        api_key: str | None,
+        *,
+        model: str | None,
+        profile: Profile | Mapping[str, Any] | None,
+        label: str | None = None,
+    ) -> Target:
+        snapshot: Mapping[str, Any] = {}
+        if profile is not None:
+            snapshot = profile if isinstance(profile, Mapping) else profile.model_dump(mode="json")
+        engine_spec = snapshot.get("engine") or {}
+        kind = engine_spec.get("kind") if isinstance(engine_spec, Mapping) else None
+        return cls(
+            api_base=normalise_base_url(endpoint),
+            api_key=api_key or None,
+            model=model or None,
+            engine=kind if kind in ENGINE_KINDS else None,
+            profile_skips=profile_skips(snapshot),
+            label=label,
+        )
+
+    @classmethod
+    def from_deployment(cls, deployment: Deployment) -> Target:
+        if not deployment.endpoint:
+            raise UsageError(f"deployment {deployment.name!r} has no endpoint (status {deployment.status})")
+        return cls.from_profile(
+            deployment.endpoint,
+            deployment.endpoint_key(),
+            model=deployment.model,
+            profile=deployment.profile_snapshot,
+            label=deployment.name,
+        )
+
+
+def normalise_base_url(url: str) -> str:
+    text = url.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"not an http(s) URL: {url!r} (give the server root or its base URL ending in /v1)")
+    if parts.query or parts.fragment:
+        raise UsageError(f"the URL must not carry a query or fragment: {url!r}")
+    if parts.username or parts.password:
+        raise UsageError("the URL must not hold credentials; pass the key with --api-key")
+    return text if text.endswith("/v1") else text + "/v1"
+
+
+def _engine_kind(engine: str | None) -> str | None:
+    if engine is None:
+        return None
+    if engine not in ENGINE_KINDS:
+        raise UsageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINE_KINDS)}")
+    return engine
+
+
+def profile_skips(snapshot: Mapping[str, Any]) -> dict[str, str]:
+    """Checks a profile rules out: without a parser the engine cannot pass them, by design."""
+    engine = snapshot.get("engine")
+    if not isinstance(engine, Mapping):
+        return {}
+    name = snapshot.get("name") or "the profile"
+    extra = " ".join(str(a) for a in engine.get("extra_args") or []).replace("_", "-")
+    kind = engine.get("kind")
+    skips: dict[str, str] = {}
+    if not engine.get("reasoning_parser") and "--reasoning-parser" not in extra:
+        skips["reasoning"] = f"profile {name} enables no reasoning parser: thinking arrives inline in content"
+    has_tool_parser = bool(engine.get("tool_call_parser")) or "--tool-call-parser" in extra
+    if not has_tool_parser:
+        skips["tools"] = f"profile {name} enables no tool-call parser: tool calls arrive as raw text"
+    elif kind == "vllm" and not engine.get("auto_tool_choice") and "--enable-auto-tool-choice" not in extra:
+        skips["tools"] = f"profile {name} does not set auto_tool_choice: vLLM refuses tool_choice auto"
+    return skips
+
+
+def select_checks(only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[str]:
+    """The checks to run, in their fixed order. Unknown names are a usage error."""
+    unknown = [n for n in (*only, *skip) if n not in CHECK_NAMES]
+    if unknown:
+        raise UsageError(f"unknown check {unknown[0]!r}: choose from {', '.join(CHECK_NAMES)}")
+    chosen = [n for n in CHECK_NAMES if (not only or n in only) and n not in skip]
+    if not chosen:
+        raise UsageError("--only and --skip leave no check to run")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+class _Fail(Exception):
+    """A check found a problem; the message is its one-line detail."""
+
+
+class _Skip(Exception):
+    """A check does not apply; the message says why."""
+
+
+@dataclass
+class _Outcome:
+    detail: str
+    ttft_ms: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def smoke_endpoint(
+    endpoint: str,
+    api_key: str | None,
+    *,
+    model: str | None,
+    profile: Profile | Mapping[str, Any] | None = None,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT_S,
+    on_start: Callable[[str], None] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
+    http: httpx.Client | None = None,
+) -> SmokeReport:
+    """Smoke a deployment's endpoint the way ``up`` does before it reports ready."""
+    target = Target.from_profile(endpoint, api_key, model=model, profile=profile)
+    return run_smoke(target, only=only, skip=skip, timeout=timeout, on_start=on_start, on_result=on_result, http=http)
+
+
+def run_smoke(
+    target: Target,
+    *,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT_S,
+    on_start: Callable[[str], None] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
+    http: httpx.Client | None = None,
+) -> SmokeReport:
+    """Run the selected checks in order; ``timeout`` bounds each request (seconds)."""
+    names = select_checks(only, skip)
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    runner = _Runner(target, timeout=timeout, http=http)
+    results: list[CheckResult] = []
+    try:
+        for name in names:
+            if on_start is not None:
+                on_start(name)
+            result = runner.run(name)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        runner.close()
+    return SmokeReport(
+        passed=all(r.passed for r in results),
+        target=target.api_base,
+        engine=target.engine,
+        model=runner.model_id or target.model,
+        checks=results,
+    )
+
+
+class _Runner:
+    def __init__(self, target: Target, *, timeout: float, http: httpx.Client | None) -> None:
+        self.target = target
+        self.timeout = timeout
+        host = urlsplit(target.api_base).hostname or ""
+        self._own_http = http is None
+        # A proxy from the environment must not stand between us and a local server.
+        self.http = http or httpx.Client(
+            trust_env=host not in ("127.0.0.1", "localhost", "::1"), follow_redirects=False
+        )
+        self.model_id: str | None = target.model
+
+    def close(self) -> None:
+        if self._own_http:
+            self.http.close()
+
+    def run(self, name: str) -> CheckResult:
+        started = time.perf_counter()
+        status: Status
+        ttft: float | None = None
+        info: dict[str, Any] = {}
+        try:
+            reason = self.target.profile_skips.get(name)
+            if reason is not None:
+                raise _Skip(reason)
+            outcome: _Outcome = getattr(self, f"check_{name}")()
+            status, detail, ttft, info = "passed", outcome.detail, outcome.ttft_ms, outcome.info
+        except _Skip as exc:
+            status, detail = "skipped", str(exc)
+        except _Fail as exc:
+            status, detail = "failed", str(exc)
+        except Exception as exc:  # a check reports, it never crashes the run
+            status, detail = "failed", describe_error(exc)
+        duration = (time.perf_counter() - started) * 1000
+        return CheckResult(
+            name=name, passed=status != "failed", status=status, duration_ms=round(duration, 1),
+            detail=_one_line(detail), ttft_ms=ttft, info=info,
+        )
+
+    # ---------------------------------------------------------------------------- HTTP helpers
+
+    def _headers(self, auth: Literal["key", "none", "wrong"]) -> dict[str, str]:
+        if auth == "key" and self.target.api_key:
+            return {"Authorization": f"Bearer {self.target.api_key}"}
+        if auth == "wrong":
+            return {"Authorization": f"Bearer wrong-{secrets.token_hex(8)}"}
+        return {}
+
+    def _timeout(self, read: float | None = None) -> httpx.Timeout:
+        return httpx.Timeout(read or self.timeout, connect=min(10.0, self.timeout))
+
+    def get(self, url: str, auth: Literal["key", "none", "wrong"] = "key", read: float | None = None) -> httpx.Response:
+        return self.http.get(url, headers=self._headers(auth), timeout=self._timeout(read))
+
+    def post_chat(self, body: dict[str, Any], auth: Literal["key", "none", "wrong"] = "key") -> httpx.Response:
+        return self.http.post(
+            self.target.api_base + "/chat/completions", json=body, headers=self._headers(auth),
+            timeout=self._timeout(),
+        )
+
+    @contextmanager
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[httpx.Response]:
+        with self.http.stream(
+            "POST", self.target.api_base + "/chat/completions", json={**body, "stream": True},
+            headers=self._headers("key"), timeout=self._timeout(),
+        ) as response:
+            yield response
+
+    def model(self) -> str:
+        """The model to ask for: the given one, else the first /v1/models lists."""
+        if self.model_id is None:
+            response = self.get(self.target.api_base + "/models")
+            if response.status_code != 200:
+                raise _Fail(f"no model given and GET /v1/models answered {_status(response)}")
+            ids = _model_ids(_json_body(response, "GET /v1/models"))
+            if not ids:
+                raise _Fail("no model given and GET /v1/models lists none")
+            self.model_id = ids[0]
+        return self.model_id
+
+    def chat(self, what: str, **body: Any) -> dict[str, Any]:
+        """A non-streaming completion's first choice (with ``usage`` and ``model`` copied in)."""
+        response = self.post_chat({"model": self.model(), **body})
+        if response.status_code != 200:
+            raise _Fail(f"{what}: HTTP {_status(response)}")
+        data = _json_body(response, what)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise _Fail(f"{what}: the answer has no choices")
+        choice: dict[str, Any] = dict(choices[0])
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _Fail(f"{what}: the first choice has no message")
+        choice["usage"] = data.get("usage")
+        choice["model"] = data.get("model")
+        return choice
+
+    def stream(self, what: str, body: dict[str, Any]) -> tuple[ChatStreamAssembly, float, int]:
+        """Stream a completion; returns the assembly, the start time and how many reads brought events."""
+        parser = SSEParser()
+        assembly = ChatStreamAssembly()
+        reads_with_events = 0
+        started = time.perf_counter()
+        with self.stream_chat({"model": self.model(), **body}) as response:
+            if response.status_code != 200:
+                response.read()
+                raise _Fail(f"{what}: HTTP {_status(response)}")
+            try:
+                for raw in response.iter_bytes():
+                    events = parser.feed(raw, time.perf_counter())
+                    if events:
+                        reads_with_events += 1
+                    for event in events:
+                        assembly.add_event(event)
+            except httpx.TransportError as exc:
+                raise _Fail(
+                    f"{what}: the connection broke mid-stream after {assembly.chunks} chunks "
+                    f"({describe_error(exc)})"
+                ) from None
+            except StreamFormatError as exc:
+                raise _Fail(f"{what}: {exc}") from None
+            cut = parser.unterminated
+            try:
+                for event in parser.close():
+                    assembly.add_event(event)
+            except StreamFormatError as exc:
+                raise _Fail(f"{what}: the stream ended mid-event: {exc}") from None
+            if cut and not assembly.done:
+                raise _Fail(f"{what}: the stream ended mid-event after {assembly.chunks} chunks")
+        return assembly, started, reads_with_events
+
+    # ------------------------------------------------------------------------------ the checks
+
+    def check_health(self) -> _Outcome:
+        engine = self.target.engine
+        if engine is not None:
+            from glmdeploy.engines import get_engine
+
+            path = get_engine(engine).health_path
+        else:
+            path = "/health"
+        read = max(self.timeout, SGLANG_HEALTH_TIMEOUT_S) if engine in (None, "sglang") else None
+        response = self.get(self.target.root + path, read=read)
+        code = response.status_code
+        if code == 200:
+            return _Outcome(f"GET {path}: 200", info={"path": path})
+        if code == 503:
+            models = self._models_status()
+            also = f"; /v1/models answers {models}" if models is not None else ""
+            raise _Fail(f"GET {path}: 503, the server is not ready (still warming up?){also}")
+        if engine is None and code in (404, 405):
+            models_response = self.get(self.target.api_base + "/models")
+            if models_response.status_code == 200:
+                return _Outcome(f"no {path} ({code}); GET /v1/models: 200", info={"path": "/v1/models"})
+            raise _Fail(f"no {path} ({code}) and GET /v1/models answered {_status(models_response)}")
+        raise _Fail(f"GET {path}: HTTP {_status(response)}")
+
+    def _models_status(self) -> int | None:
+        try:
+            return self.get(self.target.api_base + "/models").status_code
+        except httpx.HTTPError:
+            return None
+
+    def check_auth(self) -> _Outcome:
+        if not self.target.api_key:
+            raise _Skip("warning: no API key configured, so the endpoint's auth was not checked")
+        body = {
+            "model": self.model_id or "default",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 1,
+        }
+        let_in: list[str] = []
+        seen: set[int] = set()
+        modes: tuple[tuple[Literal["none", "wrong"], str], ...] = (
+            ("none", "without a key"),
+            ("wrong", "with a wrong key"),
+        )
+        for auth, how in modes:
+            for what in ("GET /v1/models", "POST /v1/chat/completions"):
+                if what.startswith("GET"):
+                    code = self.get(self.target.api_base + "/models", auth=auth).status_code
+                else:
+                    code = self.post_chat(body, auth=auth).status_code
+                seen.add(code)
+                if code not in (401, 403):
+                    let_in.append(f"{what} {how}: {code}")
+        if let_in:
+            raise _Fail("the key is not enforced: " + "; ".join(let_in))
+        codes = "/".join(str(c) for c in sorted(seen))
+        return _Outcome(f"{codes} without a key and with a wrong key on /v1/models and /v1/chat/completions")
+
+    def check_models(self) -> _Outcome:
+        response = self.get(self.target.api_base + "/models")
+        if response.status_code != 200:
+            raise _Fail(f"GET /v1/models: HTTP {_status(response)}")
+        ids = _model_ids(_json_body(response, "GET /v1/models"))
+        if not ids:
+            raise _Fail("GET /v1/models lists no model")
+        info: dict[str, Any] = {"models": ids}
+        if self.target.model is not None:
+            if self.target.model not in ids:
+                raise _Fail(f"{self.target.model!r} is not listed; /v1/models lists {', '.join(ids)}")
+            info["model"] = self.target.model
+            return _Outcome(f"lists {self.target.model}", info=info)
+        self.model_id = ids[0]
+        info["model"] = ids[0]
+        return _Outcome(f"lists {', '.join(ids)}; using {ids[0]} (no model given)", info=info)
+
+    def check_chat(self) -> _Outcome:
+        choice = self.chat(
+            "chat completion",
+            messages=[{"role": "user", "content": "Say hello in five words."}],
+            max_tokens=256,
+            chat_template_kwargs=THINKING_OFF,
+        )
+        message = choice["message"]
+        content = message.get("content") if isinstance(message.get("content"), str) else ""
+        reasoning = reasoning_text(message)
+        if not (content or "").strip() and not reasoning.strip():
+            raise _Fail(f"empty answer: no content and no reasoning (finish_reason {choice.get('finish_reason')})")
+        finish = choice.get("finish_reason")
+        if finish not in VALID_FINISH:
+            raise _Fail(f"finish_reason {finish!r} is not one of stop, length, tool_calls")
+        usage = _usage(choice.get("usage"))
+        text = (content or "").strip() or reasoning.strip()
+        return _Outcome(
+            f"{usage['completion_tokens']} tokens, finish_reason {finish}: {_clip(text, 60)!r}",
+            info={"model": choice.get("model"), "finish_reason": finish, "usage": usage, "content": content},
+        )
+
+    def check_stream(self) -> _Outcome:
+        assembly, started, reads = self.stream(
+            "streamed completion",
+            {
+                "messages": [{"role": "user", "content": "Count from one to twenty in words."}],
+                "max_tokens": 128,
+                "chat_template_kwargs": THINKING_OFF,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        n = assembly.chunks
+        if n == 0:
+            raise _Fail("the stream held no chunk" + ("" if assembly.done else " and no [DONE]"))
+        if not assembly.content and not assembly.reasoning:
+            raise _Fail(f"{n} chunks but no content or reasoning")
+        if not assembly.done:
+            raise _Fail(f"the stream ended without data: [DONE] after {n} chunks")
+        if assembly.usage is None:
+            raise _Fail(f"no usage chunk although stream_options.include_usage was sent ({n} chunks)")
+        usage = _usage(assembly.usage)
+        first = assembly.first_chunk_at or started
+        last = assembly.last_chunk_at or started
+        gap_ms = (last - first) * 1000
+        if reads < 2 or last - first < MIN_STREAM_GAP_S:
+            raise _Fail(
+                f"all {n} chunks arrived at once ({gap_ms:.2f} ms apart): the stream is not incremental "
+                "(buffered by a proxy?)"
+            )
+        ttft_ms = round(((assembly.first_token_at or first) - started) * 1000, 1)
+        return _Outcome(
+            f"{n} chunks over {gap_ms:.0f} ms, TTFT {ttft_ms:.0f} ms, [DONE] received, "
+            f"usage {usage['prompt_tokens']}+{usage['completion_tokens']} tokens",
+            ttft_ms=ttft_ms,
+            info={"chunks": n, "finish_reason": assembly.finish_reason, "usage": usage},
+        )
+
+    def check_reasoning(self) -> _Outcome:
+        question = [{"role": "user", "content": "What is 17 + 25? Answer with the number only."}]
+        on = self.chat("thinking on", messages=question, max_tokens=2048, chat_template_kwargs=THINKING_ON)
+        message = on["message"]
+        content = message.get("content") if isinstance(message.get("content"), str) else ""
+        if "<think>" in (content or "") or "</think>" in (content or ""):
+            raise _Fail("thinking on: content holds <think>/</think>, so the reasoning is not separated from it")
+        field_name = next(
+            (k for k in ("reasoning_content", "reasoning") if isinstance(message.get(k), str) and message[k]), None
+        )
+        if field_name is None:
+            raise _Fail("thinking on: no reasoning_content or reasoning in the answer")
+        off = self.chat("thinking off", messages=question, max_tokens=256, chat_template_kwargs=THINKING_OFF)
+        off_message = off["message"]
+        leaked = reasoning_text(off_message)
+        if leaked:
+            raise _Fail(f"thinking off: reasoning still arrived ({_clip(leaked, 40)!r})")
+        off_content = off_message.get("content") if isinstance(off_message.get("content"), str) else ""
+        if "</think>" in (off_content or ""):
+            raise _Fail("thinking off: content holds </think>")
+        return _Outcome(
+            f"thinking on: {len(message[field_name])} chars in {field_name}, content clean; thinking off: no reasoning",
+            info={"field": field_name, "reasoning_on": True, "reasoning_off": False,
+                  "finish_reason": on.get("finish_reason")},
+        )
+
+    def check_tools(self) -> _Outcome:
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": WEATHER_PROMPT}],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": "auto",
+            "max_tokens": 1024,
+            "chat_template_kwargs": THINKING_OFF,
+        }
+        choice = self.chat("tool call", **body)
+        calls = choice["message"].get("tool_calls")
+        if not isinstance(calls, list) or not calls:
+            raise _Fail(
+                f"no tool_calls (finish_reason {choice.get('finish_reason')!r}, "
+                f"content {_clip(str(choice['message'].get('content') or ''), 60)!r})"
+            )
+        draft = _draft_from_message_call(calls[0])
+        args = _validate_weather_call(draft, "tool call")
+        if choice.get("finish_reason") != "tool_calls":
+            raise _Fail(f"tool call: finish_reason {choice.get('finish_reason')!r}, expected 'tool_calls'")
+
+        assembly, _, _ = self.stream("streamed tool call", body)
+        streamed = assembly.ordered_tool_calls()
+        if not streamed:
+            raise _Fail(f"streamed tool call: no tool_calls deltas in {assembly.chunks} chunks")
+        stream_args = _validate_weather_call(streamed[0], "streamed tool call")
+        if assembly.finish_reason != "tool_calls":
+            raise _Fail(f"streamed tool call: finish_reason {assembly.finish_reason!r}, expected 'tool_calls'")
+        return _Outcome(
+            f"get_weather({json.dumps(args)}) with finish_reason tool_calls; streamed in "
+            f"{streamed[0].deltas} deltas, reassembled alike",
+            info={
+                "name": draft.name, "arguments": args, "id": draft.id,
+                "stream_arguments": stream_args, "stream_deltas": streamed[0].deltas,
+                "finish_reason": "tool_calls",
+            },
+        )
+
+    def check_max_tokens(self) -> _Outcome:
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": "Write a very long story about the sea, at least 500 words."}],
+            "max_tokens": MAX_TOKENS_LIMIT,
+        }
+        if self.target.engine is not None:
+            body["ignore_eos"] = True  # all three engines accept it; an unknown server may not
+        choice = self.chat("max_tokens", **body)
+        usage = _usage(choice.get("usage"))
+        used = usage["completion_tokens"]
+        finish = choice.get("finish_reason")
+        if used > MAX_TOKENS_LIMIT:
+            raise _Fail(f"completion_tokens {used} > max_tokens {MAX_TOKENS_LIMIT}")
+        if finish != "length":
+            raise _Fail(f"finish_reason {finish!r} with max_tokens {MAX_TOKENS_LIMIT}, expected 'length'")
+        return _Outcome(
+            f"completion_tokens {used} <= {MAX_TOKENS_LIMIT}, finish_reason length",
+            info={"completion_tokens": used, "finish_reason": finish},
+        )
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _json_body(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        raise _Fail(f"{what}: the body is not JSON: {_clip(response.text, 60)!r}") from None
+    if not isinstance(data, dict):
+        raise _Fail(f"{what}: the body is not a JSON object")
+    return data
+
+
+def _model_ids(data: Mapping[str, Any]) -> list[str]:
+    rows = data.get("data")
+    if not isinstance(rows, list):
+        raise _Fail("GET /v1/models: no 'data' list in the body")
+    return [row["id"] for row in rows if isinstance(row, dict) and isinstance(row.get("id"), str)]
+
+
+def _usage(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise _Fail("no usage in the answer")
+    missing = [k for k in ("prompt_tokens", "completion_tokens", "total_tokens") if not isinstance(value.get(k), int)]
+    if missing:
+        raise _Fail(f"usage lacks {', '.join(missing)}")
+    return {k: int(value[k]) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def _draft_from_message_call(call: Any) -> ToolCallDraft:
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        raise _Fail("tool call: a tool_calls entry has no function object")
+    function = call["function"]
+    arguments = function.get("arguments")
+    return ToolCallDraft(
+        index=0,
+        id=_text(call.get("id")),
+        type=_text(call.get("type")),
+        name=_text(function.get("name")),
+        arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+        deltas=1,
+    )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _validate_weather_call(call: ToolCallDraft, what: str) -> dict[str, Any]:
+    if call.name != "get_weather":
+        raise _Fail(f"{what}: called {call.name!r}, expected 'get_weather'")
+    if not call.id:
+        raise _Fail(f"{what}: the call has no id")
+    if call.type and call.type != "function":
+        raise _Fail(f"{what}: type {call.type!r}, expected 'function'")
+    try:
+        args = json.loads(call.arguments)
+    except ValueError:
+        raise _Fail(f"{what}: arguments are not JSON: {_clip(call.arguments, 60)!r}") from None
+    if not isinstance(args, dict):
+        raise _Fail(f"{what}: arguments are not a JSON object: {_clip(call.arguments, 60)!r}")
+    city = args.get("city")
+    if not isinstance(city, str) or not city.strip():
+        raise _Fail(f"{what}: arguments lack the required string 'city': {_clip(call.arguments, 60)!r}")
+    unit = args.get("unit")
+    if unit is not None and unit not in ("celsius", "fahrenheit"):
+        raise _Fail(f"{what}: 'unit' {unit!r} is not in the schema's enum")
+    return args
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a transport or protocol failure; never a traceback, never a header."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"could not connect in time ({text})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer in time ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        lowered = text.lower()
+        if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
+            return f"TLS error: {text}"
+        return f"cannot connect: {text}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server broke the HTTP exchange: {text}"
+    if isinstance(exc, httpx.HTTPError):
+        return f"{type(exc).__name__}: {text}"
+    return f"unexpected {type(exc).__name__}: {text}"
+
+
+def _status(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except (httpx.HTTPError, UnicodeDecodeError):
+        text = ""
+    text = " ".join(text.split())
+    return f"{response.status_code} {_clip(text, 80)!r}" if text else str(response.status_code)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
