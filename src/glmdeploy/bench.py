@@ -51,7 +51,7 @@ BACKEND = "openai-chat"
 MAX_ERRORS_KEPT = 10
 PERCENTILE = 99
 METRICS = ("ttft", "tpot", "itl", "e2el")
-_OUTPUT_FIELDS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
+_DECODER = json.JSONDecoder()
 
 # Common English words of at most four letters: each is one token (with its leading space) for GLM's BPE
 # tokenizer and exactly one for the sandbox's stand-in, so a prompt of N words is about N tokens (exactly N in
@@ -161,26 +161,37 @@ def outcome_from_stream(events: Sequence[tuple[float, bytes]], sent_at: float, r
     chunks = 0
     finished = False
     usage: dict[str, Any] | None = None
+    decode = _DECODER.decode
     for arrived, payload in events:
         if payload == b"[DONE]":
             finished = True
             continue
         try:
-            obj = json.loads(payload)
-        except ValueError:
+            obj = decode(payload.decode())
+        except ValueError:  # UnicodeDecodeError included
             out.error = f"invalid JSON in stream: {payload[:80].decode('utf-8', 'replace')!r}"
             return out
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             out.error = f"unexpected stream event: {payload[:80].decode('utf-8', 'replace')!r}"
             return out
         if "error" in obj or obj.get("object") == "error":
             out.error = f"error in stream: {_error_message(obj)}"
             return out
         choices = obj.get("choices")
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+        if choices and type(choices) is list and type(choices[0]) is dict:
             choice = choices[0]
-            delta = choice.get("delta") or {}
-            if isinstance(delta, dict) and any(delta.get(k) for k in _OUTPUT_FIELDS):
+            delta = choice.get("delta")
+            if (
+                delta
+                and type(delta) is dict
+                and (
+                    delta.get("content")
+                    or delta.get("reasoning")
+                    or delta.get("reasoning_content")
+                    or delta.get("tool_calls")
+                    or delta.get("function_call")
+                )
+            ):
                 if chunks == 0:
                     out.ttft = arrived - sent_at
                 else:
@@ -189,8 +200,9 @@ def outcome_from_stream(events: Sequence[tuple[float, bytes]], sent_at: float, r
                 chunks += 1
             if choice.get("finish_reason"):
                 finished = True
-        if isinstance(obj.get("usage"), dict):
-            usage = obj["usage"]
+        usage_field = obj.get("usage")
+        if usage_field and type(usage_field) is dict:
+            usage = usage_field
     if not finished:
         out.error = "stream ended before the response was complete"
         return out
@@ -446,10 +458,16 @@ async def _send_one(client: Any, url: str, body: bytes, request: BenchRequest, t
     except httpx.RemoteProtocolError as exc:
         return RequestOutcome(start_time=sent_at, error=f"connection closed mid-response: {exc}")
     except httpx.HTTPError as exc:
-        return RequestOutcome(start_time=sent_at, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return RequestOutcome(start_time=sent_at, error=_describe(exc))
     except OSError as exc:
         return RequestOutcome(start_time=sent_at, error=f"{type(exc).__name__}: {exc}")
     return outcome_from_stream(events, sent_at, request)
+
+
+def _describe(exc: BaseException) -> str:
+    """``ReadError: ...`` with the underlying OS error when httpx's own message is empty."""
+    detail = str(exc) or str(exc.__cause__ or exc.__context__ or "") or type(exc.__cause__ or exc).__name__
+    return f"{type(exc).__name__}: {detail}"
 
 
 async def run_bench_async(
@@ -466,35 +484,59 @@ async def run_bench_async(
     offsets = arrival_offsets(options.num_prompts, options.request_rate, options.burstiness, options.seed)
     bodies = [request_body(model, r) for r in requests]
     target = chat_url(url)
-    pool = options.max_concurrency or options.num_prompts
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     # The per-request limit is enforced around the whole exchange; httpx's own timeouts only as a backstop.
     timeout = httpx.Timeout(options.timeout_s + 5, connect=min(30.0, options.timeout_s + 5))
+    local = _is_local(url)
+    ssl_context = httpx.create_ssl_context()  # built once: each client would otherwise load the CA bundle
     semaphore = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
     outcomes: list[RequestOutcome] = [RequestOutcome() for _ in requests]
+    # The connection pool is sized to the concurrency (max_concurrency, else one slot per request), but kept
+    # as one single-connection client per in-flight slot rather than one client with N connections:
+    # httpcore's pool does O(connections^2) bookkeeping per request, which at a few hundred connections
+    # costs more CPU than reading the streams and would skew the timestamps.
+    lanes: list[httpx.AsyncClient] = []
+    idle: list[httpx.AsyncClient] = []
+    one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
-    local = _is_local(url)
-    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=timeout, trust_env=not local) as client:
-        started = time.perf_counter()
+    def lane() -> httpx.AsyncClient:
+        if idle:
+            return idle.pop()
+        client = httpx.AsyncClient(
+            limits=one_connection, headers=headers, timeout=timeout, verify=ssl_context, trust_env=not local
+        )
+        lanes.append(client)
+        return client
 
-        async def one(index: int) -> None:
-            delay = started + offsets[index] - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if semaphore is None:
-                outcome = await _send_one(client, target, bodies[index], requests[index], options.timeout_s)
-            else:
-                async with semaphore:
-                    outcome = await _send_one(client, target, bodies[index], requests[index], options.timeout_s)
-            outcomes[index] = outcome
-            if on_done is not None:
-                on_done(outcome)
+    async def send(index: int) -> RequestOutcome:
+        client = lane()
+        try:
+            return await _send_one(client, target, bodies[index], requests[index], options.timeout_s)
+        finally:
+            idle.append(client)
 
+    started = time.perf_counter()
+
+    async def one(index: int) -> None:
+        delay = started + offsets[index] - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if semaphore is None:
+            outcome = await send(index)
+        else:
+            async with semaphore:
+                outcome = await send(index)
+        outcomes[index] = outcome
+        if on_done is not None:
+            on_done(outcome)
+
+    try:
         await asyncio.gather(*(one(i) for i in range(len(requests))))
         duration = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(client.aclose() for client in lanes), return_exceptions=True)
     return summarize(outcomes, duration, options, model)
 
 
