@@ -40,9 +40,11 @@ from glmdeploy.errors import SmokeFailed, UsageError
 from glmdeploy.sse import ChatStreamAssembly, SSEParser, StreamFormatError, ToolCallDraft, reasoning_text
 
 if TYPE_CHECKING:
+    from glmdeploy.junit import Suite
     from glmdeploy.profiles.model import Profile
     from glmdeploy.state import Deployment
 
+JUNIT_SUITE = "glmdeploy.smoke"
 CHECK_NAMES: tuple[str, ...] = ("health", "auth", "models", "chat", "stream", "reasoning", "tools", "max_tokens")
 ENGINE_KINDS: tuple[str, ...] = ("sglang", "vllm", "lightllm")
 DEFAULT_TIMEOUT_S = 120.0
@@ -107,6 +109,24 @@ class SmokeReport(BaseModel):
     def raise_for_failure(self) -> None:
         if not self.passed:
             raise SmokeFailed(self.summary())
+
+    def junit_suite(self) -> Suite:
+        """The report as the JUnit suite ``glmdeploy.smoke``, one test case per check."""
+        from glmdeploy.junit import Case, Suite
+
+        cases = [
+            Case(
+                name=c.name,
+                classname=JUNIT_SUITE,
+                time_s=c.duration_ms / 1000,
+                status=c.status,
+                message=c.detail,
+                output=f"{c.name}: {c.status}: {c.detail}",
+            )
+            for c in self.checks
+        ]
+        properties = {"target": self.target, "engine": self.engine or "unknown", "model": self.model or "unknown"}
+        return Suite(name=JUNIT_SUITE, cases=cases, properties=properties)
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")

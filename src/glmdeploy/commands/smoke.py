@@ -1,16 +1,165 @@
-"""``glmdeploy smoke`` (issue 5). Not implemented yet: says so and exits 1."""
+"""``glmdeploy smoke``: named, timed checks of a deployment or any OpenAI-compatible URL (issue 5 §1).
+
+The checks live in ``glmdeploy.smoke``; this module picks the target, shows progress on stderr, and
+prints a table (or ``--json``) and writes ``--junit``. Exit 5 when a selected check fails.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, not_implemented
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+
+if TYPE_CHECKING:
+    from glmdeploy.smoke import CheckResult, SmokeReport, Target
 
 Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+Url = Annotated[
+    str | None,
+    typer.Option("--url", help="Smoke this server instead of a deployment: its root or base URL ending in /v1."),
+]
+EndpointKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        show_envvar=True,
+        show_default=False,
+        help="The endpoint's API key (with --url; a deployment's own key is used otherwise).",
+    ),
+]
+Model = Annotated[str | None, typer.Option("--model", help="Model to ask for (with --url; default: the first listed).")]
+EngineKind = Annotated[
+    str | None,
+    typer.Option("--engine", help="Engine behind --url (sglang, vllm, lightllm), for engine-specific probes."),
+]
+Junit = Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report to this path.")]
+Skip = Annotated[list[str] | None, typer.Option("--skip", help="Leave this check out (repeatable).")]
+Only = Annotated[list[str] | None, typer.Option("--only", help="Run only this check (repeatable).")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds each request may take.", show_default=True)
+]
+
+_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+_STYLE = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
 
 
-def smoke(name: Name = None, json_output: JsonOutput = False) -> None:
-    """Run the smoke checks against a deployment or any OpenAI-compatible URL."""
-    not_implemented("smoke")
+def _names(values: list[str] | None) -> list[str]:
+    """Repeated options, each possibly a comma-separated list."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _target(name: str | None, url: str | None, api_key: str | None, model: str | None,
+            engine: str | None) -> Target:
+    from glmdeploy.errors import UsageError
+    from glmdeploy.smoke import Target
+
+    if url is not None:
+        if name is not None:
+            raise UsageError("give either a deployment NAME or --url, not both")
+        return Target.from_url(url, api_key=api_key, model=model, engine=engine)
+    if model is not None or engine is not None:
+        raise UsageError("--model and --engine go with --url; a deployment knows its own")
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        deployment = store.resolve(name)
+    if not deployment.is_active or not deployment.endpoint:
+        raise UsageError(f"deployment {deployment.name!r} has no endpoint to smoke (status {deployment.status})")
+    if deployment.status != "ready":
+        say(f"warning: deployment {deployment.name!r} is {deployment.status}, not ready")
+    return Target.from_deployment(deployment)
+
+
+@handles_errors
+def smoke(
+    name: Name = None,
+    url: Url = None,
+    api_key: EndpointKey = None,
+    model: Model = None,
+    engine: EngineKind = None,
+    json_output: JsonOutput = False,
+    junit: Junit = None,
+    skip: Skip = None,
+    only: Only = None,
+    timeout: Timeout = 120.0,
+) -> None:
+    """Run the smoke checks against a deployment or any OpenAI-compatible URL.
+
+    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails.
+    """
+    import sys
+
+    from glmdeploy.errors import SmokeFailed
+    from glmdeploy.smoke import run_smoke, select_checks
+
+    only_names, skip_names = _names(only), _names(skip)
+    select_checks(only_names, skip_names)  # a typo is exit 2 before anything is sent
+    target = _target(name, url, api_key, model, engine)
+    say(f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})")
+    progress = _Progress(live=sys.stderr.isatty() and not json_output)
+    try:
+        report = run_smoke(
+            target, only=only_names, skip=skip_names, timeout=timeout,
+            on_start=progress.start, on_result=progress.done,
+        )
+    finally:
+        progress.stop()
+    if junit is not None:
+        from glmdeploy import junit as junit_xml
+
+        junit_xml.write(junit, [report.junit_suite()])
+    if json_output:
+        emit_json(report.to_json())
+    else:
+        _print_table(report)
+    if not report.passed:
+        failed = ", ".join(c.name for c in report.failed())
+        raise SmokeFailed(f"smoke checks failed: {failed}")
+    if not json_output:
+        say(report.summary())
+
+
+class _Progress:
+    """On a terminal, a spinner naming the running check; elsewhere one line per finished check."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.status = None
+        if live:
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("")
+            self.status.start()
+
+    def start(self, name: str) -> None:
+        if self.status is not None:
+            self.status.update(f"checking {name}…")  # check names are fixed identifiers, safe as markup
+
+    def done(self, result: CheckResult) -> None:
+        if self.status is None:
+            say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def _print_table(report: SmokeReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    # Text, not markup: details quote server output and "[DONE]".
+    table = Table(title=Text(f"smoke: {report.target}"), title_justify="left")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("time", justify="right")
+    table.add_column("detail", overflow="fold")
+    for c in report.checks:
+        table.add_row(
+            Text(c.name), Text(_MARK[c.status], style=_STYLE[c.status]), f"{c.duration_ms:.0f} ms", Text(c.detail)
+        )
+    Console(soft_wrap=False).print(table)
