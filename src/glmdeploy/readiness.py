@@ -50,14 +50,17 @@ class LogFollower:
         if not self._seen or not lines:
             return 0
         seen = list(self._seen)
-        best = 0
-        # Largest k such that lines[:k] equals the last k seen lines.
-        max_k = min(len(seen), len(lines))
-        for k in range(max_k, 0, -1):
-            if lines[k - 1] == seen[-1] and lines[:k] == seen[-k:]:
-                best = k
-                break
-        return best
+        # Largest k such that lines[:k] ends with the lines seen last. Once the memory is full, earlier
+        # lines are forgotten, so a snapshot longer than it (the whole log, no tail) is aligned on the
+        # remembered ones instead of coming back entirely "new".
+        forgot = len(seen) == self._seen.maxlen
+        for k in range(len(lines) if forgot else min(len(seen), len(lines)), 0, -1):
+            if lines[k - 1] != seen[-1]:
+                continue
+            j = min(k, len(seen))
+            if lines[k - j : k] == seen[-j:]:
+                return k
+        return 0
 
 
 @dataclass
