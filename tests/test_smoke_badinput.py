@@ -1,0 +1,306 @@
+"""Smoke checks against servers that misbehave: every problem is a failed check with its reason, never a crash.
+
+A small ``http.server`` in a thread on 127.0.0.1 plays the broken server; each test sets the routes it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from glmdeploy.smoke import SmokeReport, Target, run_smoke
+
+Route = Callable[["Handler"], None]
+MODELS = {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    routes: dict[tuple[str, str], Route] = {}
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _dispatch(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.body = json.loads(self.rfile.read(length)) if length else None
+        route = self.routes.get((method, self.path.split("?")[0]))
+        if route is None:
+            self.reply(404, b'{"detail": "Not Found"}')
+            return
+        route(self)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def reply_json(self, data: Any, status: int = 200) -> None:
+        self.reply(status, json.dumps(data).encode())
+
+    def start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def cut(self) -> None:
+        """Drop the connection without finishing the response."""
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[dict[tuple[str, str], Route]], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(routes: dict[tuple[str, str], Route]) -> str:
+        handler = type("RouteHandler", (Handler,), {"routes": routes})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def smoke(url: str, *only: str, timeout: float = 5.0, **target: Any) -> SmokeReport:
+    target.setdefault("api_key", "k")
+    target.setdefault("model", "m")
+    return run_smoke(Target.from_url(url, **target), only=only, timeout=timeout)
+
+
+def detail(report: SmokeReport, name: str) -> str:
+    check = next(c for c in report.checks if c.name == name)
+    assert check.status == "failed", check
+    return check.detail
+
+
+def sse(*events: Any) -> bytes:
+    return b"".join(b"data: " + (e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n\n" for e in events)
+
+
+def delta(content: str | None = None, finish: str | None = None) -> dict[str, Any]:
+    d = {} if content is None else {"content": content}
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
+
+
+USAGE = {"object": "chat.completion.chunk", "choices": [],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+def streaming(*parts: bytes, pause: float = 0.01, finish: bool = True) -> Route:
+    def route(h: Handler) -> None:
+        h.start_stream()
+        for part in parts:
+            h.chunk(part)
+            time.sleep(pause)
+        if finish:
+            h.end_stream()
+        else:
+            h.cut()
+
+    return route
+
+
+# ------------------------------------------------------------------------------------- transport
+
+
+def test_unreachable_server_fails_each_check_quickly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    report = smoke(f"http://127.0.0.1:{port}", "health", "models", "chat", "stream")
+    assert not report.passed
+    assert all(c.status == "failed" and c.detail.startswith("cannot connect") for c in report.checks)
+
+
+def test_tls_to_a_plain_http_server_is_a_tls_error(server: Callable[..., str]) -> None:
+    url = server({("GET", "/health"): lambda h: h.reply(200, b"")})
+    report = smoke(url.replace("http://", "https://"), "health")
+    assert detail(report, "health").startswith("TLS error")
+
+
+def test_a_server_that_never_answers_times_out(server: Callable[..., str]) -> None:
+    url = server({("GET", "/v1/models"): lambda h: time.sleep(1.5)})
+    report = smoke(url, "models", timeout=0.3)
+    assert detail(report, "models") == "no answer in time (ReadTimeout)"
+
+
+# ------------------------------------------------------------------------------------- bodies
+
+
+def test_non_json_bodies(server: Callable[..., str]) -> None:
+    url = server({
+        ("GET", "/v1/models"): lambda h: h.reply(200, b"<html>hello</html>", "text/html"),
+        ("POST", "/v1/chat/completions"): lambda h: h.reply(200, b"not json at all"),
+    })
+    report = smoke(url, "models", "chat", "reasoning", "tools", "max_tokens")
+    assert detail(report, "models") == "GET /v1/models: the body is not JSON: '<html>hello</html>'"
+    assert detail(report, "chat") == "chat completion: the body is not JSON: 'not json at all'"
+    assert all(c.status == "failed" for c in report.checks)
+
+
+def test_json_of_the_wrong_shape(server: Callable[..., str]) -> None:
+    url = server({
+        ("GET", "/v1/models"): lambda h: h.reply_json({"models": ["m"]}),
+        ("POST", "/v1/chat/completions"): lambda h: h.reply_json({"choices": []}),
+    })
+    report = smoke(url, "models", "chat")
+    assert detail(report, "models") == "GET /v1/models: no 'data' list in the body"
+    assert detail(report, "chat") == "chat completion: the answer has no choices"
+
+
+def test_an_answer_without_usage_or_with_a_bad_finish_reason(server: Callable[..., str]) -> None:
+    answers = iter([
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "abort"}],
+         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}},
+    ])
+    url = server({("POST", "/v1/chat/completions"): lambda h: h.reply_json(next(answers))})
+    assert detail(smoke(url, "chat"), "chat") == "no usage in the answer"
+    assert detail(smoke(url, "chat"), "chat") == "finish_reason 'abort' is not one of stop, length, tool_calls"
+    assert detail(smoke(url, "chat"), "chat").startswith("empty answer")
+
+
+def test_http_errors_quote_the_status_and_body(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): lambda h: h.reply_json({"error": "overloaded"}, 500)})
+    assert detail(smoke(url, "chat"), "chat") == 'chat completion: HTTP 500 \'{"error": "overloaded"}\''
+
+
+# ------------------------------------------------------------------------------------- streams
+
+
+def test_a_well_formed_stream_passes(server: Callable[..., str]) -> None:
+    """The reference for the broken variants below: a plain OpenAI stream with no GLM extras."""
+    url = server({("POST", "/v1/chat/completions"): streaming(
+        sse(delta("")), sse(delta("Hello")), sse(delta(" there")), sse(delta(None, "stop")), sse(USAGE),
+        b"data: [DONE]\n\n",
+    )})
+    report = smoke(url, "stream")
+    assert report.passed, report.checks
+
+
+def test_sse_with_broken_framing(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(sse(delta("Hi")), b"data: {\"choices\": [\n\n")})
+    assert detail(smoke(url, "stream"), "stream") == (
+        "streamed completion: event 2 is not JSON: '{\"choices\": ['"
+    )
+
+
+def test_a_stream_without_data_lines(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(b'{"choices": []}\n\n', b"[DONE]\n\n")})
+    assert detail(smoke(url, "stream"), "stream") == "the stream held no chunk and no [DONE]"
+
+
+def test_a_server_that_closes_mid_stream(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(sse(delta("")), sse(delta("Hel")), finish=False)})
+    text = detail(smoke(url, "stream"), "stream")
+    assert text.startswith("streamed completion: the connection broke mid-stream after 2 chunks (")
+
+
+def test_a_stream_cut_inside_an_event(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(sse(delta("Hi")), b'data: {"choi')})
+    assert detail(smoke(url, "stream"), "stream").startswith("streamed completion: the stream ended mid-event")
+
+
+def test_a_buffered_stream_is_not_incremental(server: Callable[..., str]) -> None:
+    whole = sse(delta(""), delta("Hello"), delta(None, "stop"), USAGE) + b"data: [DONE]\n\n"
+    url = server({("POST", "/v1/chat/completions"): streaming(whole)})
+    assert "arrived at once" in detail(smoke(url, "stream"), "stream")
+
+
+def test_a_stream_without_the_usage_chunk(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(
+        sse(delta("")), sse(delta("Hi")), sse(delta(None, "stop")), b"data: [DONE]\n\n",
+    )})
+    assert "no usage chunk" in detail(smoke(url, "stream"), "stream")
+
+
+def test_an_error_object_inside_the_stream(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(sse(delta("")), sse({"error": {"message": "boom"}}))})
+    assert "the server sent an error in the stream" in detail(smoke(url, "stream"), "stream")
+
+
+# ------------------------------------------------------------------------------ health, unknown servers
+
+
+def test_unknown_server_without_health_falls_back_to_models(server: Callable[..., str]) -> None:
+    url = server({("GET", "/v1/models"): lambda h: h.reply_json(MODELS)})
+    report = smoke(url, "health")
+    assert report.passed
+    assert report.checks[0].detail == "no /health (404); GET /v1/models: 200"
+
+
+def test_a_known_engine_without_its_health_path_fails(server: Callable[..., str]) -> None:
+    url = server({("GET", "/v1/models"): lambda h: h.reply_json(MODELS)})
+    assert detail(smoke(url, "health", engine="vllm"), "health").startswith("GET /health: HTTP 404")
+
+
+def test_health_503_fails_even_when_models_answers(server: Callable[..., str]) -> None:
+    url = server({
+        ("GET", "/health"): lambda h: h.reply(503, b""),
+        ("GET", "/v1/models"): lambda h: h.reply_json(MODELS),
+    })
+    assert detail(smoke(url, "health"), "health") == (
+        "GET /health: 503, the server is not ready (still warming up?); /v1/models answers 200"
+    )
+
+
+def test_auth_accepts_403_and_reports_what_let_in(server: Callable[..., str]) -> None:
+    def models(h: Handler) -> None:
+        if h.headers.get("Authorization") == "Bearer k":
+            h.reply_json(MODELS)
+        else:
+            h.reply(403, b'{"error": "Forbidden"}')
+
+    url = server({("GET", "/v1/models"): models, ("POST", "/v1/chat/completions"): lambda h: h.reply(401, b"")})
+    report = smoke(url, "auth")
+    assert report.passed, report.checks
+    assert report.checks[0].detail.startswith("401/403 without a key")
+
+
+def test_tool_calls_with_arguments_off_the_schema(server: Callable[..., str]) -> None:
+    def answer(arguments: str) -> Route:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}
+        return lambda h: h.reply_json({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
+
+    for arguments, expected in [
+        ('{"town": "Paris"}', "tool call: arguments lack the required string 'city'"),
+        ('{"city": 3}', "tool call: arguments lack the required string 'city'"),
+        ('["Paris"]', "tool call: arguments are not a JSON object"),
+        ('{"city": "Paris", "unit": "kelvin"}', "tool call: 'unit' 'kelvin' is not in the schema's enum"),
+    ]:
+        url = server({("POST", "/v1/chat/completions"): answer(arguments)})
+        assert detail(smoke(url, "tools"), "tools").startswith(expected)
