@@ -423,7 +423,8 @@ def request_body(model: str, request: BenchRequest) -> bytes:
     ).encode()
 
 
-async def _send_one(client: Any, url: str, body: bytes, request: BenchRequest, timeout_s: float) -> RequestOutcome:
+async def _send_one(client: Any, http_request: Any, request: BenchRequest, timeout_s: float) -> RequestOutcome:
+    """Send one built request and time its stream; every failure becomes a failed outcome with a reason."""
     import httpx
 
     events: list[tuple[float, bytes]] = []
@@ -431,7 +432,8 @@ async def _send_one(client: Any, url: str, body: bytes, request: BenchRequest, t
     sent_at = perf()
     try:
         async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url, content=body) as response:
+            response = await client.send(http_request, stream=True)
+            try:
                 if response.status_code != 200:
                     raw = b""
                     async for piece in response.aiter_bytes():
@@ -453,6 +455,8 @@ async def _send_one(client: Any, url: str, body: bytes, request: BenchRequest, t
                             events.append((now, line[5:].strip()))
                 if pending[:5] == b"data:":
                     events.append((perf(), pending[5:].strip()))
+            finally:
+                await response.aclose()
     except TimeoutError:
         return RequestOutcome(start_time=sent_at, error=f"timed out after {timeout_s:g} s")
     except httpx.RemoteProtocolError as exc:
@@ -513,10 +517,16 @@ async def run_bench_async(
     async def send(index: int) -> RequestOutcome:
         client = lane()
         try:
-            return await _send_one(client, target, bodies[index], requests[index], options.timeout_s)
+            # Built before the clock starts: TTFT should not include httpx merging headers and parsing the URL.
+            http_request = client.build_request("POST", target, content=bodies[index])
+            return await _send_one(client, http_request, requests[index], options.timeout_s)
         finally:
             idle.append(client)
 
+    # httpx imports anyio's backend on the first request; done here, it does not land in the first TTFT.
+    import anyio
+
+    await anyio.sleep(0)
     started = time.perf_counter()
 
     async def one(index: int) -> None:
