@@ -4,7 +4,7 @@ The real API sends nulls for almost anything, adds fields without notice, and ha
 returning numbers where strings are documented. So: every field except an object's ``id`` is
 optional, unknown fields never fail validation, strings are stripped (``public_ipaddr`` arrives with
 trailing whitespace), and ``from_api`` turns a malformed non-essential field into None instead of
-losing the whole object.
+losing the whole object (or to its default, when the field has one).
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ class VastModel(BaseModel):
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Self:
-        """Validate, dropping (setting to None) any non-essential field whose value is malformed."""
+        """Validate, dropping any non-essential field whose value is malformed (it takes its default)."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
             if not bad or bad & cls.essential:
                 raise
-            repaired = {key: (None if key in bad else value) for key, value in data.items()}
+            # Dropped rather than set to None, so a field with a non-null default (CreateResult.success)
+            # falls back to it instead of failing a second time.
+            repaired = {key: value for key, value in data.items() if key not in bad}
             return cls.model_validate(repaired)
 
 
