@@ -8,7 +8,10 @@ Facts behind every choice are in shared/reference/vast-api.md:
   honouring a numeric ``Retry-After`` up to a cap; the daily search quota is never retried (§2);
 - the create call is not resent after a timeout or a dropped connection, because the server may
   already have rented the instance (§2.1 "Danger"); the caller looks it up by label instead (§12);
-- errors are translated here, once, into ``glmdeploy.vast.errors`` (§3, §5.5, §8).
+- errors are translated here, once, into ``glmdeploy.vast.errors`` (§3, §5.5, §8);
+- answers are read as a stream with a size cap and an overall deadline, so a hostile or broken
+  server (a gigabyte body, a byte a second forever) ends in a one-line error instead of eating
+  memory or hanging: httpx's own timeouts only bound each read, not the whole answer.
 """
 
 from __future__ import annotations
@@ -56,6 +59,13 @@ DEFAULT_BASE_URL = "https://console.vast.ai"
 DEFAULT_RUNTYPE = "ssh_direc ssh_proxy"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 LOG_FETCH_TIMEOUT = httpx.Timeout(10.0)
+# Real answers are kilobytes (an offer search with 64 rows is ~200 KB); past this, stop reading.
+MAX_BODY_BYTES = 8_000_000
+# A log download keeps only its last bytes past this: readiness needs the tail, not the history.
+MAX_LOG_BYTES = 4_000_000
+# The whole answer (headers and body) must arrive within this many seconds.
+RESPONSE_DEADLINE_S = 120.0
+_HOP_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 # On create only a refusal is safe to resend: 502/504 come from a gateway whose backend may have
@@ -121,7 +131,11 @@ def _one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
 
 def _parse_json(response: httpx.Response) -> Any:
     # strict=False: offer payloads have been seen with raw control characters inside strings.
-    return json.loads(response.text, strict=False)
+    try:
+        return json.loads(response.text, strict=False)
+    except RecursionError:
+        # "[[[[...": nested deeper than Python's stack; callers treat ValueError as "not JSON".
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _describe_unreadable(response: httpx.Response) -> str:
@@ -162,6 +176,14 @@ class _CreateAttempt:
     label: str | None
 
 
+class _TooLarge(Exception):
+    """Internal: the answer is bigger than the client is willing to read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an answer over {limit / 1_000_000:g} MB")
+        self.limit = limit
+
+
 class _RetryableResponse(Exception):
     """Internal: a response worth resending, and how long the server asked us to wait."""
 
@@ -190,6 +212,9 @@ class VastClient:
         backoff_jitter: float = 0.5,
         log_poll_tries: int = 12,
         log_poll_interval: float = 0.5,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_log_bytes: int = MAX_LOG_BYTES,
+        response_deadline: float = RESPONSE_DEADLINE_S,
     ) -> None:
         self.base_url = resolve_base_url(base_url)
         self._api_key = api_key.strip() if api_key and api_key.strip() else None
@@ -202,6 +227,9 @@ class VastClient:
         self.backoff_jitter = backoff_jitter
         self.log_poll_tries = max(1, log_poll_tries)
         self.log_poll_interval = log_poll_interval
+        self.max_body_bytes = max_body_bytes
+        self.max_log_bytes = max_log_bytes
+        self.response_deadline = response_deadline
         self._http = httpx.Client(
             transport=transport,
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
@@ -450,7 +478,14 @@ class VastClient:
 
         def attempt() -> httpx.Response:
             try:
-                response = self._http.request(method, url, json=json_body, params=params, headers=headers)
+                response = self._exchange(method, url, json=json_body, params=params, headers=headers)
+            except _TooLarge as exc:
+                if create is not None:
+                    raise self._outcome_unknown(create, str(exc)) from None
+                raise ApiError(
+                    f"Vast.ai sent {exc} to '{operation}'; glmdeploy stops reading there",
+                    operation=operation,
+                ) from None
             except httpx.HTTPError as exc:
                 if create is not None and _may_have_run(exc):
                     raise self._outcome_unknown(create, type(exc).__name__) from exc
@@ -547,13 +582,67 @@ class VastClient:
             self._sleep(delay)  # the host needs a moment to upload before the first look
             delay = min(delay * 1.5, 3.0)
             try:
-                response = self._http.get(url, timeout=LOG_FETCH_TIMEOUT, headers={"Accept": "*/*"})
+                response = self._exchange(
+                    "GET", url, timeout=LOG_FETCH_TIMEOUT, headers={"Accept": "*/*"}, keep_tail=self.max_log_bytes
+                )
             except httpx.HTTPError:
                 continue
             if response.status_code == 200:
-                return response.text
+                text = response.text
+                if response.extensions.get("glmdeploy_truncated"):
+                    # The cut fell inside a line: drop that fragment, keep whole lines only.
+                    text = text.partition("\n")[2]
+                return text
         # A slow host is normal right after start: "no logs yet", not a failure (vast-api.md §7).
         return ""
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        keep_tail: int | None = None,
+        timeout: httpx.Timeout | None = None,
+        **request: Any,
+    ) -> httpx.Response:
+        """Send and read the answer within ``max_body_bytes`` and ``response_deadline``.
+
+        Past the cap this raises ``_TooLarge``, or with ``keep_tail`` keeps only the last
+        ``keep_tail`` bytes (the response then has ``extensions["glmdeploy_truncated"]``). Past the
+        deadline it raises ``httpx.ReadTimeout``, which the retry logic treats like any timeout.
+        """
+        started = time.monotonic()
+        built = self._http.build_request(
+            method, url, timeout=timeout if timeout is not None else self._http.timeout, **request
+        )
+        limit = keep_tail if keep_tail is not None else self.max_body_bytes
+        response = self._http.send(built, stream=True)
+        body = bytearray()
+        truncated = False
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if keep_tail is None and declared.isdigit() and int(declared) > limit:
+                raise _TooLarge(limit)
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    if keep_tail is None:
+                        raise _TooLarge(limit)
+                    del body[: len(body) - limit]
+                    truncated = True
+                if time.monotonic() - started > self.response_deadline:
+                    raise httpx.ReadTimeout(f"the answer took longer than {self.response_deadline:g} s", request=built)
+        finally:
+            response.close()
+        # The body is already decoded: drop the headers that describe its encoding on the wire.
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _HOP_HEADERS]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=bytes(body),
+            request=built,
+            extensions={"glmdeploy_truncated": truncated},
+        )
 
     def _create_result(self, payload: Any) -> CreateResult | None:
         if not isinstance(payload, dict):
