@@ -124,7 +124,13 @@ class FlakyServer:
             await reader.readexactly(length)
             mode = self.modes[self.served % len(self.modes)]
             self.served += 1
-            if mode == "500":
+            if mode == "stall":  # headers, then nothing until the client gives up
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                await writer.drain()
+                await reader.read()  # returns when the client closes
+            elif mode == "500":
                 body = b'{"error": {"message": "boom", "code": 500}}'
                 writer.write(
                     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
@@ -218,6 +224,16 @@ def test_failed_requests_are_counted_with_reasons_and_the_run_completes() -> Non
     assert result.total_output_tokens == 2 * 3 and result.total_input_tokens == 2 * 9
 
 
+def test_a_stalled_stream_times_out_as_a_failure() -> None:
+    options = BenchOptions(num_prompts=2, input_len=3, output_len=3, max_concurrency=2, timeout_s=0.3)
+    started = time.monotonic()
+    with flaky_server("ok", "stall") as url:
+        result = run_bench(url, None, "m", options)
+    assert time.monotonic() - started < 5
+    assert (result.completed, result.failed) == (1, 1)
+    assert result.errors == ["timed out after 0.3 s"]
+
+
 def test_wrong_key_fails_every_request_without_crashing() -> None:
     with engine(ttft_s=0.0, tpot_s=0.0) as url:
         result = run_bench(url, "wrong-key", MODEL, BenchOptions(num_prompts=3, input_len=5, output_len=2))
@@ -305,6 +321,35 @@ def test_cli_invalid_request_rate_exits_2_in_one_line(rate: str) -> None:
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--request-rate" in lines[0]
+
+
+@pytest.mark.parametrize("burstiness", ["0", "-1", "nan"])
+def test_cli_invalid_burstiness_exits_2(burstiness: str) -> None:
+    args = [
+        "bench",
+        "--url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--request-rate",
+        "3",
+        "--burstiness",
+        burstiness,
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "--burstiness" in result.stderr
+
+
+def test_cli_rate_and_infinite_burstiness_reach_the_json() -> None:
+    with engine(ttft_s=0.0, tpot_s=0.0) as url:
+        args = ["bench", "--url", url, "--api-key", KEY, "--model", MODEL, "--num-prompts", "3", "--input-len", "3",
+                "--output-len", "2", "--request-rate", "30", "--burstiness", "inf", "--json"]  # fmt: skip
+        result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["request_rate"], data["burstiness"], data["completed"]) == (30.0, "inf", 3)
+    assert data["duration"] >= 3 / 30  # constant spacing: the last request leaves at 0.1 s
 
 
 def test_cli_rejects_name_and_url_together() -> None:
