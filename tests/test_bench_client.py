@@ -130,6 +130,12 @@ class FlakyServer:
                 )
                 await writer.drain()
                 await reader.read()  # returns when the client closes
+            elif mode == "json":  # a server that ignores stream: true
+                body = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                )
             elif mode == "500":
                 body = b'{"error": {"message": "boom", "code": 500}}'
                 writer.write(
@@ -214,9 +220,10 @@ def test_request_rate_spreads_the_sends() -> None:
 
 def test_failed_requests_are_counted_with_reasons_and_the_run_completes() -> None:
     options = BenchOptions(num_prompts=8, input_len=5, output_len=3, max_concurrency=2, timeout_s=10)
-    with flaky_server("ok", "500", "cut", "garbage") as url:
-        result = run_bench(url, None, "m", options)
-    assert (result.completed, result.failed) == (2, 6)
+    with flaky_server("ok", "500", "cut", "garbage", "json") as url:
+        result = run_bench(url, None, "m", options.model_copy(update={"num_prompts": 10}))
+    assert (result.completed, result.failed) == (2, 8)
+    assert result.errors.count("not an event stream (application/json)") == 2
     joined = "\n".join(result.errors)
     assert joined.count("HTTP 500: boom") == 2
     assert joined.count("invalid JSON in stream") == 2
@@ -350,6 +357,15 @@ def test_cli_rate_and_infinite_burstiness_reach_the_json() -> None:
     data = json.loads(result.stdout)
     assert (data["request_rate"], data["burstiness"], data["completed"]) == (30.0, "inf", 3)
     assert data["duration"] >= 3 / 30  # constant spacing: the last request leaves at 0.1 s
+
+
+def test_cli_output_into_a_missing_directory_exits_2_before_sending(tmp_path: Path) -> None:
+    with flaky_server("ok") as url:
+        args = ["bench", "--url", url, "--model", "m", "--output", str(tmp_path / "nope" / "r.json")]
+        result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+    assert "Serving Benchmark Result" not in result.stdout
 
 
 def test_cli_rejects_name_and_url_together() -> None:

@@ -445,6 +445,9 @@ async def _send_one(client: Any, http_request: Any, request: BenchRequest, timeo
                     except ValueError:
                         detail = raw[:200].decode("utf-8", "replace").strip()
                     return RequestOutcome(start_time=sent_at, error=f"HTTP {response.status_code}: {detail}")
+                kind = response.headers.get("content-type", "")
+                if kind.startswith("application/json"):  # a server that ignored stream: true
+                    return RequestOutcome(start_time=sent_at, error=f"not an event stream ({kind})")
                 pending = b""
                 async for piece in response.aiter_bytes():
                     now = perf()

@@ -74,6 +74,8 @@ def bench(
     rate = parse_request_rate(request_rate)
     if math.isnan(burstiness) or burstiness <= 0:
         raise UsageError(f"--burstiness must be a positive number or 'inf', got {burstiness!r}")
+    if output is not None and not output.parent.is_dir():
+        raise UsageError(f"--output: directory {output.parent} does not exist")
     if name is not None and url is not None:
         raise UsageError("give a deployment NAME or --url, not both")
     label: str | None = None
