@@ -93,7 +93,9 @@ def _offer_view(r: RankedOffer) -> dict[str, Any]:
 def up(
     profile: ProfileRef,
     name: Annotated[str | None, typer.Option(help="Deployment name (default glm-<profile>-xxxx).")] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Rent the chosen offer without asking.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Rent the chosen offer without asking (implied by --sandbox).")
+    ] = False,
     json_output: JsonOutput = False,
     max_price: Annotated[float | None, typer.Option(help="Price cap in $/h (default: the profile's).")] = None,
     ttl: Annotated[
@@ -125,6 +127,8 @@ def up(
     ttl_s = parse_duration(ttl, option="--ttl") if ttl else None
     timeout_s = parse_duration(timeout, option="--timeout") if timeout else None
     interactive = sys.stdin.isatty() and not json_output
+    # The sandbox costs nothing, so there is nothing to confirm; real money always needs a yes.
+    yes = yes or sandbox
     if not yes and not interactive:
         raise UsageError("refusing to rent without confirmation: no terminal to ask on", hint="pass --yes")
 
