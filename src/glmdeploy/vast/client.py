@@ -442,21 +442,23 @@ class VastClient:
     ) -> dict[str, Any]:
         """Send with retries and return the JSON object, raising a typed error for any refusal."""
         response = self._send(method, path, operation=operation, json_body=json_body, params=params)
+        readable = True
         try:
             payload = _parse_json(response)
         except ValueError:
-            payload = None
+            payload, readable = None, False
         if not response.is_success or (isinstance(payload, dict) and payload.get("success") is False):
             self._raise_for(response, payload, operation)
-        if payload is None:
+        if not readable:
             raise ApiError(
                 f"Vast.ai answered '{operation}' with {_describe_unreadable(response)} instead of JSON",
                 status_code=response.status_code,
                 operation=operation,
             )
         if not isinstance(payload, dict):
+            shape = "null" if payload is None else type(payload).__name__
             raise ApiError(
-                f"Vast.ai answered '{operation}' with JSON of an unexpected shape ({type(payload).__name__})",
+                f"Vast.ai answered '{operation}' with JSON of an unexpected shape ({shape})",
                 status_code=response.status_code,
                 operation=operation,
             )
