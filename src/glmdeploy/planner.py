@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from glmdeploy.catalog import GPU_VARIANTS, MODEL_ARCHS, GpuSpec, ModelArch
 from glmdeploy.errors import UsageError
@@ -463,25 +463,6 @@ def choose_gpu(gpu_names: list[str], min_vram_gb: float) -> tuple[GpuSpec, list[
 # --- the plan -----------------------------------------------------------------------------
 
 
-def _effective_profile(profile: Profile, context_length: int | None, image: str | None) -> Profile:
-    from glmdeploy.profiles.model import Profile
-
-    if context_length is None and image is None:
-        return profile
-    data = profile.model_dump()
-    if context_length is not None:
-        data["engine"]["context_length"] = context_length
-    if image is not None:
-        data["engine"]["image"] = image
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        option = {"engine.context_length": "--context-length", "engine.image": "--image"}.get(field, field)
-        raise UsageError(f"{option}: {err['msg'].removeprefix('Value error, ')}") from None
-
-
 def _fmt(n: int) -> str:
     return f"{n:,}"
 
@@ -500,9 +481,10 @@ def plan_profile(
     ``UsageError`` for inputs that cannot be planned (bad image reference, MLA forced on a GQA model).
     """
     from glmdeploy.onstart import display_command, launch_argv
+    from glmdeploy.profiles.model import with_overrides
     from glmdeploy.vast.filters import offer_query
 
-    profile = _effective_profile(profile, context_length, image)
+    profile = with_overrides(profile, context_length=context_length, image=image)
     e = profile.engine
     arch = MODEL_ARCHS[profile.model.arch]
     tp = e.tensor_parallel
