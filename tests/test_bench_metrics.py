@@ -278,3 +278,16 @@ def test_chat_url_from_base_urls() -> None:
     assert chat_url("http://h:1/v1") == "http://h:1/v1/chat/completions"
     assert chat_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_url("http://h:1") == "http://h:1/v1/chat/completions"
+
+
+def test_peak_chunks_and_concurrency_over_one_second_buckets() -> None:
+    a = RequestOutcome(success=True, start_time=100.0, ttft=0.5, itl=[0.3, 0.4], latency=1.2, output_tokens=3)
+    b = RequestOutcome(success=True, start_time=100.9, ttft=0.2, itl=[0.05], latency=0.25, output_tokens=2)
+    c = RequestOutcome(success=True, start_time=102.5, ttft=0.1, itl=[], latency=0.1, output_tokens=1)
+    failed = RequestOutcome(error="HTTP 500", start_time=100.1, ttft=0.0, latency=0.0)
+    r = summarize([a, b, c, failed], 3.0, BenchOptions(num_prompts=4), "m")
+    # chunks at 100.5, 100.8 | 101.2, 101.1, 101.15 | 102.6 -> buckets of 2, 3, 1
+    assert r.max_output_tokens_per_s == 3.0
+    # second 0: a and b; second 1: a and b; second 2: c
+    assert r.max_concurrent_requests == 2
+    assert "Peak concurrent requests:" in format_summary(r)

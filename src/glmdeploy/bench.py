@@ -265,6 +265,29 @@ def tpot_of(outcome: RequestOutcome) -> float | None:
     return (outcome.latency - outcome.ttft) / (outcome.output_tokens - 1)
 
 
+def peaks(outcomes: Sequence[RequestOutcome]) -> tuple[float, int]:
+    """(max output chunks in one second, max requests in flight in one second) over 1 s buckets from the
+    first successful send, as vLLM's ``max_output_tokens_per_s`` / ``max_concurrent_requests`` (per chunk)."""
+    ok = [o for o in outcomes if o.success]
+    if not ok:
+        return 0.0, 0
+    origin = min(o.start_time for o in ok)
+    chunks: dict[int, int] = {}
+    active: dict[int, int] = {}
+    for o in ok:
+        at = o.start_time + o.ttft
+        times = [at]
+        for gap in o.itl:
+            at += gap
+            times.append(at)
+        for t in times:
+            bucket = int(t - origin)
+            chunks[bucket] = chunks.get(bucket, 0) + 1
+        for second in range(int(o.start_time - origin), int(o.start_time + o.latency - origin) + 1):
+            active[second] = active.get(second, 0) + 1
+    return float(max(chunks.values())), max(active.values())
+
+
 class BenchResult(BaseModel):
     """The result, with ``vllm bench serve``'s JSON key names (engines.md §9) plus a few of glmdeploy's."""
 
@@ -289,6 +312,8 @@ class BenchResult(BaseModel):
     request_goodput: float | None = None
     output_throughput: float
     total_token_throughput: float
+    max_output_tokens_per_s: float = Field(description="Most output chunks seen in one 1 s bucket.")
+    max_concurrent_requests: int = Field(description="Most requests in flight during one 1 s bucket.")
     mean_ttft_ms: float
     median_ttft_ms: float
     std_ttft_ms: float
@@ -332,6 +357,7 @@ def summarize(
     total_in = sum(o.input_tokens for o in ok)
     total_out = sum(o.output_tokens for o in ok)
     per_s = 1.0 / duration if duration > 0 else 0.0
+    peak_chunks, peak_active = peaks(outcomes)
     return BenchResult(
         date=date or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         label=options.label,
@@ -351,6 +377,8 @@ def summarize(
         request_throughput=len(ok) * per_s,
         output_throughput=total_out * per_s,
         total_token_throughput=(total_in + total_out) * per_s,
+        max_output_tokens_per_s=peak_chunks,
+        max_concurrent_requests=peak_active,
         errors=[o.error for o in outcomes if not o.success][:MAX_ERRORS_KEPT],
         **stats,
     )
@@ -383,6 +411,8 @@ def format_summary(result: BenchResult) -> str:
     row("Total generated tokens:", result.total_output_tokens)
     row("Request throughput (req/s):", result.request_throughput)
     row("Output token throughput (tok/s):", result.output_throughput)
+    row("Peak output token throughput (tok/s):", result.max_output_tokens_per_s)
+    row("Peak concurrent requests:", float(result.max_concurrent_requests))
     row("Total Token throughput (tok/s):", result.total_token_throughput)
     values = result.model_dump()
     for key, short, title in _SECTIONS:
