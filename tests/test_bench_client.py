@@ -368,6 +368,12 @@ def test_cli_output_into_a_missing_directory_exits_2_before_sending(tmp_path: Pa
     assert "Serving Benchmark Result" not in result.stdout
 
 
+def test_cli_malformed_url_exits_2() -> None:
+    result = runner.invoke(app, ["bench", "--url", "localhost:8000", "--model", "m"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: --url must look like")
+
+
 def test_cli_rejects_name_and_url_together() -> None:
     result = runner.invoke(app, ["bench", "dep", "--url", "http://127.0.0.1:9/v1", "--model", "m"])
     assert result.exit_code == 2

@@ -291,3 +291,9 @@ def test_peak_chunks_and_concurrency_over_one_second_buckets() -> None:
     # second 0: a and b; second 1: a and b; second 2: c
     assert r.max_concurrent_requests == 2
     assert "Peak concurrent requests:" in format_summary(r)
+
+
+@pytest.mark.parametrize("url", ["ftp://h/v1", "localhost:8000", "", "http:///v1"])
+def test_urls_that_are_not_http_are_usage_errors(url: str) -> None:
+    with pytest.raises(UsageError, match="--url"):
+        chat_url(url)

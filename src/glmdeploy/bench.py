@@ -120,7 +120,7 @@ def arrival_offsets(num_prompts: int, request_rate: float, burstiness: float, se
     """
     if math.isinf(request_rate):
         return [0.0] * num_prompts
-    rng = random.Random(seed)
+    rng = random.Random(f"arrivals:{seed}")  # not the prompts' stream: the two stay independent
     if math.isinf(burstiness):
         gaps = [1.0 / request_rate] * num_prompts
     else:
@@ -430,7 +430,10 @@ def format_summary(result: BenchResult) -> str:
 def chat_url(base_url: str) -> str:
     """``.../v1/chat/completions`` from an OpenAI base URL (``http://host:port`` gets ``/v1``)."""
     base = base_url.rstrip("/")
-    if not urlsplit(base).path:
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--url must look like http(s)://HOST[:PORT]/v1, got {base_url!r}")
+    if not parts.path:
         base += "/v1"
     return f"{base}/chat/completions"
 
@@ -566,11 +569,14 @@ async def run_bench_async(
         delay = started + offsets[index] - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if semaphore is None:
-            outcome = await send(index)
-        else:
-            async with semaphore:
+        try:
+            if semaphore is None:
                 outcome = await send(index)
+            else:
+                async with semaphore:
+                    outcome = await send(index)
+        except Exception as exc:  # whatever one request hits, the others go on and it is counted as failed
+            outcome = RequestOutcome(error=_describe(exc))
         outcomes[index] = outcome
         if on_done is not None:
             on_done(outcome)

@@ -68,7 +68,7 @@ def bench(
     """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput)."""
     import math
 
-    from glmdeploy.bench import BenchOptions, first_model, parse_request_rate
+    from glmdeploy.bench import BenchOptions, chat_url, first_model, parse_request_rate
     from glmdeploy.errors import SmokeFailed, UsageError
 
     rate = parse_request_rate(request_rate)
@@ -80,6 +80,7 @@ def bench(
         raise UsageError("give a deployment NAME or --url, not both")
     label: str | None = None
     if url is not None:
+        chat_url(url)  # a malformed URL is a usage error before anything is sent
         target, key = url, api_key
         model = model or first_model(url, key)
     else:
