@@ -243,11 +243,12 @@ def test_no_auth_behind_the_lightllm_proxy_fails_auth() -> None:
     assert "the key is not enforced" in failed(report)["auth"]
 
 
-@pytest.mark.parametrize("tell_engine", [True, False])
-def test_models_before_health_fails_health(tell_engine: bool) -> None:
-    with serve(spec_for("sglang"), {"models_before_health": None}, wait=False) as s:
+@pytest.mark.parametrize(("kind", "tell_engine"), [("sglang", True), ("sglang", False), ("vllm", True),
+                                                   ("lightllm", True)])
+def test_models_before_health_fails_health(kind: str, tell_engine: bool) -> None:
+    with serve(spec_for(kind), {"models_before_health": None}, wait=False) as s:
         s.wait(lambda: _answers(s.url))
-        report = smoke(s, "sglang", tell_engine=tell_engine, only=["health", "models"])
+        report = smoke(s, kind, tell_engine=tell_engine, only=["health", "models"])
     assert set(failed(report)) == {"health"}
     assert failed(report)["health"] == (
         "GET /health: 503, the server is not ready (still warming up?); /v1/models answers 200"
