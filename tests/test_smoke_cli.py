@@ -106,6 +106,16 @@ def test_bad_check_names_and_values_exit_2(vllm: Served, args: list[str]) -> Non
     assert "Traceback" not in result.output
 
 
+def test_an_unwritable_junit_path_exits_2_before_any_request(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for path in (tmp_path, blocker / "sub" / "smoke.xml"):
+        # The URL is unreachable: had the checks run, the exit would be 5.
+        result = invoke("--url", "http://127.0.0.1:9", "--junit", str(path))
+        assert result.exit_code == 2, result.output
+        assert "--junit" in result.stderr
+
+
 def test_bad_urls_exit_2() -> None:
     for url in ("ftp://x/v1", "not a url", "http://user:pw@127.0.0.1:1/v1"):
         result = invoke("--url", url)

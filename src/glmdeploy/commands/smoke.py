@@ -98,6 +98,8 @@ def smoke(
 
     only_names, skip_names = _names(only), _names(skip)
     select_checks(only_names, skip_names)  # a typo is exit 2 before anything is sent
+    if junit is not None:
+        _check_writable(junit)
     target = _target(name, url, api_key, model, engine)
     say(f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})")
     progress = _Progress(live=sys.stderr.isatty() and not json_output)
@@ -121,6 +123,22 @@ def smoke(
         raise SmokeFailed(f"smoke checks failed: {failed}")
     if not json_output:
         say(report.summary())
+
+
+def _check_writable(path: Path) -> None:
+    """A report path that cannot be written is bad input, found before the checks run, not after."""
+    import os
+
+    from glmdeploy.errors import UsageError
+
+    if path.is_dir():
+        raise UsageError(f"--junit {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the directory for --junit {path}: {exc.strerror}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write --junit {path}: permission denied")
 
 
 class _Progress:
