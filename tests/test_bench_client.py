@@ -34,6 +34,11 @@ SCRIPTS = {
         "#!/bin/bash\nexec python3 -m sglang.launch_server --model-path zai-org/GLM-4.7-Flash "
         '--served-model-name glm-4.7-flash --reasoning-parser glm45 --port 8000 --api-key "${GLM_API_KEY}"\n',
     ),
+    "lightllm": (
+        "ghcr.io/modeltc/lightllm:v1.2.0",
+        "#!/bin/bash\nexec python -m lightllm.server.api_server --model_dir /workspace/models/glm-4.7-flash "
+        "--reasoning_parser glm45 --port 8000\n",
+    ),
 }
 TTFT_S = 0.05
 TPOT_S = 0.01
@@ -206,6 +211,17 @@ def test_measures_the_configured_ttft_and_tpot(kind: str) -> None:
     assert result.total_input_tokens == 6 * (40 + TEMPLATE_TOKENS)
     assert result.request_throughput == pytest.approx(6 / result.duration)
     assert result.output_throughput == pytest.approx(72 / result.duration)
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "lightllm"])
+def test_every_engine_generates_exactly_output_len_with_ignore_eos(kind: str) -> None:
+    options = BenchOptions(num_prompts=4, input_len=20, output_len=30)
+    with engine(kind, ttft_s=0.0, tpot_s=0.0) as url:
+        result = run_bench(url, KEY, MODEL, options)
+    assert (result.completed, result.failed) == (4, 0), result.errors
+    assert result.total_output_tokens == 4 * 30
+    assert result.total_input_tokens == 4 * (20 + TEMPLATE_TOKENS)
+    assert result.max_concurrent_requests == 4
 
 
 def test_request_rate_spreads_the_sends() -> None:

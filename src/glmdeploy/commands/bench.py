@@ -65,7 +65,11 @@ def bench(
     ] = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput)."""
+    """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput).
+
+    Exit 0 when the run completes (failed requests are counted and listed), 2 for bad options, 5 when not a
+    single request succeeded.
+    """
     import math
 
     from glmdeploy.bench import BenchOptions, chat_url, first_model, parse_request_rate
