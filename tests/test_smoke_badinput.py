@@ -247,6 +247,20 @@ def test_a_stream_without_the_usage_chunk(server: Callable[..., str]) -> None:
     assert "no usage chunk" in detail(smoke(url, "stream"), "stream")
 
 
+def test_a_json_answer_to_a_stream_request(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): lambda h: h.reply_json({"choices": []})})
+    assert detail(smoke(url, "stream"), "stream").startswith(
+        "streamed completion: the server answered JSON, not an event stream: 200"
+    )
+
+
+def test_a_stream_that_never_ends_is_cut_at_the_timeout(server: Callable[..., str]) -> None:
+    url = server({("POST", "/v1/chat/completions"): streaming(*[sse(delta("x"))] * 20, pause=0.05)})
+    assert detail(smoke(url, "stream", timeout=0.5), "stream") == (
+        "streamed completion: the stream was still going after 0.5 s"
+    )
+
+
 def test_an_error_object_inside_the_stream(server: Callable[..., str]) -> None:
     url = server({("POST", "/v1/chat/completions"): streaming(sse(delta("")), sse({"error": {"message": "boom"}}))})
     assert "the server sent an error in the stream" in detail(smoke(url, "stream"), "stream")

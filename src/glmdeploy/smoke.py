@@ -157,6 +157,14 @@ class Target:
         cls, url: str, *, api_key: str | None = None, model: str | None = None, engine: str | None = None
     ) -> Target:
         """``url`` may be the base URL ending in ``/v1`` or the server root."""
+        from glmdeploy.vast.keys import sendable
+
+        if api_key and not sendable(api_key):
+            # httpx's refusal would quote the header, key included, in every check's detail.
+            raise UsageError(
+                "the endpoint API key contains a space, a line break, a control or a non-ASCII character, "
+                "so it cannot be sent; a key is one line of printable ASCII"
+            )
         return cls(api_base=normalise_base_url(url), api_key=api_key or None, model=model or None,
                    engine=_engine_kind(engine))
 
@@ -420,18 +428,27 @@ class _Runner:
         parser = SSEParser()
         assembly = ChatStreamAssembly()
         reads_with_events = 0
+        request = {"model": self.model(), **body}  # looked up first: the lookup is not time to first token
         started = time.perf_counter()
-        with self.stream_chat({"model": self.model(), **body}) as response:
+        with self.stream_chat(request) as response:
             if response.status_code != 200:
                 response.read()
                 raise _Fail(f"{what}: HTTP {_status(response)}")
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("application/json"):
+                response.read()
+                raise _Fail(f"{what}: the server answered JSON, not an event stream: {_status(response)}")
+            deadline = started + self.timeout
             try:
                 for raw in response.iter_bytes():
-                    events = parser.feed(raw, time.perf_counter())
+                    now = time.perf_counter()
+                    events = parser.feed(raw, now)
                     if events:
                         reads_with_events += 1
                     for event in events:
                         assembly.add_event(event)
+                    if now > deadline and not assembly.done:
+                        raise _Fail(f"{what}: the stream was still going after {self.timeout:g} s")
             except httpx.TransportError as exc:
                 raise _Fail(
                     f"{what}: the connection broke mid-stream after {assembly.chunks} chunks "
