@@ -328,3 +328,33 @@ def test_the_openai_sdk_sees_what_the_checks_report(engines: dict[str, Served], 
         assert json.loads(args) == checks["tools"].info["stream_arguments"]
     finally:
         client.close()
+
+
+# ------------------------------------------------------------------------------ what `up` calls
+
+
+def test_smoke_endpoint_with_a_profile_and_a_shared_client() -> None:
+    import httpx
+
+    from glmdeploy.errors import EXIT_SMOKE_FAILED, SmokeFailed
+    from glmdeploy.smoke import smoke_endpoint
+
+    profile = load_profile("4x3090")
+    spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+    assert spec is not None
+    seen: list[str] = []
+    with serve(spec) as served, httpx.Client() as http:
+        report = smoke_endpoint(served.url + "/v1", KEY, model="zai-org/GLM-4.7-Flash", profile=profile, http=http,
+                                on_result=lambda r: seen.append(f"{r.name}:{r.status}"))
+        assert not http.is_closed  # the caller's client stays the caller's
+    assert report.passed, failed(report)
+    report.raise_for_failure()
+    assert seen == ["health:passed", "auth:passed", "models:passed", "chat:passed", "stream:passed",
+                    "reasoning:skipped", "tools:skipped", "max_tokens:passed"]
+
+    with serve(spec_for("sglang"), {"no_auth": None}) as served:
+        broken = smoke_endpoint(served.url + "/v1", KEY, model=MODEL, profile=None, only=["auth"])
+    with pytest.raises(SmokeFailed) as caught:
+        broken.raise_for_failure()
+    assert caught.value.exit_code == EXIT_SMOKE_FAILED
+    assert str(caught.value).startswith("smoke checks failed: auth: the key is not enforced")
