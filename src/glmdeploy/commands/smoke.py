@@ -16,31 +16,49 @@ from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, sa
 if TYPE_CHECKING:
     from glmdeploy.smoke import CheckResult, SmokeReport, Target
 
-Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+Name = Annotated[
+    str | None, typer.Argument(metavar="NAME", help="Deployment name (default: the only active one).")
+]
 Url = Annotated[
     str | None,
-    typer.Option("--url", help="Smoke this server instead of a deployment: its root or base URL ending in /v1."),
+    typer.Option(
+        "--url", metavar="URL", help="Smoke this server instead of a deployment: its root or base URL ending in /v1."
+    ),
 ]
 EndpointKey = Annotated[
     str | None,
     typer.Option(
         "--api-key",
+        metavar="KEY",
         envvar="OPENAI_API_KEY",
         show_envvar=True,
         show_default=False,
         help="The endpoint's API key (with --url; a deployment's own key is used otherwise).",
     ),
 ]
-Model = Annotated[str | None, typer.Option("--model", help="Model to ask for (with --url; default: the first listed).")]
+Model = Annotated[
+    str | None,
+    typer.Option("--model", metavar="MODEL", help="Model to ask for (with --url; default: the first listed)."),
+]
 EngineKind = Annotated[
     str | None,
-    typer.Option("--engine", help="Engine behind --url (sglang, vllm, lightllm), for engine-specific probes."),
+    typer.Option(
+        "--engine", metavar="ENGINE", help="Engine behind --url (sglang, vllm, lightllm), for engine-specific probes."
+    ),
 ]
-Junit = Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report to this path.")]
-Skip = Annotated[list[str] | None, typer.Option("--skip", help="Leave this check out (repeatable).")]
-Only = Annotated[list[str] | None, typer.Option("--only", help="Run only this check (repeatable).")]
+Junit = Annotated[
+    Path | None, typer.Option("--junit", metavar="PATH", help="Also write a JUnit XML report to this path.")
+]
+Skip = Annotated[
+    list[str] | None,
+    typer.Option("--skip", metavar="CHECK", help="Leave this check out (repeatable, or comma-separated)."),
+]
+Only = Annotated[
+    list[str] | None,
+    typer.Option("--only", metavar="CHECK", help="Run only this check (repeatable, or comma-separated)."),
+]
 Timeout = Annotated[
-    float, typer.Option("--timeout", help="Seconds each request may take.", show_default=True)
+    float, typer.Option("--timeout", metavar="SECONDS", help="Seconds each request may take.", show_default=True)
 ]
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
