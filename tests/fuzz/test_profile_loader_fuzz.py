@@ -219,3 +219,14 @@ def test_cli_validate_exits_0_or_2_without_traceback(text: str) -> None:
     if result.exit_code == 2:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines and str(path) in lines[0]
+
+
+def test_a_profile_whose_onstart_would_exceed_vasts_limit_is_refused_when_loaded() -> None:
+    # It used to validate, then crash `up` with an internal ValueError after the deployment row existed.
+    data = _copy(SHIPPED[0])
+    data["engine"]["extra_args"] = ["--flag", "v" * 4200]
+    with _written(yaml.safe_dump(data)) as path:
+        with pytest.raises(ProfileError, match=r"Vast accepts at most 4096; shorten engine\.extra_args"):
+            load_file(path)
+        result = runner.invoke(app, ["profiles", "validate", str(path)])
+    assert result.exit_code == 2 and "4096" in result.stderr
