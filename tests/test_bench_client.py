@@ -40,7 +40,7 @@ SCRIPTS = {
         "--reasoning_parser glm45 --port 8000\n",
     ),
 }
-TTFT_S = 0.05
+TTFT_S = 0.1
 TPOT_S = 0.01
 # The sandbox's chat template adds 5 tokens ([gMASK]<sop>, the role, <|assistant|><think>) and every
 # vocabulary word is one token.
@@ -195,22 +195,27 @@ def flaky_server(*modes: str) -> Iterator[str]:
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang"])
 def test_measures_the_configured_ttft_and_tpot(kind: str) -> None:
-    options = BenchOptions(num_prompts=6, input_len=40, output_len=12, max_concurrency=2)
-    with engine(kind) as url:
+    tokens = 8
+    options = BenchOptions(num_prompts=4, input_len=40, output_len=tokens, max_concurrency=1)
+    with engine(kind, ttft_s=TTFT_S, tpot_s=TPOT_S) as url:
         result = run_bench(url, KEY, MODEL, options)
-    assert (result.completed, result.failed) == (6, 0), result.errors
-    # The engine sleeps TTFT before the first token and TPOT between tokens: the client can only see more,
-    # and on a loaded 2-core machine maybe a few ms more. A TTFT taken at the role-only chunk would be ~0,
-    # one taken after parsing the whole stream would include the 110 ms of decoding.
-    assert TTFT_S * 1000 - 0.5 <= result.median_ttft_ms <= TTFT_S * 1000 + 15
-    assert TPOT_S * 1000 - 0.5 <= result.median_tpot_ms <= TPOT_S * 1000 + 3
-    assert TPOT_S * 1000 - 2 <= result.median_itl_ms <= TPOT_S * 1000 + 3
-    expected_e2el = (TTFT_S + 11 * TPOT_S) * 1000
-    assert expected_e2el - 1 <= result.median_e2el_ms <= expected_e2el + 40
-    assert result.total_output_tokens == 6 * 12  # ignore_eos + max_tokens: exactly output_len each
-    assert result.total_input_tokens == 6 * (40 + TEMPLATE_TOKENS)
-    assert result.request_throughput == pytest.approx(6 / result.duration)
-    assert result.output_throughput == pytest.approx(72 / result.duration)
+    assert (result.completed, result.failed) == (4, 0), result.errors
+    ttft, tpot = TTFT_S * 1000, TPOT_S * 1000
+    # The engine sleeps TTFT before the first token and TPOT between tokens, so the client can only see
+    # more; how much more depends on the machine's load (other test suites share its two cores: medians up
+    # to +40 ms TTFT and +5 ms TPOT were seen with two busy loops running), hence generous upper bounds.
+    # The definitions are still pinned: a TTFT taken at the role-only chunk would be ~0 ms, one taken at the
+    # end of the stream would hold the 70 ms of decoding; a TPOT of E2EL / (n - 1) would be 24 ms, one of
+    # (E2EL - TTFT) / n 8.75 ms.
+    assert ttft - 0.5 <= result.median_ttft_ms <= ttft + 60
+    assert result.median_ttft_ms < result.median_e2el_ms - 0.9 * (tokens - 1) * tpot
+    assert tpot - 1 <= result.median_tpot_ms <= tpot + 7
+    assert tpot - 2 <= result.median_itl_ms <= tpot + 7
+    assert ttft + (tokens - 1) * tpot - 1 <= result.median_e2el_ms
+    assert result.total_output_tokens == 4 * tokens  # ignore_eos + max_tokens: exactly output_len each
+    assert result.total_input_tokens == 4 * (40 + TEMPLATE_TOKENS)
+    assert result.request_throughput == pytest.approx(4 / result.duration)
+    assert result.output_throughput == pytest.approx(4 * tokens / result.duration)
 
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang", "lightllm"])
