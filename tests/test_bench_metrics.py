@@ -100,6 +100,11 @@ def test_broken_streams_are_failures_with_a_reason(events: list[tuple[float, byt
     assert reason in out.error
 
 
+def test_a_null_error_field_is_not_an_error() -> None:
+    events = [(1.0, b'{"error": null, "choices": [{"delta": {"content": "a"}, "finish_reason": "stop"}]}')]
+    assert outcome_from_stream(events, 0.5, REQ).success
+
+
 def test_finish_reason_without_done_is_a_complete_response() -> None:
     out = outcome_from_stream([(1.0, chunk({"content": "a"})), (1.2, chunk({}, finish="stop"))], 0.9, REQ)
     assert out.success and out.latency == pytest.approx(0.1)

@@ -25,8 +25,8 @@ Definitions (vLLM's, with glmdeploy's choices where vLLM versions differ):
   these engines without speculative decoding). Input tokens are ``usage.prompt_tokens`` (the prompt as
   the server counted it, chat template included), else the requested ``input_len``.
 - A request fails on an HTTP error status, a connection error or timeout, a stream that closes before a
-  ``finish_reason`` or ``[DONE]``, a non-JSON ``data:`` line, an error object in the stream, or a stream
-  with no output at all. Failed requests count in ``failed`` and their first errors are kept; they do not
+  ``finish_reason`` or ``[DONE]``, a non-JSON ``data:`` line, an error object in the stream, a JSON answer
+  instead of a stream, or a stream with no output at all. Failed requests count in ``failed`` and their first errors are kept; they do not
   stop the run and do not enter the latency statistics or token totals.
 """
 
@@ -174,7 +174,7 @@ def outcome_from_stream(events: Sequence[tuple[float, bytes]], sent_at: float, r
         if type(obj) is not dict:
             out.error = f"unexpected stream event: {payload[:80].decode('utf-8', 'replace')!r}"
             return out
-        if "error" in obj or obj.get("object") == "error":
+        if obj.get("error") or obj.get("object") == "error":  # some chunks carry "error": null
             out.error = f"error in stream: {_error_message(obj)}"
             return out
         choices = obj.get("choices")
@@ -526,7 +526,7 @@ async def run_bench_async(
     target = chat_url(url)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+        headers["Authorization"] = _bearer(api_key)
     # The per-request limit is enforced around the whole exchange; httpx's own timeouts only as a backstop.
     timeout = httpx.Timeout(options.timeout_s + 5, connect=min(30.0, options.timeout_s + 5))
     local = _is_local(url)
@@ -600,12 +600,24 @@ def run_bench(
     return asyncio.run(run_bench_async(url, api_key, model, options, on_done))
 
 
+def _bearer(api_key: str) -> str:
+    """The Authorization value, refusing a key httpx could not send: its error would quote the key."""
+    from glmdeploy.vast.keys import sendable
+
+    if not sendable(api_key):
+        raise UsageError(
+            "the endpoint API key contains a space, a line break, a control or a non-ASCII character, "
+            "so it cannot be sent; a key is one line of printable ASCII"
+        )
+    return f"Bearer {api_key}"
+
+
 def first_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
     """The first model id ``GET /models`` lists (what vLLM's bench does without --model)."""
     import httpx
 
     base = chat_url(url).removesuffix("/chat/completions")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Authorization": _bearer(api_key)} if api_key else {}
     try:
         response = httpx.get(f"{base}/models", headers=headers, timeout=timeout_s, trust_env=not _is_local(url))
         response.raise_for_status()
