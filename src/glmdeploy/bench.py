@@ -26,8 +26,8 @@ Definitions (vLLM's, with glmdeploy's choices where vLLM versions differ):
   the server counted it, chat template included), else the requested ``input_len``.
 - A request fails on an HTTP error status, a connection error or timeout, a stream that closes before a
   ``finish_reason`` or ``[DONE]``, a non-JSON ``data:`` line, an error object in the stream, a JSON answer
-  instead of a stream, or a stream with no output at all. Failed requests count in ``failed`` and their first errors are kept; they do not
-  stop the run and do not enter the latency statistics or token totals.
+  instead of a stream, or a stream with no output at all. Failed requests count in ``failed`` and their
+  first errors are kept; they do not stop the run and do not enter the latency statistics or token totals.
 """
 
 from __future__ import annotations
