@@ -36,7 +36,7 @@ json_values = st.recursive(
 )
 odd_values = st.one_of(
     json_values,
-    st.sampled_from(["", " 12 ", "12", "1e3", "NaN", "true", "null", "8000/tcp", "1.2.3.4 ", "-1", "0x10"]),
+    st.sampled_from(["", " 12 ", "12", "1e3", "NaN", "true", "null", "8000/tcp", "1.2.3.4 ", "-1", "0x10", KEY]),
 )
 MODELS: list[type[VastModel]] = [Offer, Instance, CreateResult, InstancePage]
 SAMPLES: dict[type[VastModel], dict[str, Any]] = {
@@ -126,6 +126,28 @@ def test_models_accept_garbage_or_refuse_only_for_the_essential_field(
 def test_a_malformed_success_flag_never_loses_the_new_instance_id(raw: dict[str, Any]) -> None:
     # Losing new_contract would leave a rented instance nobody tracks.
     assert CreateResult.from_api(raw).new_contract == raw["new_contract"]
+
+
+host_texts = st.one_of(
+    st.text(max_size=30),
+    st.ip_addresses().map(str),
+    st.sampled_from(["evil.example/x?", "1.2.3.4:80", "user@host", "h#frag", "a b", "host.example", "fe80::1%eth0"]),
+)
+port_texts = st.one_of(st.text(max_size=6), st.integers(min_value=-5, max_value=70_000).map(str), st.just("²"))
+
+
+@given(host=host_texts, port=port_texts)
+@example(host="1.2.3.4", port="²")  # str.isdigit() accepts it, int() raised ValueError
+@example(host="evil.example/x?", port="41000")  # would have sent the endpoint key to evil.example
+def test_service_url_is_none_or_points_exactly_at_the_instance(host: str, port: str) -> None:
+    instance = Instance.from_api({"id": 1, "public_ipaddr": host, "ports": {"8000/tcp": [{"HostPort": port}]}})
+    url = instance.service_url(8000)
+    if url is None:
+        return
+    parsed = httpx.URL(url)
+    assert parsed.host == (instance.public_ipaddr or "").lower().strip("[]")
+    assert parsed.port == int(port) and parsed.path in ("", "/") and not parsed.query and not parsed.fragment
+    assert parsed.userinfo == b""
 
 
 # ---------------------------------------------------------------------------------------------- client

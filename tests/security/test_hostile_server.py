@@ -410,6 +410,13 @@ def test_misshapen_instance_answers_are_api_errors(serve: Callable[..., HostileS
     one_line(caught.value)
 
 
+def test_a_huge_unreadable_id_is_not_echoed_whole(serve: Callable[..., HostileServer]) -> None:
+    server = serve(answer(200, json.dumps({"instances": {"id": "9" * 50 + "x" * 100_000}}).encode()))
+    with pytest.raises(ApiError) as caught, client_for(server.url) as client:
+        client.show_instance(9)
+    assert len(one_line(caught.value)) < 300
+
+
 def test_an_instance_list_whose_token_never_changes_ends(serve: Callable[..., HostileServer]) -> None:
     server = serve(answer(200, b'{"instances": null, "next_token": 5}'))
     with pytest.raises(ApiError) as caught, client_for(server.url) as client:

@@ -641,10 +641,25 @@ class VastClient:
         return httpx.Response(
             response.status_code,
             headers=headers,
-            content=bytes(body),
+            content=self._scrub_key(bytes(body)),
             request=built,
             extensions={"glmdeploy_truncated": truncated},
         )
+
+    def _scrub_key(self, body: bytes) -> bytes:
+        """The answer with our account key masked, so nothing a server echoes can reach a message.
+
+        Every string glmdeploy shows from Vast (error messages, ``status_msg``, labels, logs) comes
+        out of a body read here. Masking the raw bytes before parsing also covers the key's JSON
+        escapes (``\\/`` for ``/``, ``\\uXXXX``); ``***`` keeps a JSON string valid.
+        """
+        if not self._api_key or not body:
+            return body
+        forms = {self._api_key, json.dumps(self._api_key)[1:-1], json.dumps(self._api_key, ensure_ascii=False)[1:-1]}
+        forms |= {form.replace("/", "\\/") for form in forms}
+        for form in sorted(forms, key=len, reverse=True):
+            body = body.replace(form.encode("utf-8"), b"***")
+        return body
 
     def _create_result(self, payload: Any) -> CreateResult | None:
         if not isinstance(payload, dict):
@@ -660,7 +675,8 @@ class VastClient:
         except ValidationError:
             # Never skip a row: an instance we cannot see is one we cannot destroy.
             raise ApiError(
-                f"Vast.ai answered '{operation}' with an instance row glmdeploy cannot read (id {row.get('id')!r})",
+                f"Vast.ai answered '{operation}' with an instance row glmdeploy cannot read "
+                f"(id {_one_line(repr(row.get('id')), 40)})",
                 operation=operation,
             ) from None
 

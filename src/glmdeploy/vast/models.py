@@ -9,6 +9,8 @@ losing the whole object (or to its default, when the field has one).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
@@ -148,14 +150,21 @@ class Instance(VastModel):
         """The public port mapped to ``container_port``, or None while ports are not mapped yet."""
         bindings = (self.ports or {}).get(f"{container_port}/{proto}") or []
         for binding in bindings:
-            if binding.host_port and binding.host_port.isdigit():
-                return int(binding.host_port)
+            # str.isdigit() alone also accepts '²', which int() refuses.
+            if binding.host_port and binding.host_port.isascii() and binding.host_port.isdigit():
+                port = int(binding.host_port)
+                if 0 < port < 65536:
+                    return port
         return None
 
     def endpoint(self, container_port: int = 8000) -> tuple[str, int] | None:
-        """``(public_ip, host_port)`` for a container port, once both are known."""
+        """``(public_ip, host_port)`` for a container port, once both are known.
+
+        The address must be an IP address or a plain host name: it becomes the host of a URL that
+        receives the endpoint key, so text like ``evil.example/x?`` must not redirect it elsewhere.
+        """
         port = self.host_port(container_port)
-        if not self.public_ipaddr or port is None:
+        if not self.public_ipaddr or port is None or not _is_host(self.public_ipaddr):
             return None
         return self.public_ipaddr, port
 
@@ -168,6 +177,20 @@ class Instance(VastModel):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def _is_host(text: str) -> bool:
+    if "%" in text:  # an IPv6 zone id has no place in a public URL
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return _HOST_NAME.fullmatch(text) is not None
+    return True
 
 
 class InstancePage(VastModel):
