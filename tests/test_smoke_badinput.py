@@ -318,3 +318,18 @@ def test_tool_calls_with_arguments_off_the_schema(server: Callable[..., str]) ->
     ]:
         url = server({("POST", "/v1/chat/completions"): answer(arguments)})
         assert detail(smoke(url, "tools"), "tools").startswith(expected)
+
+
+def test_reasoning_that_leaks_only_when_streamed(server: Callable[..., str]) -> None:
+    def chat(h: Handler) -> None:
+        assert isinstance(h.body, dict)
+        if h.body.get("stream"):
+            streaming(sse(delta("")), sse(delta("hmm, 42")), sse(delta("</think>42")), sse(delta(None, "stop")),
+                      b"data: [DONE]\n\n")(h)
+            return
+        message = {"role": "assistant", "content": "42", "reasoning_content": "17 + 25 = 42"}
+        h.reply_json({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18}})
+
+    url = server({("POST", "/v1/chat/completions"): chat})
+    assert detail(smoke(url, "reasoning"), "reasoning") == "thinking on, streamed: content holds <think>/</think>"

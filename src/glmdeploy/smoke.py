@@ -613,6 +613,14 @@ class _Runner:
         )
         if field_name is None:
             raise _Fail("thinking on: no reasoning_content or reasoning in the answer")
+        # Streamed, the parser splits the text as it arrives: a separate code path in every engine.
+        streamed, _, _ = self.stream(
+            "thinking on, streamed", {"messages": question, "max_tokens": 2048, "chat_template_kwargs": THINKING_ON}
+        )
+        if "<think>" in streamed.content or "</think>" in streamed.content:
+            raise _Fail("thinking on, streamed: content holds <think>/</think>")
+        if not streamed.reasoning:
+            raise _Fail("thinking on, streamed: no reasoning_content or reasoning deltas")
         off = self.chat("thinking off", messages=question, max_tokens=256, chat_template_kwargs=THINKING_OFF)
         off_message = off["message"]
         leaked = reasoning_text(off_message)
@@ -622,7 +630,8 @@ class _Runner:
         if "</think>" in (off_content or ""):
             raise _Fail("thinking off: content holds </think>")
         return _Outcome(
-            f"thinking on: {len(message[field_name])} chars in {field_name}, content clean; thinking off: no reasoning",
+            f"thinking on: {len(message[field_name])} chars in {field_name}, content clean (streamed too); "
+            "thinking off: no reasoning",
             info={"field": field_name, "reasoning_on": True, "reasoning_off": False,
                   "finish_reason": on.get("finish_reason")},
         )
