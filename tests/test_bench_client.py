@@ -141,6 +141,13 @@ class FlakyServer:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
                 )
+            elif mode == "echo":  # a debugging proxy that echoes the request head in its error
+                auth = next(h for h in head.decode().split("\r\n") if h.lower().startswith("authorization"))
+                body = json.dumps({"error": {"message": f"bad header {auth}"}}).encode()
+                writer.write(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                )
             elif mode == "500":
                 body = b'{"error": {"message": "boom", "code": 500}}'
                 writer.write(
@@ -260,6 +267,14 @@ def test_a_stalled_stream_times_out_as_a_failure() -> None:
     assert time.monotonic() - started < 5
     assert (result.completed, result.failed) == (1, 1)
     assert result.errors == ["timed out after 0.3 s"]
+
+
+def test_an_echoed_key_never_reaches_the_errors() -> None:
+    with flaky_server("echo") as url:
+        result = run_bench(url, "sk-very-secret", "m", BenchOptions(num_prompts=2, input_len=3, output_len=2))
+    assert result.failed == 2
+    assert "Bearer ***" in result.errors[0]
+    assert "sk-very-secret" not in result.model_dump_json()
 
 
 def test_wrong_key_fails_every_request_without_crashing() -> None:

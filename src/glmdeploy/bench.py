@@ -577,6 +577,8 @@ async def run_bench_async(
                     outcome = await send(index)
         except Exception as exc:  # whatever one request hits, the others go on and it is counted as failed
             outcome = RequestOutcome(error=_describe(exc))
+        if api_key and api_key in outcome.error:  # a server may echo the request's headers in an error body
+            outcome.error = outcome.error.replace(api_key, "***")
         outcomes[index] = outcome
         if on_done is not None:
             on_done(outcome)
