@@ -83,6 +83,7 @@ PHASE_STATUS: dict[Phase, str] = {
 # Instance states that never reach running (vast-api.md §6.5).
 DEAD_STATES = frozenset({"exited", "offline", "unknown", "stopped"})
 LOG_TAIL = 400
+ORPHAN_HINT = "an instance may still be billing: run 'glmdeploy destroy --orphans' once Vast.ai answers"
 OFFERS_TRIED = 5
 TOP_OFFERS_SHOWN = 5
 
@@ -161,6 +162,8 @@ class _Attempt:
     deployment: Deployment
     instance_id: int | None = None
     machine_id: int | None = None
+    # When the instance was rented (clock of the Deployer): the readiness budget counts from here.
+    rented_at: float | None = None
 
 
 @dataclass
@@ -177,6 +180,8 @@ class Deployer:
     sleep: Callable[[float], None] = time.sleep
     started: float = 0.0
     current: _Attempt | None = None
+    # The phase reached last, so a failure that is not a StepFailed (an API error) still says where.
+    phase_now: Phase | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -204,10 +209,14 @@ class Deployer:
         assert last_error is not None  # the loop either returns or raises
         raise last_error
 
-    def abort(self, reason: str) -> None:
-        """Clean up after an interrupt (Ctrl-C, SIGTERM): destroy whatever this run rented."""
-        if self.current is not None:
-            self._cleanup(self.current, reason=reason, keep=False, status="failed")
+    def abort(self, reason: str) -> str:
+        """Clean up after an interrupt (Ctrl-C, SIGTERM): destroy whatever this run rented.
+
+        Returns what is left, as ``_cleanup`` does ("nothing" or "orphaned").
+        """
+        if self.current is None:
+            return "nothing"
+        return self._cleanup(self.current, reason=reason, keep=False, status="failed")
 
     # ------------------------------------------------------------------ phases
 
@@ -289,7 +298,10 @@ class Deployer:
         except (StepFailed, SmokeFailed, VastError) as exc:
             if isinstance(exc, StepFailed):
                 exc.machine_id = attempt.machine_id
-            self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
+            left = self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
+            if left == "orphaned":
+                # The one line the user reads must say that something may still bill, and what to run.
+                exc.hint = ORPHAN_HINT if not exc.hint else f"{exc.hint}; then {ORPHAN_HINT}"
             raise
         done = self.store.update(
             deployment.id,
@@ -379,6 +391,7 @@ class Deployer:
 
     def _record_instance(self, attempt: _Attempt, instance_id: int, machine_id: int | None) -> None:
         attempt.instance_id = instance_id
+        attempt.rented_at = self.clock()
         attempt.machine_id = machine_id
         offer = attempt.offer
         self.store.update(
@@ -390,15 +403,19 @@ class Deployer:
             dph_total=offer.dph_total,
         )
 
-    def _deadline(self, request: UpRequest) -> float:
+    def _deadline(self, request: UpRequest, attempt: _Attempt) -> float:
         # Durations are in the provider's time: the sandbox's clock runs `scale` times faster.
+        # The budget is the instance's, so it starts when it was rented: waits for rate limits or a
+        # flaky search before that cost nothing and must not eat the time the engine needs to load
+        # (on the sandbox, a real-time Retry-After of 1 s is 1000 simulated seconds).
         timeout = request.timeout_s or request.profile.readiness.timeout_s
-        return self.started + timeout * self.pacing.scale
+        start = attempt.rented_at if attempt.rented_at is not None else self.clock()
+        return start + timeout * self.pacing.scale
 
     def _wait_running(self, request: UpRequest, attempt: _Attempt) -> Instance:
         self._phase(Phase.WAIT_RUNNING, attempt)
         assert attempt.instance_id is not None
-        deadline = self._deadline(request)
+        deadline = self._deadline(request, attempt)
         last_msg: str | None = None
         polls = 0
         while True:
@@ -438,17 +455,19 @@ class Deployer:
         profile = request.profile
         engine = get_engine(profile.engine.kind)
         watcher = ReadinessWatcher(engine)
-        deadline = self._deadline(request)
+        deadline = self._deadline(request, attempt)
         endpoint: str | None = None
         polls = 0
         seen_lines = 0
         assert attempt.instance_id is not None
         while True:
-            verdict = watcher.feed(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL))
+            # An engine may print its arguments, key included: the lines that reach the failure
+            # message, the log excerpt and the state DB are masked before anything reads them.
+            verdict = watcher.feed(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
             if verdict.failure_is_generic:
                 # The cause usually follows in the traceback: read once more before giving up.
                 self._wait(self.pacing.interval(0, self.pacing.logs_first, self.pacing.logs_max), deadline)
-                verdict = watcher.feed(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL))
+                verdict = watcher.feed(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
             if verdict.failure is not None:
                 raise StepFailed(
                     f"engine failed: {verdict.failure.kind}: {verdict.failure_line}",
@@ -534,27 +553,33 @@ class Deployer:
 
     # ------------------------------------------------------------------ cleanup
 
-    def _cleanup(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> None:
+    def _cleanup(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> str:
+        """Destroy what this attempt rented; returns what is left: "nothing", "kept" or "orphaned"."""
         d = attempt.deployment
         self.current = None
         if attempt.instance_id is None:
             # The row exists but nothing was rented, unless a create is in doubt: look by label.
             try:
                 found = self._find_by_label(d.label)
-            except GlmdeployError:
+            except GlmdeployError as exc:
                 self.store.update(d.id, status="orphaned", error=f"{reason}; could not check for an instance")
-                return
+                self.events.note(
+                    f"could not check whether the create rented an instance ({exc}); "
+                    f"it would carry the label {d.label}: run 'glmdeploy destroy --orphans'"
+                )
+                return "orphaned"
             if found is None:
                 self.store.mark_destroyed(d.id, status="failed", error=reason)
-                return
+                return "nothing"
             attempt.instance_id = found.id
+            self.store.update(d.id, instance_id=found.id, machine_id=found.machine_id)
         if keep:
             self.store.update(d.id, status="failed", error=reason)
             self.events.note(
                 f"kept instance {attempt.instance_id} for debugging (--keep-on-failure); it is still billing: "
                 f"run 'glmdeploy destroy {d.name}' when done"
             )
-            return
+            return "kept"
         self.store.update(d.id, status="destroying", error=reason)
         try:
             destroy_and_verify(
@@ -569,13 +594,15 @@ class Deployer:
                 f"could not destroy instance {attempt.instance_id} ({exc}); "
                 "it is recorded: run 'glmdeploy destroy --orphans'"
             )
-            return
+            return "orphaned"
         self.store.mark_destroyed(d.id, status=status, error=reason)  # type: ignore[arg-type]
         self.events.note(f"destroyed instance {attempt.instance_id}")
+        return "nothing"
 
     # ------------------------------------------------------------------ plumbing
 
     def _phase(self, phase: Phase, attempt: _Attempt | None, **detail: Any) -> None:
+        self.phase_now = phase
         if attempt is not None:
             fields: dict[str, Any] = {"phase": phase.value}
             status = PHASE_STATUS.get(phase)
@@ -586,6 +613,10 @@ class Deployer:
 
     def _wait(self, seconds: float, deadline: float) -> None:
         self.sleep(max(0.0, min(seconds, deadline - self.clock())))
+
+
+def _masked(text: str, key: str) -> str:
+    return text.replace(key, "[redacted]") if key else text
 
 
 def _now() -> Any:

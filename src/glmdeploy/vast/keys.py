@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glmdeploy.errors import MissingApiKey
+from glmdeploy.errors import MissingApiKey, UsageError
 
 ENV_VAR = "VAST_API_KEY"
 MISSING_KEY_MESSAGE = "no Vast.ai API key: pass --api-key, set VAST_API_KEY, or run 'vastai set api-key KEY'"
@@ -69,4 +69,17 @@ def discover_api_key(
     found = find_api_key(explicit, environ=environ, home=home)
     if found is None:
         raise MissingApiKey(MISSING_KEY_MESSAGE)
+    if not sendable(found.value):
+        # httpx would refuse the header with an error quoting it (the key) in full; say what is
+        # wrong and where the key came from, never the key itself.
+        raise UsageError(
+            f"the Vast.ai API key from {found.source} contains a space, a line break, a control or a non-ASCII "
+            "character, so it cannot be sent; a key is one line of printable ASCII",
+            hint="check for two keys in one file, or a stray character pasted with the key",
+        )
     return found
+
+
+def sendable(key: str) -> bool:
+    """Whether ``key`` can travel in ``Authorization: Bearer KEY``: visible ASCII, no whitespace."""
+    return all("!" <= ch <= "~" for ch in key)
