@@ -171,3 +171,18 @@ def test_bad_chunks_raise_a_format_error(data: str, message: str) -> None:
 def test_events_after_done_are_counted_not_parsed() -> None:
     a = assemble(SSEEvent(data="[DONE]"), SSEEvent(data="{garbage"))
     assert a.done and a.after_done == 1 and a.chunks == 0
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "9" * 5000, "", "12a"])
+def test_a_retry_that_is_not_a_plain_ascii_number_is_ignored(value: str) -> None:
+    [event] = parse_all(f"retry: {value}\ndata: x\n\n".encode())
+    assert (event.data, event.retry) == ("x", None)
+
+
+def test_an_empty_read_between_cr_and_lf_changes_nothing() -> None:
+    assert datas(parse_all(b"data: a\r", b"", b"\ndata: b\n\n")) == datas(parse_all(b"data: a\r\ndata: b\n\n"))
+
+
+def test_json_nested_deeper_than_the_stack_is_a_format_error() -> None:
+    with pytest.raises(StreamFormatError, match="is not JSON"):
+        assemble(SSEEvent(data="[" * 100_000))

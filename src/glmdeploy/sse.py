@@ -74,9 +74,11 @@ class SSEParser:
         return bool(self._buffer) or bool(self._data)
 
     def _consume(self, text: str, when: float, *, final: bool) -> list[SSEEvent]:
-        if self._skip_lf and text.startswith("\n"):
-            text = text[1:]
-        self._skip_lf = False
+        if self._skip_lf and text:
+            # The LF of a CRLF split across reads (an empty read in between changes nothing).
+            if text.startswith("\n"):
+                text = text[1:]
+            self._skip_lf = False
         buffer = self._buffer + text
         events: list[SSEEvent] = []
         start = 0
@@ -126,7 +128,7 @@ class SSEParser:
         elif name == "id":
             if "\0" not in value:
                 self._id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and _is_retry(value):
             self._retry = int(value)
         return None
 
@@ -140,6 +142,11 @@ class SSEParser:
         )
         self._reset()
         return event
+
+
+def _is_retry(value: str) -> bool:
+    """ASCII digits only (WHATWG; str.isdigit also takes '²' and other scripts), and a sane length."""
+    return 0 < len(value) <= 18 and value.isascii() and value.isdigit()
 
 
 # --------------------------------------------------------------------------------- chat assembly
@@ -189,7 +196,7 @@ class ChatStreamAssembly:
             return
         try:
             chunk = json.loads(event.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the stack is not a chunk either
             raise StreamFormatError(f"event {self.chunks + 1} is not JSON: {_clip(event.data)!r}") from None
         if not isinstance(chunk, dict):
             raise StreamFormatError(f"event {self.chunks + 1} is not a JSON object: {_clip(event.data)!r}")
