@@ -122,10 +122,12 @@ def _install_stubs(bin_dir: Path, log_dir: Path) -> None:
         body = [
             "#!/bin/bash",
             f'record="{log_dir}/$BASHPID.$RANDOM"',
-            f'printf \'%s\\0\' {name} "$@" > "$record"',
+            # Written aside, then renamed: a reader never sees a half-written record.
+            f'printf \'%s\\0\' {name} "$@" > "$record.part"',
         ]
         if name == "vllm":
-            body.append('printf \'VLLM_API_KEY=%s\\0\' "${VLLM_API_KEY-unset}" >> "$record"')
+            body.append('printf \'VLLM_API_KEY=%s\\0\' "${VLLM_API_KEY-unset}" >> "$record.part"')
+        body.append('/bin/mv "$record.part" "$record"')
         if name == "cat":
             body.append('exec /bin/cat "$@"')
         elif name == "chmod":
@@ -139,6 +141,8 @@ def _install_stubs(bin_dir: Path, log_dir: Path) -> None:
 def _calls(log_dir: Path) -> list[list[str]]:
     calls = []
     for record in log_dir.iterdir():
+        if record.suffix == ".part":
+            continue
         parts = record.read_bytes().decode("utf-8", "surrogateescape").split("\0")
         assert parts[-1] == ""
         calls.append(parts[:-1])
@@ -202,7 +206,7 @@ def test_rendered_script_runs_exactly_the_built_commands(profile: Profile, opts:
             expected += [["sleep", str(opts.ttl_seconds)], ["python3", "-"]]
             # The watchdog runs in the background: give it a bounded moment to reach its stubs.
             limit = time.monotonic() + 5
-            while len(list(log_dir.iterdir())) < len(expected) and time.monotonic() < limit:
+            while len(_calls(log_dir)) < len(expected) and time.monotonic() < limit:
                 time.sleep(0.02)
 
         assert sorted(_calls(log_dir)) == sorted(expected)
