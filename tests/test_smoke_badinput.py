@@ -74,14 +74,20 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hanging up mid-answer is what several tests are about
+
+
 @pytest.fixture
 def server() -> Iterator[Callable[[dict[tuple[str, str], Route]], str]]:
-    servers: list[ThreadingHTTPServer] = []
+    servers: list[QuietServer] = []
 
     def start(routes: dict[tuple[str, str], Route]) -> str:
         handler = type("RouteHandler", (Handler,), {"routes": routes})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        httpd.daemon_threads = True
+        httpd = QuietServer(("127.0.0.1", 0), handler)
         threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -333,3 +339,38 @@ def test_reasoning_that_leaks_only_when_streamed(server: Callable[..., str]) -> 
 
     url = server({("POST", "/v1/chat/completions"): chat})
     assert detail(smoke(url, "reasoning"), "reasoning") == "thinking on, streamed: content holds <think>/</think>"
+
+
+def test_an_oversized_answer_is_cut_off(server: Callable[..., str]) -> None:
+    def huge(h: Handler) -> None:
+        h.start_stream()
+        piece = b"x" * (1 << 20)
+        try:
+            for _ in range(12):
+                h.chunk(piece)
+            h.end_stream()
+        except OSError:  # the client hung up, as it should
+            h.close_connection = True
+
+    url = server({("GET", "/v1/models"): huge})
+    assert detail(smoke(url, "models"), "models") == "GET /v1/models: the answer exceeds 8 MiB"
+
+
+def test_an_answer_that_trickles_in_is_cut_at_the_timeout(server: Callable[..., str]) -> None:
+    url = server({("GET", "/v1/models"): streaming(*[b" "] * 20, pause=0.05)})
+    assert detail(smoke(url, "models", timeout=0.4), "models") == (
+        "GET /v1/models: the answer was still arriving after 0.4 s"
+    )
+
+
+def test_a_stream_held_open_after_done_still_passes(server: Callable[..., str]) -> None:
+    def held(h: Handler) -> None:
+        h.start_stream()
+        for part in (sse(delta("")), sse(delta("Hi")), sse(delta(None, "stop")), sse(USAGE), b"data: [DONE]\n\n"):
+            h.chunk(part)
+            time.sleep(0.01)
+        time.sleep(1.0)  # longer than the timeout: the check must not wait for the close
+
+    url = server({("POST", "/v1/chat/completions"): held})
+    report = smoke(url, "stream", timeout=0.6)
+    assert report.passed, report.checks

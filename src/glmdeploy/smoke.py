@@ -53,6 +53,9 @@ SGLANG_HEALTH_TIMEOUT_S = 25.0
 # A stream whose first and last chunks arrive closer than this came in one piece (a buffering proxy).
 MIN_STREAM_GAP_S = 0.001
 MAX_TOKENS_LIMIT = 16
+# What a hostile or broken endpoint may send before the check gives up on it.
+MAX_BODY_BYTES = 8 << 20
+MAX_STREAM_BYTES = 64 << 20
 VALID_FINISH = frozenset({"stop", "length", "tool_calls"})
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -377,14 +380,22 @@ class _Runner:
     def _timeout(self, read: float | None = None) -> httpx.Timeout:
         return httpx.Timeout(read or self.timeout, connect=min(10.0, self.timeout))
 
-    def get(self, url: str, auth: Literal["key", "none", "wrong"] = "key", read: float | None = None) -> httpx.Response:
-        return self.http.get(url, headers=self._headers(auth), timeout=self._timeout(read))
+    def get(self, url: str, auth: Literal["key", "none", "wrong"] = "key", read: float | None = None) -> _Answer:
+        return self._send("GET", url, auth=auth, read=read)
 
-    def post_chat(self, body: dict[str, Any], auth: Literal["key", "none", "wrong"] = "key") -> httpx.Response:
-        return self.http.post(
-            self.target.api_base + "/chat/completions", json=body, headers=self._headers(auth),
-            timeout=self._timeout(),
-        )
+    def post_chat(self, body: dict[str, Any], auth: Literal["key", "none", "wrong"] = "key") -> _Answer:
+        return self._send("POST", self.target.api_base + "/chat/completions", auth=auth, body=body)
+
+    def _send(
+        self, method: str, url: str, *, auth: Literal["key", "none", "wrong"], body: dict[str, Any] | None = None,
+        read: float | None = None,
+    ) -> _Answer:
+        limit = read or self.timeout
+        with self.http.stream(
+            method, url, json=body, headers=self._headers(auth), timeout=self._timeout(read)
+        ) as response:
+            content = _read_capped(response, f"{method} {urlsplit(url).path}", time.perf_counter() + limit, limit)
+            return _Answer(response.status_code, content, response.headers)
 
     @contextmanager
     def stream_chat(self, body: dict[str, Any]) -> Iterator[httpx.Response]:
@@ -431,23 +442,28 @@ class _Runner:
         request = {"model": self.model(), **body}  # looked up first: the lookup is not time to first token
         started = time.perf_counter()
         with self.stream_chat(request) as response:
-            if response.status_code != 200:
-                response.read()
-                raise _Fail(f"{what}: HTTP {_status(response)}")
-            content_type = response.headers.get("content-type", "")
-            if content_type.startswith("application/json"):
-                response.read()
-                raise _Fail(f"{what}: the server answered JSON, not an event stream: {_status(response)}")
             deadline = started + self.timeout
+            content_type = response.headers.get("content-type", "")
+            if response.status_code != 200 or content_type.startswith("application/json"):
+                answer = _Answer(
+                    response.status_code, _read_capped(response, what, deadline, self.timeout), response.headers
+                )
+                if response.status_code != 200:
+                    raise _Fail(f"{what}: HTTP {_status(answer)}")
+                raise _Fail(f"{what}: the server answered JSON, not an event stream: {_status(answer)}")
             try:
                 for raw in response.iter_bytes():
                     now = time.perf_counter()
+                    if parser.bytes_seen + len(raw) > MAX_STREAM_BYTES:
+                        raise _Fail(f"{what}: the stream exceeds {MAX_STREAM_BYTES >> 20} MiB")
                     events = parser.feed(raw, now)
                     if events:
                         reads_with_events += 1
                     for event in events:
                         assembly.add_event(event)
-                    if now > deadline and not assembly.done:
+                    if assembly.done:
+                        break  # whatever a server sends after [DONE] is not the answer
+                    if now > deadline:
                         raise _Fail(f"{what}: the stream was still going after {self.timeout:g} s")
             except httpx.TransportError as exc:
                 raise _Fail(
@@ -697,10 +713,38 @@ class _Runner:
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _json_body(response: httpx.Response, what: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Answer:
+    """A whole (size-capped) HTTP answer."""
+
+    status_code: int
+    content: bytes
+    headers: httpx.Headers
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _read_capped(response: httpx.Response, what: str, deadline: float, limit: float) -> bytes:
+    """The body, but no more than MAX_BODY_BYTES and no later than the deadline: an endpoint may be hostile."""
+    body = bytearray()
+    for piece in response.iter_bytes():
+        body += piece
+        if len(body) > MAX_BODY_BYTES:
+            raise _Fail(f"{what}: the answer exceeds {MAX_BODY_BYTES >> 20} MiB")
+        if time.perf_counter() > deadline:
+            raise _Fail(f"{what}: the answer was still arriving after {limit:g} s")
+    return bytes(body)
+
+
+def _json_body(response: _Answer, what: str) -> dict[str, Any]:
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _Fail(f"{what}: the body is not JSON: {_clip(response.text, 60)!r}") from None
     if not isinstance(data, dict):
         raise _Fail(f"{what}: the body is not a JSON object")
@@ -783,11 +827,8 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {text}"
 
 
-def _status(response: httpx.Response) -> str:
-    try:
-        text = response.text
-    except (httpx.HTTPError, UnicodeDecodeError):
-        text = ""
+def _status(response: _Answer) -> str:
+    text = response.text
     text = " ".join(text.split())
     return f"{response.status_code} {_clip(text, 80)!r}" if text else str(response.status_code)
 
