@@ -340,6 +340,9 @@ class _Runner:
             trust_env=host not in ("127.0.0.1", "localhost", "::1"), follow_redirects=False
         )
         self.model_id: str | None = target.model
+        # Set once a check could not even connect: the later checks fail at once instead of each
+        # waiting out its own connect timeout (a firewalled host would cost minutes).
+        self.unreachable: str | None = None
 
     def close(self) -> None:
         if self._own_http:
@@ -354,6 +357,8 @@ class _Runner:
             reason = self.target.profile_skips.get(name)
             if reason is not None:
                 raise _Skip(reason)
+            if self.unreachable is not None:
+                raise _Fail(f"not run: {self.unreachable}")
             outcome: _Outcome = getattr(self, f"check_{name}")()
             status, detail, ttft, info = "passed", outcome.detail, outcome.ttft_ms, outcome.info
         except _Skip as exc:
@@ -362,6 +367,8 @@ class _Runner:
             status, detail = "failed", str(exc)
         except Exception as exc:  # a check reports, it never crashes the run
             status, detail = "failed", describe_error(exc)
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                self.unreachable = f"{name} could not connect ({detail})"
         duration = (time.perf_counter() - started) * 1000
         return CheckResult(
             name=name, passed=status != "failed", status=status, duration_ms=round(duration, 1),
