@@ -512,6 +512,38 @@ def test_cli_output_stays_clean_when_the_server_echoes_the_key(echoing: respx.Mo
         assert find_leaks(result.output, {"Vast key": key}) == []
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:{key}@127.0.0.1:9",
+        "http://{key}@127.0.0.1:9",
+        "http://127.0.0.1:9/?api_key={key}",
+        "http://127.0.0.1:9/api#{key}",
+    ],
+)
+def test_an_api_url_holding_the_key_is_refused_without_repeating_it(url: str, isolated_env: Path) -> None:
+    """Vast accepts ``?api_key=``, so a key may sit in VAST_URL; it must not reach messages or deployment records."""
+    key = vast_key()
+    target = url.format(key=quote(key, safe=""))
+    audit = Audit({"Vast key": key})
+    runner = CliRunner()
+    for args, env in (
+        (["offers", "--profile", "h200", "--api-url", target], None),
+        (["up", "--profile", "h200", "--yes", "--json", "--api-url", target], None),
+        (["up", "--profile", "h200", "--yes"], {"VAST_URL": target}),
+        (["destroy", "--orphans", "--yes", "--json"], {"VAST_URL": target}),
+    ):
+        result = runner.invoke(app, [*args, "--api-key", "vk-other"], env=env)
+        if args[0] != "destroy":  # destroy --orphans warns and goes on to the servers it can reach
+            assert result.exit_code == 2, result.output
+        assert "must not hold credentials" in result.output
+        audit.see(" ".join(args), result.output)
+    db = isolated_env / "state.db"
+    if db.exists():
+        assert see_state_db(audit, db) == []  # nothing was recorded, so no key either
+    audit.assert_clean()
+
+
 # --------------------------------------------------------------------------- the endpoint key in engine logs
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NoReturn, Self
+from urllib.parse import urlsplit
 
 import httpx
 import tenacity
@@ -94,6 +95,14 @@ def resolve_base_url(api_url: str | None = None, environ: Mapping[str, str] | No
     """``--api-url``, else env ``VAST_URL``, else the official default; validated and without a trailing slash."""
     env = os.environ if environ is None else environ
     raw = (api_url or "").strip() or env.get("VAST_URL", "").strip() or DEFAULT_BASE_URL
+    parts = urlsplit(raw)
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        # Vast accepts ?api_key=KEY, so a key may well be in there: the URL ends up in error messages
+        # and in every deployment record (list --json), so refuse it without repeating it.
+        raise UsageError(
+            "the Vast.ai API URL must not hold credentials, a query or a fragment (user:password@, ?api_key=...)",
+            hint="give the server alone, e.g. https://console.vast.ai, and the key with --api-key or VAST_API_KEY",
+        )
     try:
         url = httpx.URL(raw)
     except httpx.InvalidURL as exc:
