@@ -259,7 +259,8 @@ def test_a_deployment_shows_neither_key_outside_env(
         cli("profiles", "list", *json_flag)
         cli("plan", "--profile", "4x3090", *json_flag)
         cli("offers", "--profile", "4x3090", *api, *json_flag)
-    up = cli("up", "--profile", "4x3090", "--name", "audit", "--yes", "--json", *api, separate=True)
+    # --ttl puts the watchdog in the onstart script: it must use the instance's own key, never ours.
+    up = cli("up", "--profile", "4x3090", "--name", "audit", "--ttl", "2h", "--yes", "--json", *api, separate=True)
     assert ndjson(up)[-1]["event"] == "ready"
 
     env = cli("env", separate=True)
@@ -275,6 +276,10 @@ def test_a_deployment_shows_neither_key_outside_env(
         cli("bench", "--num-prompts", "2", "--output-len", "8", *json_flag)
         cli("sandbox", "status", *json_flag)
     cli("list", "--all")
+    reports = isolated_env.parent / "reports"
+    reports.mkdir()
+    assert cli("smoke", "--junit", str(reports / "smoke.xml"), exit_code=None).returncode in (0, 5)
+    cli("bench", "--num-prompts", "2", "--output-len", "8", "--output", str(reports / "bench.json"))
     logs = cli("logs", "--api-key", account)
     assert "Capture cuda graph" in logs.stdout  # the engine's own lines are there, not an empty log
     cli("logs", "--tail", "20")
@@ -284,7 +289,7 @@ def test_a_deployment_shows_neither_key_outside_env(
     # reaches the instance at all.
     [instance] = sb.running()
     row = sb.admin(f"/api/v0/instances/{instance['id']}/")["instances"]
-    assert "${GLM_API_KEY}" in row["onstart"]
+    assert "${GLM_API_KEY}" in row["onstart"] and "CONTAINER_API_KEY" in row["onstart"]
     audit.see("instance onstart stored by the provider", row["onstart"])
     extra_env = {name: value for name, value in row["extra_env"]}
     assert extra_env.pop("GLM_API_KEY") == endpoint_key
@@ -311,7 +316,8 @@ def test_a_deployment_shows_neither_key_outside_env(
     user_home = isolated_env.parent / "user-home"
     scanned = see_files(audit, isolated_env, allow={"sandbox.json": frozenset({"Vast key"})})
     scanned += see_files(audit, user_home, allow={})
-    assert scanned >= 2  # sandbox.json and sandbox.log at least
+    scanned += see_files(audit, reports, allow={})
+    assert scanned >= 4  # sandbox.json, sandbox.log and the two reports at least
     audit.assert_clean()
 
 
@@ -363,6 +369,13 @@ def test_failures_show_neither_key(audit_cli: AuditCli, keyed_sandbox: StartSand
     for bad in (f"{secrets.token_hex(32)}\n{second}", f"{second}\u00e9"):
         cli("smoke", "--url", endpoint, "--api-key", bad, "--json", exit_code=2)
         cli("bench", "--url", endpoint, "--api-key", bad, "--model", "m", "--num-prompts", "1", exit_code=2)
+
+    # What the failures left in the records, as list and status show it.
+    for json_flag in ((), ("--json",)):
+        cli("list", "--all", *json_flag)
+    for record in json.loads(cli("list", "--all", "--json").stdout)["deployments"]:
+        assert record["error"]
+        cli("status", record["id"], "--json")
 
     # Every endpoint key generated on the way is a secret too.
     db = isolated_env / "state.db"
