@@ -197,12 +197,16 @@ def logs(
     with conn.client:
         while True:
             text = conn.client.request_logs(d.instance_id, tail=tail)
-            lines = follower.feed(text if text.endswith("\n") or not text else text + "\n")
+            # An unterminated last line may still grow: the follower holds it back until it is complete.
+            lines = follower.feed(text)
             for line in lines:
                 sys.stdout.write(redact(line, secrets) + "\n")
-            sys.stdout.flush()
             if not follow:
+                if follower.pending():
+                    sys.stdout.write(redact(follower.pending(), secrets) + "\n")
+                sys.stdout.flush()
                 return
+            sys.stdout.flush()
             pause = 2.0 if lines else min(30.0, max(2.0, pause * 1.5))
             time.sleep(pause * conn.pacing.scale)
 
@@ -275,12 +279,19 @@ def destroy(
         emit_json({"destroyed": results})
     failures = [r for r in results if r["result"] == "failed"]
     if failures:
-        from glmdeploy.errors import EXIT_UNREACHABLE
+        from glmdeploy.vast.errors import VastError
 
-        raise typer.Exit(EXIT_UNREACHABLE)
+        # One summary line (the per-instance reasons were said above), exit 7 as for any API failure.
+        ids = ", ".join(str(r["instance_id"]) for r in failures)
+        raise VastError(
+            f"{len(failures)} of {len(results)} destroy(s) failed (instance {ids}); it may still be billing",
+            hint="run 'glmdeploy destroy --orphans' once Vast.ai answers",
+        )
 
 
 def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[str, Any]:
+    import os
+
     from glmdeploy.connect import connect_for
     from glmdeploy.errors import GlmdeployError
     from glmdeploy.lifecycle import destroy_and_verify
@@ -289,7 +300,9 @@ def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[
         store.mark_destroyed(d.id, status="destroyed", error=d.error)
         say(f"{d.name}: nothing was rented; record closed")
         return {"name": d.name, "instance_id": None, "result": "no instance"}
-    store.update(d.id, status="destroying")
+    # This process owns the row now: if it dies mid-destroy, reconcile must see a dead owner and call
+    # the instance an orphan (the pid of the `up` that created it may be alive, or reused).
+    store.update(d.id, status="destroying", owner_pid=os.getpid())
     try:
         conn = connect_for(d, api_key)
         with conn.client:

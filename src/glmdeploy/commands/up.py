@@ -174,13 +174,18 @@ def up(
         # A second Ctrl-C must not cut the cleanup short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        deployer.abort("interrupted")
+        left = deployer.abort("interrupted")
         if json_output:
             emit_json({"event": "failed", "error": "interrupted", "phase": "interrupted", "code": "interrupted"})
+        if left == "orphaned":
+            from glmdeploy.deploy import ORPHAN_HINT
+
+            raise Interrupted("interrupted: the instance could not be destroyed", hint=ORPHAN_HINT) from None
         raise Interrupted("interrupted: whatever was rented has been destroyed") from None
     except GlmdeployError as exc:
         if json_output:
-            phase = exc.phase.value if isinstance(exc, StepFailed) else None
+            where = exc.phase if isinstance(exc, StepFailed) else deployer.phase_now
+            phase = where.value if where is not None else None
             emit_json({"event": "failed", "error": str(exc), "phase": phase, "code": exc.code})
         if isinstance(exc, StepFailed) and exc.excerpt:
             say("log excerpt:\n" + "\n".join(f"  | {line}" for line in exc.excerpt))

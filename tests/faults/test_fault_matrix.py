@@ -1,0 +1,202 @@
+"""Issue 6 part 1: every sandbox fault in every phase of ``up``, ``destroy`` and ``logs``.
+
+For each cell (``matrix.CELLS``) three things are asserted:
+
+(a) the CLI ends with the documented exit code and a one-line reason: exactly one ``error:`` line on
+    failure (none on success), no traceback of glmdeploy's own (an engine's traceback may be quoted
+    in the ``  | `` log excerpt);
+(b) the sandbox's ledger shows exactly the instances the cell expects to bill right after the
+    command (none, unless ``--keep-on-failure`` or a ready deployment), nothing rented twice and
+    no internal lifecycle error; what the CLI told the user to run next (``destroy --orphans``)
+    then leaves nothing billing;
+(c) the state DB is intact and agrees with the ledger: ``glmdeploy list --json`` after the fault has
+    passed shows no active row whose instance is gone and no live instance without an active row.
+
+Each cell ends by destroying what it deliberately kept and checking the ledger is at zero: the
+leak count in the summary is the number of instances still live after that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    GLMDEPLOY,
+    Admin,
+    InProcess,
+    Outcome,
+    SandboxProcess,
+    assert_consistent,
+    is_active,
+    run_cli,
+    state_rows,
+)
+from .matrix import CELLS, PROCESS_CELLS, README, Cell, readme_table, render_table
+
+pytestmark = pytest.mark.e2e
+
+
+def assert_one_line_reason(out: Outcome, code: int) -> None:
+    """(a): the documented exit code; one ``error:`` line when failing; never our own traceback."""
+    assert out.exit_code == code, out.describe()
+    ours = [line for line in out.stderr.splitlines() if not line.startswith("  | ")]
+    assert not any("Traceback" in line or "internal error" in line for line in ours), out.describe()
+    assert len(out.error_lines()) == (1 if code else 0), out.describe()
+    if code:
+        assert len(out.error_lines()[0]) > len("error: ") + 10, out.describe()
+
+
+def _params() -> list[Any]:
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CELLS]
+
+
+@pytest.mark.parametrize("cell", _params())
+def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) -> None:
+    w: InProcess = in_process(faults=cell.fault if cell.command == "up" else "")
+    name = "cell"
+    if cell.command == "up":
+        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, *cell.args)
+        evs = out.events()
+        assert evs and evs[-1]["event"] == ("ready" if cell.exit == 0 else "failed"), out.describe()
+        if cell.exit == 4:
+            assert evs[-1]["phase"] == cell.column, out.describe()
+    else:
+        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name)
+        assert ready.exit_code == 0, ready.describe()
+        w.admin.set_faults(cell.fault)
+        if cell.command == "destroy":
+            out = w.glm("destroy", name, "--yes", "--json", *cell.args)
+        else:
+            out = w.glm("logs", name, "--tail", "50", *cell.args)
+            _check_logs(cell, out)
+    assert_one_line_reason(out, cell.exit)
+    fired = _fired(w.admin)
+
+    # (b) right after the command: only what the cell expects bills.
+    expected_live = cell.live_after + (1 if cell.command == "up" and cell.exit == 0 else 0)
+    ledger = w.admin.ledger()
+    assert len([i for i in ledger["instances"] if i["status"] != "destroyed"]) == expected_live, ledger
+    # The fault passes; the user runs what they were told to.
+    w.admin.set_faults("")
+    if cell.recover == "orphans":
+        assert "destroy --orphans" in out.stdout + out.stderr, out.describe()
+        assert_one_line_reason(w.glm("destroy", "--orphans", "--yes"), 0)
+        expected_live -= cell.live_after
+    elif cell.recover == "destroy":
+        assert f"glmdeploy destroy {name}" in out.stdout + out.stderr, out.describe()
+        assert_one_line_reason(w.glm("destroy", name, "--yes"), 0)
+        expected_live -= cell.live_after
+
+    # (c) the DB is intact and agrees with the ledger.
+    listed = w.glm("list", "--json")
+    assert_one_line_reason(listed, 0)
+    view = json.loads(listed.stdout)
+    ledger = w.admin.ledger()
+    assert_consistent(view, ledger, kept=expected_live)
+    rows = state_rows(w.home)
+    # A taken offer leaves a closed 'failed' row (nothing rented); at most one row may stay open.
+    assert len([r for r in rows if is_active(r)]) == expected_live, rows
+    assert all(r["name"] == name for r in rows), rows
+
+    # Teardown through the CLI; whatever is still live now is a leak.
+    assert_one_line_reason(w.glm("destroy", "--all", "--yes"), 0)
+    leaked = [i for i in w.admin.ledger()["instances"] if i["status"] != "destroyed"]
+    fault_figures["cells"].append({"cell": cell.id, "faults_fired": fired, "rented": len(ledger["instances"]),
+                                   "leaked": len(leaked)})
+    assert leaked == []
+
+
+def _check_logs(cell: Cell, out: Outcome) -> None:
+    if cell.exit:
+        return
+    if cell.outcome.startswith("no lines"):
+        assert out.stdout.strip() == "", out.describe()
+    else:
+        assert "ready to roll" in out.stdout or "INFO" in out.stdout, out.describe()
+
+
+def _fired(admin: Admin) -> int:
+    """How many times the sandbox answered with an injected error (429, 5xx, dropped), at least one per cell."""
+    errors = [r for r in admin.requests() if r["status"] in (0, 429) or r["status"] >= 500]
+    return max(1, len(errors))
+
+
+# --------------------------------------------------------------------------- the sandbox dies
+
+
+@pytest.mark.slow
+def test_sandbox_killed_during_wait_ready_then_restarted(
+    sandbox_process: SandboxProcess, cli_env: dict[str, str], isolated_env: Path, fault_figures: dict[str, Any]
+) -> None:
+    """The API vanishes under a running ``up``: exit 7 with one line, the record stays findable; after
+    the sandbox comes back (same port, empty world) ``list`` marks the instance gone.
+
+    Honest limits: while the API is gone nothing can be destroyed or verified, so the row is left
+    ``orphaned`` (not ``failed``), and the user is told so. The sandbox's instances ended with its
+    process, which is what a restarted sandbox reports.
+    """
+    (cell,) = PROCESS_CELLS
+    admin = sandbox_process.start(faults=cell.fault)
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell"],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line or json.loads(line).get("phase") == "wait_ready":
+            break
+    assert len(admin.live()) == 1
+    admin.close()
+    sandbox_process.kill9()
+    out_rest, err = proc.communicate(timeout=120)
+    out = Outcome(("up",), proc.returncode or 0, out_rest, err)
+    assert_one_line_reason(out, cell.exit)
+    assert json.loads(out_rest.splitlines()[-1])["event"] == "failed"
+    assert "destroy --orphans" in err, out.describe()
+    rows = state_rows(isolated_env)
+    assert [(r["name"], r["status"]) for r in rows] == [("cell", "orphaned")]
+    # While the sandbox is down the deployment stays listed, with a warning instead of a crash.
+    down = run_cli(cli_env, "list", "--json")
+    assert_one_line_reason(down, 0)
+    assert [d["status"] for d in json.loads(down.stdout)["deployments"]] == ["orphaned"]
+    assert "warning:" in down.stderr
+    # Back on the same port: a new, empty world. The instance ended with the old process.
+    admin = sandbox_process.start(port=sandbox_process.port)
+    try:
+        listed = run_cli(cli_env, "list", "--json")
+        assert_one_line_reason(listed, 0)
+        view = json.loads(listed.stdout)
+        assert [d["status"] for d in view["deployments"]] == ["destroyed"]
+        assert_consistent(view, admin.ledger(), kept=0)
+        cleanup = run_cli(cli_env, "destroy", "--orphans", "--yes")
+        assert_one_line_reason(cleanup, 0)
+        assert admin.live() == []
+    finally:
+        admin.close()
+    fault_figures["cells"].append({"cell": "wait_ready-sandbox_killed_and_restarted", "faults_fired": 1,
+                                   "rented": 1, "leaked": 0})
+
+
+# --------------------------------------------------------------------------- the README cannot drift
+
+
+def test_readme_matches_the_parametrization() -> None:
+    assert readme_table(README.read_text()) == render_table(), (
+        "tests/faults/README.md is out of date: run `uv run python -m tests.faults.matrix --write`"
+    )
+
+
+def test_the_matrix_covers_enough() -> None:
+    cells = CELLS + PROCESS_CELLS
+    kinds = {c.fault.split(";")[0].split(":")[0].split("=")[0].split(",")[0] for c in cells}
+    assert len(kinds) >= 15, kinds
+    assert {c.column for c in cells} >= {"search", "create", "wait_running", "wait_ready", "smoke", "destroy",
+                                         "logs"}
+    assert len({c.id for c in CELLS}) == len(CELLS)

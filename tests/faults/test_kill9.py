@@ -1,0 +1,256 @@
+"""Issue 6 part 3: kill -9 ``glmdeploy up`` (and ``destroy``) anywhere; nothing may keep billing.
+
+One sandbox serves every kill point (a thread of this process, registered for ``--sandbox``; the
+CLI under test is a real subprocess, because kill -9 needs one). Each point sets its faults (to
+stretch a phase), starts ``up --json``, waits for a phase event, sleeps a seeded delay and sends
+SIGKILL. Then, as a user would: ``glmdeploy list`` and ``glmdeploy destroy --orphans --yes``. After
+that the ledger must show nothing running (a deployment that had reached ``ready`` before the kill
+is legitimately alive: it is checked, then destroyed by name), every state row must parse and the
+DB must agree with the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import GLMDEPLOY, Admin, InProcess, Outcome, assert_consistent, state_rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SEED = 20261123
+PHASES = ("plan_check", "search", "rank", "confirm", "create", "wait_running", "wait_ready", "resolve_endpoint",
+          "smoke", "done")
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Kill ``up`` ``delay`` seconds after it reports ``phase`` (``faults`` stretch the phase)."""
+
+    phase: str
+    delay: float
+    faults: str = ""
+    args: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.phase}+{self.delay:.2f}s" + (f"[{self.faults}]" if self.faults else "")
+
+
+def kill_points(seed: int = SEED) -> list[KillPoint]:
+    rng = random.Random(seed)
+    T = ("--timeout", "10m")
+    fixed = [
+        KillPoint("plan_check", 0.0),
+        KillPoint("search", 0.0),
+        KillPoint("search", 0.3, "http429:search=1,retry_after=1"),  # asleep in the rate-limit wait
+        KillPoint("rank", 0.0),
+        KillPoint("confirm", 0.0),  # re-checking the offer: the row does not exist yet
+        KillPoint("create", 0.0),  # the row exists, the create call is on its way
+        KillPoint("create", 0.3, "http429:create=1,retry_after=1"),  # waiting to resend: nothing rented
+        KillPoint("create", 0.25, "create_timeout=1,delay=0.6"),  # the server rented it; the answer never came
+        KillPoint("create", 0.7, "create_timeout=1,delay=0.6"),  # ... killed while looking the label up
+        KillPoint("wait_running", 0.0, "stuck_loading", T),
+        KillPoint("wait_running", round(rng.uniform(0.05, 0.4), 2), "stuck_loading", T),
+        KillPoint("wait_running", round(rng.uniform(0.0, 0.1), 2)),
+        KillPoint("wait_ready", 0.0, "never_ready", T),
+        KillPoint("wait_ready", round(rng.uniform(0.1, 0.5), 2), "never_ready", T),
+        KillPoint("wait_ready", round(rng.uniform(0.0, 0.2), 2)),
+        KillPoint("wait_ready", 0.3, "engine_oom;http5xx:destroy=2"),  # killed inside the cleanup's destroy
+        KillPoint("wait_running", 0.35, "stuck_loading;http5xx:show=3", ("--timeout", "5m")),  # in cleanup
+        KillPoint("resolve_endpoint", 0.0),
+        KillPoint("smoke", round(rng.uniform(0.1, 0.8), 2), "slow_first_token=2"),
+        KillPoint("done", 0.0),  # ready, then killed before exiting: a live deployment, not an orphan
+    ]
+    stretch = ["", "never_ready", "stuck_loading", "slow_first_token=1", "empty_logs=4"]
+    seeded = []
+    for _ in range(6):
+        faults = rng.choice(stretch)
+        phase = rng.choice(PHASES[:-1])
+        seeded.append(KillPoint(phase, round(rng.uniform(0.0, 0.3), 2), faults, T if faults else ()))
+    return fixed + seeded
+
+
+class EventReader:
+    """Reads ``up --json`` lines on a thread, so waiting for an event is bounded in time."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        assert proc.stdout is not None
+        stream = proc.stdout
+
+        def pump() -> None:
+            for line in stream:
+                self.lines.put(line)
+            self.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_phase(self, phase: str, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                return False
+            event = json.loads(line)
+            self.seen.append(event)
+            if event.get("phase") == phase:
+                return True
+        raise AssertionError(f"no '{phase}' event within {timeout}s: {self.seen}")
+
+    def drain(self, timeout: float = 5) -> list[dict[str, Any]]:
+        """After the process is dead: every event it managed to write."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(json.loads(line))
+        return self.seen
+
+
+@pytest.fixture
+def world(in_process: Any, cli_env: dict[str, str], isolated_env: Path) -> Iterator[InProcess]:
+    w: InProcess = in_process()
+    yield w
+
+
+def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*GLMDEPLOY, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+
+
+def _kill9(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _settle(admin: Admin) -> None:
+    """A request the killed process had already sent may still be served: let it land before checking."""
+    time.sleep(0.3)
+    admin.requests()
+
+
+def _recover_and_check(w: InProcess, *, may_be_ready: bool) -> dict[str, int]:
+    """What the user runs after a crash, then the invariants; returns figures for the summary."""
+    w.admin.set_faults("")
+    _settle(w.admin)
+    listed = w.glm("list", "--json")
+    assert listed.exit_code == 0, listed.describe()
+    orphans = w.glm("destroy", "--orphans", "--yes")
+    assert orphans.exit_code == 0 and not orphans.error_lines(), orphans.describe()
+    view = json.loads(w.glm("list", "--json").stdout)
+    ready = [d for d in view["deployments"] if d["status"] == "ready"]
+    assert len(ready) <= (1 if may_be_ready else 0), view
+    ledger = w.admin.ledger()
+    assert_consistent(view, ledger, kept=len(ready))
+    rows = state_rows(w.home)  # parses every row through the model; integrity_check too
+    assert all(r["status"] in ("ready", "failed", "destroyed") for r in rows), rows
+    for d in ready:
+        gone = w.glm("destroy", d["name"], "--yes")
+        assert gone.exit_code == 0, gone.describe()
+    ledger = w.admin.ledger()
+    leaked = [i for i in ledger["instances"] if i["status"] != "destroyed"]
+    assert leaked == [], ledger
+    return {"rented": len(ledger["instances"]), "leaked": len(leaked)}
+
+
+def test_kill_9_at_seeded_points_leaves_nothing_billing(
+    world: InProcess, cli_env: dict[str, str], fault_figures: dict[str, Any]
+) -> None:
+    points = kill_points()
+    assert len(points) >= 20 and {p.phase for p in points} >= set(PHASES)
+    rented_before = 0
+    for n, point in enumerate(points):
+        world.admin.set_faults(point.faults)
+        proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", f"k{n}", *point.args)
+        reader = EventReader(proc)
+        try:
+            reached = reader.wait_phase(point.phase)
+            assert reached, f"{point.id}: up ended before '{point.phase}': {reader.seen}"
+            time.sleep(point.delay)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        # Only an up that said "done" before it died may have left a live (ready, not orphaned) deployment.
+        said_done = any(e.get("phase") == "done" for e in reader.drain())
+        _kill9(proc)
+        figures = _recover_and_check(world, may_be_ready=said_done)
+        fault_figures["kills"].append({"point": point.id, "rented": figures["rented"] - rented_before,
+                                       "leaked": figures["leaked"]})
+        rented_before = figures["rented"]
+
+
+def test_kill_9_of_destroy_leaves_a_retryable_record(world: InProcess, cli_env: dict[str, str],
+                                                     fault_figures: dict[str, Any]) -> None:
+    for n, delay in enumerate((0.0, 0.4)):
+        ready = world.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", f"d{n}")
+        assert ready.exit_code == 0, ready.describe()
+        world.admin.set_faults("http5xx:destroy=2")  # keeps destroy in its retry wait for ~1.5 s
+        proc = _spawn(cli_env, "destroy", f"d{n}", "--yes")
+        time.sleep(0.8 + delay)  # the interpreter's start-up, then into the destroy
+        _kill9(proc)
+        figures = _recover_and_check(world, may_be_ready=True)
+        fault_figures["kills"].append({"point": f"destroy+{delay}", "rented": 1, "leaked": figures["leaked"]})
+
+
+def test_destroy_orphans_spares_an_up_that_is_still_running(world: InProcess, cli_env: dict[str, str]) -> None:
+    """An in-flight ``up`` in another process is not an orphan; after kill -9 it is."""
+    world.admin.set_faults("never_ready")
+    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--timeout", "2h")
+    try:
+        EventReader(proc).wait_phase("wait_ready")
+        sweep = world.glm("destroy", "--orphans", "--yes")
+        assert sweep.exit_code == 0 and "no orphaned instances" in sweep.stderr, sweep.describe()
+        assert len(world.admin.live()) == 1
+        assert proc.poll() is None
+    finally:
+        _kill9(proc)
+    _recover_and_check(world, may_be_ready=False)
+
+
+def test_concurrent_ups_and_destroys_share_one_state_db(world: InProcess, cli_env: dict[str, str]) -> None:
+    first = [_spawn(cli_env, "up", "-p", p, "--sandbox", "--yes", "--name", n)
+             for p, n in (("4x3090", "a"), ("2x5090", "b"))]
+    outs = [p.communicate(timeout=120) for p in first]
+    assert [p.returncode for p in first] == [0, 0], outs
+    # Two destroys and a third up at once, all writing the same state DB.
+    second = [_spawn(cli_env, "destroy", "a", "--yes"), _spawn(cli_env, "destroy", "b", "--yes"),
+              _spawn(cli_env, "up", "-p", "h200", "--sandbox", "--yes", "--name", "c")]
+    outs = [p.communicate(timeout=120) for p in second]
+    assert [p.returncode for p in second] == [0, 0, 0], outs
+    view = json.loads(world.glm("list", "--json").stdout)
+    assert sorted((d["name"], d["status"]) for d in view["deployments"]) == [
+        ("a", "destroyed"), ("b", "destroyed"), ("c", "ready")]
+    assert_consistent(view, world.admin.ledger(), kept=1)
+    # Two processes destroying the same deployment: both succeed (idempotent), one instance destroyed once.
+    third = [_spawn(cli_env, "destroy", "c", "--yes") for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in third]
+    assert [p.returncode for p in third] == [0, 0], outs
+    view = json.loads(world.glm("list", "--json").stdout)
+    assert_consistent(view, world.admin.ledger(), kept=0)
+    assert all(not Outcome(("destroy",), 0, o, e).error_lines() for o, e in outs)
