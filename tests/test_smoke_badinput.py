@@ -247,7 +247,16 @@ def test_a_stream_cut_inside_an_event(server: Callable[..., str]) -> None:
 def test_a_buffered_stream_is_not_incremental(server: Callable[..., str]) -> None:
     whole = sse(delta(""), delta("Hello"), delta(None, "stop"), USAGE) + b"data: [DONE]\n\n"
     url = server({("POST", "/v1/chat/completions"): streaming(whole)})
-    assert "arrived at once" in detail(smoke(url, "stream"), "stream")
+    assert "chunks arrived within" in detail(smoke(url, "stream"), "stream")
+
+
+def test_a_stream_flushed_in_two_bursts_is_not_incremental(server: Callable[..., str]) -> None:
+    """A first chunk, then 200 more at once: a gap, but far less than 200 decoded tokens take."""
+    rest = b"".join(sse(delta("x")) for _ in range(198)) + sse(delta(None, "stop"), USAGE) + b"data: [DONE]\n\n"
+    url = server({("POST", "/v1/chat/completions"): streaming(sse(delta("")), rest, pause=0.003)})
+    text = detail(smoke(url, "stream"), "stream")
+    assert text.startswith("201 chunks arrived within ")
+    assert "(incremental needs 20.0 ms or more): the stream is not incremental (buffered by a proxy?)" in text
 
 
 def test_a_stream_without_the_usage_chunk(server: Callable[..., str]) -> None:
