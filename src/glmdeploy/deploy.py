@@ -41,6 +41,7 @@ from glmdeploy.errors import (
 from glmdeploy.lifecycle import destroy_and_verify
 from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
 from glmdeploy.readiness import ReadinessWatcher
+from glmdeploy.state import DeploymentReleased
 from glmdeploy.vast.errors import (
     AuthError,
     CreateOutcomeUnknown,
@@ -291,29 +292,45 @@ class Deployer:
             if request.smoke:
                 self._phase(Phase.SMOKE, attempt)
                 self._smoke(attempt, endpoint, key)
+            done = self.store.update(
+                deployment.id,
+                status="ready",
+                phase=Phase.DONE.value,
+                endpoint=endpoint,
+                ready_at=_now(),
+                error=None,
+            )
         except _OfferGone:
             self.current = None
-            self.store.mark_destroyed(deployment.id, status="failed", error="offer taken before it was rented")
+            self._closing_write(deployment.id, status="failed", error="offer taken before it was rented",
+                                destroyed=True)
             raise
+        except DeploymentReleased:
+            # `destroy` in another process closed this deployment while we were working on it. Whatever
+            # we rented since (a create that landed after it looked) is ours to destroy.
+            self._cleanup(attempt, reason="destroyed by another command", keep=False, status="destroyed")
+            raise self._released(deployment) from None
         except (StepFailed, SmokeFailed, VastError) as exc:
             if isinstance(exc, StepFailed):
                 exc.machine_id = attempt.machine_id
+            if not self.store.get(deployment.id).is_active:
+                # The instance vanished because `destroy` ran in another terminal: say that, not "404".
+                self._cleanup(attempt, reason="destroyed by another command", keep=False, status="destroyed")
+                raise self._released(deployment) from None
             left = self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
             if left == "orphaned":
                 # The one line the user reads must say that something may still bill, and what to run.
                 exc.hint = ORPHAN_HINT if not exc.hint else f"{exc.hint}; then {ORPHAN_HINT}"
             raise
-        done = self.store.update(
-            deployment.id,
-            status="ready",
-            phase=Phase.DONE.value,
-            endpoint=endpoint,
-            ready_at=_now(),
-            error=None,
-        )
         self._phase(Phase.DONE, None, endpoint=endpoint)
         self.current = None
         return done
+
+    @staticmethod
+    def _released(deployment: Deployment) -> DeploymentFailed:
+        return DeploymentFailed(
+            f"deployment {deployment.name!r} was destroyed by another glmdeploy command while 'up' ran"
+        )
 
     def _confirm_and_recheck(self, profile: Profile, candidate: RankedOffer, cap: float) -> Offer | None:
         offer: Offer = candidate.offer  # type: ignore[assignment]
@@ -562,25 +579,25 @@ class Deployer:
             try:
                 found = self._find_by_label(d.label)
             except GlmdeployError as exc:
-                self.store.update(d.id, status="orphaned", error=f"{reason}; could not check for an instance")
+                self._closing_write(d.id, status="orphaned", error=f"{reason}; could not check for an instance")
                 self.events.note(
                     f"could not check whether the create rented an instance ({exc}); "
                     f"it would carry the label {d.label}: run 'glmdeploy destroy --orphans'"
                 )
                 return "orphaned"
             if found is None:
-                self.store.mark_destroyed(d.id, status="failed", error=reason)
+                self._closing_write(d.id, status="failed", error=reason, destroyed=True)
                 return "nothing"
             attempt.instance_id = found.id
-            self.store.update(d.id, instance_id=found.id, machine_id=found.machine_id)
+            self._closing_write(d.id, instance_id=found.id, machine_id=found.machine_id)
         if keep:
-            self.store.update(d.id, status="failed", error=reason)
+            self._closing_write(d.id, status="failed", error=reason)
             self.events.note(
                 f"kept instance {attempt.instance_id} for debugging (--keep-on-failure); it is still billing: "
                 f"run 'glmdeploy destroy {d.name}' when done"
             )
             return "kept"
-        self.store.update(d.id, status="destroying", error=reason)
+        self._closing_write(d.id, status="destroying", error=reason)
         try:
             destroy_and_verify(
                 self.client,
@@ -589,15 +606,26 @@ class Deployer:
                 pause=self.pacing.destroy_check * self.pacing.scale,
             )
         except GlmdeployError as exc:
-            self.store.update(d.id, status="orphaned", error=f"{reason}; destroy failed: {exc}")
+            self._closing_write(d.id, status="orphaned", error=f"{reason}; destroy failed: {exc}")
             self.events.note(
                 f"could not destroy instance {attempt.instance_id} ({exc}); "
                 "it is recorded: run 'glmdeploy destroy --orphans'"
             )
             return "orphaned"
-        self.store.mark_destroyed(d.id, status=status, error=reason)  # type: ignore[arg-type]
+        self._closing_write(d.id, status=status, error=reason, destroyed=True)
         self.events.note(f"destroyed instance {attempt.instance_id}")
         return "nothing"
+
+    def _closing_write(self, deployment_id: str, *, destroyed: bool = False, **fields: Any) -> None:
+        """A write made while tearing down. If another process already closed the row (``destroy`` in
+        another terminal), its record stands: the teardown goes on, the row is left as it is."""
+        try:
+            if destroyed:
+                self.store.mark_destroyed(deployment_id, status=fields["status"], error=fields.get("error"))
+            else:
+                self.store.update(deployment_id, **fields)
+        except DeploymentReleased:
+            pass
 
     # ------------------------------------------------------------------ plumbing
 

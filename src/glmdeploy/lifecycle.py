@@ -105,6 +105,37 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
     return result
 
 
+def sandbox_gone(api_url: str | None) -> bool:
+    """Whether ``api_url`` is a local sandbox's address where nothing listens any more.
+
+    A sandbox keeps its instances in its own process: when that process is gone, so are they (a
+    sandbox restarted on the same port starts with an empty market). Only a refused connection
+    counts; anything that answers, or a remote URL, is not "gone".
+    """
+    import httpx
+
+    from glmdeploy.connect import is_local
+
+    if not is_local(api_url):
+        return False
+    try:
+        httpx.get(f"{api_url}/_sandbox/health", timeout=2.0, trust_env=False)
+    except httpx.ConnectError:
+        return True
+    except httpx.HTTPError:
+        return False
+    return False
+
+
+def close_if_sandbox_gone(store: StateStore, deployment: Deployment) -> bool:
+    """Close the record of a deployment whose sandbox has stopped; True if it did."""
+    if not deployment.is_active or not sandbox_gone(deployment.api_url):
+        return False
+    store.mark_destroyed(deployment.id, status="destroyed",
+                         error=deployment.error or "its sandbox stopped; the instance ended with it")
+    return True
+
+
 def destroy_and_verify(
     client: VastClient,
     instance_id: int,

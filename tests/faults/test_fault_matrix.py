@@ -200,3 +200,31 @@ def test_the_matrix_covers_enough() -> None:
     assert {c.column for c in cells} >= {"search", "create", "wait_running", "wait_ready", "smoke", "destroy",
                                          "logs"}
     assert len({c.id for c in CELLS}) == len(CELLS)
+
+
+def test_a_sandbox_gone_for_good_closes_its_records(isolated_env: Path) -> None:
+    """The sandbox a deployment lived on stops and another starts elsewhere: the old instances ended
+    with their process, so ``list`` closes the records instead of warning forever, and neither
+    ``destroy --all`` nor ``destroy --orphans`` fails on them."""
+    from glmdeploy.sandbox.process import SandboxConfig, serve_in_thread
+
+    from .conftest import register
+
+    with serve_in_thread(SandboxConfig(time_scale=0.001)) as first:
+        register(first, isolated_env)
+        w = InProcess(sb=first, admin=Admin(first.url, first.api_key), home=isolated_env)
+        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old").exit_code == 0
+        w.admin.close()
+    with serve_in_thread(SandboxConfig(time_scale=0.001)) as second:
+        register(second, isolated_env)
+        w = InProcess(sb=second, admin=Admin(second.url, second.api_key), home=isolated_env)
+        try:
+            listed = w.glm("list", "--json")
+            assert_one_line_reason(listed, 0)
+            assert [d["status"] for d in json.loads(listed.stdout)["deployments"]] == ["destroyed"]
+            assert "record closed" in listed.stderr
+            assert_one_line_reason(w.glm("destroy", "--all", "--yes"), 0)
+            assert_one_line_reason(w.glm("destroy", "--orphans", "--yes"), 0)
+            assert_consistent(json.loads(w.glm("list", "--json").stdout), w.admin.ledger(), kept=0)
+        finally:
+            w.admin.close()

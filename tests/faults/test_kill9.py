@@ -254,3 +254,28 @@ def test_concurrent_ups_and_destroys_share_one_state_db(world: InProcess, cli_en
     view = json.loads(world.glm("list", "--json").stdout)
     assert_consistent(view, world.admin.ledger(), kept=0)
     assert all(not Outcome(("destroy",), 0, o, e).error_lines() for o, e in outs)
+
+
+@pytest.mark.parametrize("phase", ["create", "wait_ready"])
+def test_destroy_from_another_terminal_while_up_runs(world: InProcess, cli_env: dict[str, str], phase: str) -> None:
+    """``destroy NAME`` while ``up NAME`` is still working on it: ``up`` stops with one line (exit 4),
+    whatever it had rented or was renting is destroyed, and the record stays closed."""
+    # create_timeout holds the create's answer back: destroy finds no instance yet and closes the row,
+    # then the create lands; up must destroy that instance itself.
+    world.admin.set_faults("create_timeout=1,delay=1.0" if phase == "create" else "never_ready")
+    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--timeout", "2h", "--name", "x")
+    try:
+        EventReader(proc).wait_phase(phase)
+        time.sleep(0.2)
+        gone = world.glm("destroy", "x", "--yes")
+        assert gone.exit_code == 0, gone.describe()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _kill9(proc)
+    up = Outcome(("up",), proc.returncode, out, err)
+    assert up.exit_code == 4, up.describe()
+    assert len(up.error_lines()) == 1 and "another glmdeploy command" in up.error_lines()[0], up.describe()
+    assert "Traceback" not in err
+    view = json.loads(world.glm("list", "--json").stdout)
+    assert [d["status"] for d in view["deployments"]] == ["destroyed"]
+    assert_consistent(view, world.admin.ledger(), kept=0)

@@ -51,8 +51,22 @@ def _reconcile_all(store: StateStore, api_key: str | None) -> tuple[list[Reconci
             with conn.client:
                 done.append(reconcile(store, conn.client, conn.api_url))
         except Exception as exc:  # report and keep going: list must still show the local view
+            if _close_sandbox_records(store, d.api_url):
+                continue
             problems.append(f"could not check {d.api_url}: {exc}")
     return done, problems
+
+
+def _close_sandbox_records(store: StateStore, api_url: str | None) -> list[str]:
+    """Close every active record of a sandbox that no longer runs (its instances ended with it)."""
+    from glmdeploy.lifecycle import close_if_sandbox_gone, sandbox_gone
+
+    if not sandbox_gone(api_url):
+        return []
+    closed = [d.name for d in store.active() if d.api_url == api_url and close_if_sandbox_gone(store, d)]
+    for name in closed:
+        say(f"{name}: its sandbox at {api_url} has stopped, and its instance with it; record closed")
+    return closed
 
 
 @handles_errors
@@ -302,6 +316,8 @@ def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[
         return {"name": d.name, "instance_id": None, "result": "no instance"}
     # This process owns the row now: if it dies mid-destroy, reconcile must see a dead owner and call
     # the instance an orphan (the pid of the `up` that created it may be alive, or reused).
+    if _close_sandbox_records(store, d.api_url):
+        return {"name": d.name, "instance_id": d.instance_id, "result": "already gone"}
     store.update(d.id, status="destroying", owner_pid=os.getpid())
     try:
         conn = connect_for(d, api_key)
@@ -329,12 +345,15 @@ def _destroy_orphans(store: StateStore, api_key: str | None, yes: bool) -> list[
 
     results: list[dict[str, Any]] = []
     servers: dict[str | None, Connection] = {}
+    unreachable: set[str | None] = set()
     for d in store.list(include_destroyed=True):
-        if d.api_url not in servers:
+        if d.api_url not in servers and d.api_url not in unreachable:
             try:
                 servers[d.api_url] = connect_for(d, api_key)
             except GlmdeployError as exc:
-                say(f"warning: skipping {d.api_url}: {exc}")
+                unreachable.add(d.api_url)
+                if not _close_sandbox_records(store, d.api_url):
+                    say(f"warning: skipping {d.api_url}: {exc}")
     if not servers:
         try:
             c = connect(api_key, None, False)
