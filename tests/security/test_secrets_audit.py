@@ -503,13 +503,15 @@ def test_an_echoed_account_key_never_reaches_instance_fields_or_logs(echoing: re
     echoing.put("/api/v0/instances/request_logs/7/").respond(
         200, json={"success": True, "result_url": f"{BASE}/logs/7.log"}
     )
-    echoing.get("/logs/7.log").respond(200, text=f"env: VAST_API_KEY={key}\nready\n")
+    log_route = echoing.get("/logs/7.log").respond(200, text=f"env: VAST_API_KEY={key}\nready\n")
     client = echo_client(key)
     shown = client.show_instance(7)
     assert shown is not None and shown.status_msg == "pull failed for ***"
     listed = client.list_instances()
     logs = client.request_logs(7)
     assert "ready" in logs
+    # The log upload lives on another host (S3): it gets no credentials at all.
+    assert log_route.calls and "authorization" not in log_route.calls.last.request.headers
     everything = f"{shown!r} {shown.model_dump_json()} {listed!r} {logs}"
     assert find_leaks(everything, {"Vast key": key}) == []
 
