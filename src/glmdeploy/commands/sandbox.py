@@ -20,6 +20,12 @@ Faults = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the offer catalogue and of random faults.")]
 Foreground = Annotated[bool, typer.Option("--foreground", help="Serve in this process until Ctrl-C.")]
+TtftMs = Annotated[
+    float | None, typer.Option("--ttft-ms", min=0, help="Engines' time to first token, real ms (default 20).")
+]
+TpotMs = Annotated[
+    float | None, typer.Option("--tpot-ms", min=0, help="Engines' time per output token, real ms (default 2).")
+]
 
 
 def _check(time_scale: float | None, faults: str | None) -> None:
@@ -37,7 +43,7 @@ def _check(time_scale: float | None, faults: str | None) -> None:
 @sandbox_app.command("start")
 @handles_errors
 def sandbox_start(port: Port = 0, time_scale: TimeScale = None, faults: Faults = None, seed: Seed = 0,
-                  foreground: Foreground = False) -> None:
+                  foreground: Foreground = False, ttft_ms: TtftMs = None, tpot_ms: TpotMs = None) -> None:
     """Start the sandbox in the background (or with --foreground, in this terminal)."""
     import os
 
@@ -47,7 +53,8 @@ def sandbox_start(port: Port = 0, time_scale: TimeScale = None, faults: Faults =
     _check(time_scale, faults)
     # A chosen key (docs/sandbox.md) lets a test recognise the "account key" wherever it might leak.
     chosen_key = os.environ.get("GLMDEPLOY_SANDBOX_KEY", "").strip() or None
-    config = process.SandboxConfig(port=port, time_scale=time_scale, faults=faults, seed=seed, api_key=chosen_key)
+    config = process.SandboxConfig(port=port, time_scale=time_scale, faults=faults, seed=seed, api_key=chosen_key,
+                                   ttft_ms=ttft_ms, tpot_ms=tpot_ms)
     try:
         if foreground:
             existing = process.running()

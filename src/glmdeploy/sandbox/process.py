@@ -72,6 +72,9 @@ class SandboxConfig:
     faults: str | None = None
     seed: int = 0
     api_key: str | None = None
+    # Engine latency in real milliseconds (docs/sandbox.md): None = the world's defaults.
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
 
 
 def state_path() -> Path:
@@ -130,10 +133,12 @@ def bind(port: int = 0) -> socket.socket:
 
 
 def make_world(config: SandboxConfig) -> World:
-    from glmdeploy.sandbox.world import DEFAULT_TIME_SCALE, World
+    from glmdeploy.sandbox.world import DEFAULT_TIME_SCALE, DEFAULT_TPOT_S, DEFAULT_TTFT_S, World
 
     return World(seed=config.seed, time_scale=config.time_scale or DEFAULT_TIME_SCALE, faults=config.faults,
-                 api_key=config.api_key)
+                 api_key=config.api_key,
+                 ttft_s=DEFAULT_TTFT_S if config.ttft_ms is None else config.ttft_ms / 1000,
+                 tpot_s=DEFAULT_TPOT_S if config.tpot_ms is None else config.tpot_ms / 1000)
 
 
 def _server(world: World) -> Any:
@@ -200,6 +205,10 @@ def start_background(config: SandboxConfig) -> tuple[SandboxInfo, bool]:
         argv += ["--time-scale", repr(config.time_scale)]
     if config.faults:
         argv += ["--faults", config.faults]
+    if config.ttft_ms is not None:
+        argv += ["--ttft-ms", repr(config.ttft_ms)]
+    if config.tpot_ms is not None:
+        argv += ["--tpot-ms", repr(config.tpot_ms)]
     env = dict(os.environ, GLMDEPLOY_SANDBOX_LOG=str(log_path))
     if config.api_key:
         env["GLMDEPLOY_SANDBOX_KEY"] = config.api_key
@@ -327,9 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=None)
     parser.add_argument("--faults", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ttft-ms", type=float, default=None)
+    parser.add_argument("--tpot-ms", type=float, default=None)
     args = parser.parse_args(argv)
     config = SandboxConfig(port=args.port, time_scale=args.time_scale, faults=args.faults, seed=args.seed,
-                           api_key=os.environ.get("GLMDEPLOY_SANDBOX_KEY") or None)
+                           api_key=os.environ.get("GLMDEPLOY_SANDBOX_KEY") or None,
+                           ttft_ms=args.ttft_ms, tpot_ms=args.tpot_ms)
     try:
         run_foreground(config, announce=False)
     except SandboxError as exc:

@@ -30,6 +30,10 @@ from glmdeploy.sandbox.faults import DEFAULT_PULL_ERROR, FaultBook
 CREATED_S = 5.0
 LOADING_S = 120.0
 DEFAULT_TIME_SCALE = 0.005
+# Engine latency in real seconds. Real engines decode at ~50-200 tokens/s; the defaults keep streams
+# visibly incremental (what smoke's "stream" check looks for) while a 64-token answer takes ~0.15 s.
+DEFAULT_TTFT_S = 0.02
+DEFAULT_TPOT_S = 0.002
 PORT_ENV = re.compile(r"^-p\s+(?:(\d+):)?(\d+)(?:/(tcp|udp))?$")
 RUNTYPE_TOKENS = frozenset({
     "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter", "jupyter_proxy", "jupyter_direc",
@@ -253,10 +257,15 @@ class World:
     """All mutable sandbox state, plus the operations the HTTP layer exposes."""
 
     def __init__(self, *, seed: int = 0, time_scale: float = DEFAULT_TIME_SCALE, faults: str | None = None,
-                 api_key: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 api_key: str | None = None, clock: Callable[[], float] = time.time,
+                 ttft_s: float = DEFAULT_TTFT_S, tpot_s: float = DEFAULT_TPOT_S) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        if ttft_s < 0 or tpot_s < 0:
+            raise ValueError("engine latencies must not be negative")
         self.seed = seed
+        self.ttft_s = ttft_s
+        self.tpot_s = tpot_s
         self.time_scale = time_scale
         self.clock = clock
         self.api_key = api_key or secrets.token_hex(32)
@@ -423,7 +432,8 @@ class World:
             host_port = tcp[0]
         engine = simulated_engine(
             spec, port=host_port, log=instance.container_log.append,
-            timing=engine_timing(time_scale=self.time_scale, seed=self.seed + instance.id),
+            timing=engine_timing(time_scale=self.time_scale, seed=self.seed + instance.id, ttft_s=self.ttft_s,
+                                 tpot_s=self.tpot_s),
             faults=self.faults.engine_faults(),
         )
         instance.engine = engine
