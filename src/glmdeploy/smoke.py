@@ -58,6 +58,7 @@ MIN_CHUNK_GAP_S = 0.0001
 MAX_TOKENS_LIMIT = 16
 # What a hostile or broken endpoint may send before the check gives up on it.
 MAX_BODY_BYTES = 8 << 20
+MIN_MASKED_KEY = 8  # shorter keys are not masked in reports (see _Runner._maskable_key)
 MAX_STREAM_BYTES = 64 << 20
 VALID_FINISH = frozenset({"stop", "length", "tool_calls"})
 
@@ -373,6 +374,9 @@ class _Runner:
             if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
                 self.unreachable = f"{name} could not connect ({detail})"
         duration = (time.perf_counter() - started) * 1000
+        key = self._maskable_key()
+        if key:  # streamed text is not masked as it arrives: mask what is reported
+            detail = detail.replace(key, "[redacted]")
         return CheckResult(
             name=name, passed=status != "failed", status=status, duration_ms=round(duration, 1),
             detail=_one_line(detail), ttft_ms=ttft, info=info,
@@ -386,6 +390,18 @@ class _Runner:
         if auth == "wrong":
             return {"Authorization": f"Bearer wrong-{secrets.token_hex(8)}"}
         return {}
+
+    def _masked(self, body: bytes) -> bytes:
+        """The body with our key masked: an endpoint (or a proxy) that echoes the Authorization header
+        must not put the key into details, model names or a JUnit report. Masked before anything is
+        clipped, so no prefix of the key survives either."""
+        key = self._maskable_key()
+        return body.replace(key.encode(), b"[redacted]") if key else body
+
+    def _maskable_key(self) -> str | None:
+        # A toy key ("k", as tests use) would mask every such letter; real keys are long.
+        key = self.target.api_key
+        return key if key and len(key) >= MIN_MASKED_KEY else None
 
     def _timeout(self, read: float | None = None) -> httpx.Timeout:
         return httpx.Timeout(read or self.timeout, connect=min(10.0, self.timeout))
@@ -405,7 +421,7 @@ class _Runner:
             method, url, json=body, headers=self._headers(auth), timeout=self._timeout(read)
         ) as response:
             content = _read_capped(response, f"{method} {urlsplit(url).path}", time.perf_counter() + limit, limit)
-            return _Answer(response.status_code, content, response.headers)
+            return _Answer(response.status_code, self._masked(content), response.headers)
 
     @contextmanager
     def stream_chat(self, body: dict[str, Any]) -> Iterator[httpx.Response]:
@@ -456,7 +472,9 @@ class _Runner:
             content_type = response.headers.get("content-type", "")
             if response.status_code != 200 or content_type.startswith("application/json"):
                 answer = _Answer(
-                    response.status_code, _read_capped(response, what, deadline, self.timeout), response.headers
+                    response.status_code,
+                    self._masked(_read_capped(response, what, deadline, self.timeout)),
+                    response.headers,
                 )
                 if response.status_code != 200:
                     raise _Fail(f"{what}: HTTP {_status(answer)}")

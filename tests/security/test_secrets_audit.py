@@ -559,6 +559,33 @@ def test_an_api_url_holding_the_key_is_refused_without_repeating_it(url: str, is
     audit.assert_clean()
 
 
+def test_an_endpoint_echoing_its_key_does_not_put_it_in_smoke_reports(tmp_path: Path) -> None:
+    """A proxy or engine that repeats the Authorization header in bodies and model ids."""
+    key = secrets.token_hex(32)
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        auth = request.headers.get("authorization", "")
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200)
+        if auth != f"Bearer {key}":
+            return httpx.Response(401, json={"error": f"Unauthorized: {auth}"})
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": f"glm {auth}", "object": "model"}]})
+        return httpx.Response(500, text=f"Internal error while serving {auth}")
+
+    audit = Audit({"endpoint key": key})
+    runner = CliRunner()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="endpoint.test").mock(side_effect=echo)
+        for extra in ([], ["--json"], ["--junit", str(tmp_path / "smoke.xml")]):
+            result = runner.invoke(app, ["smoke", "--url", "http://endpoint.test/v1", "--api-key", key, *extra])
+            assert result.exit_code == 5, result.output
+            assert "[redacted]" in result.output  # the echoes were read, and masked
+            audit.see(f"smoke {' '.join(extra)}", result.output)
+    audit.see_file(tmp_path / "smoke.xml")
+    audit.assert_clean()
+
+
 # --------------------------------------------------------------------------- the endpoint key in engine logs
 
 
