@@ -84,6 +84,7 @@ PHASE_STATUS: dict[Phase, str] = {
 # Instance states that never reach running (vast-api.md §6.5).
 DEAD_STATES = frozenset({"exited", "offline", "unknown", "stopped"})
 LOG_TAIL = 400
+UP_SMOKE_CHECKS = ("health", "auth", "models", "chat", "stream")
 ORPHAN_HINT = "an instance may still be billing: run 'glmdeploy destroy --orphans' once Vast.ai answers"
 OFFERS_TRIED = 5
 TOP_OFFERS_SHOWN = 5
@@ -122,6 +123,8 @@ class UpRequest:
     max_attempts: int = 1
     keep_on_failure: bool = False
     smoke: bool = True
+    # The checks `up` runs before it calls a deployment ready; `glmdeploy smoke`/`ci` run them all.
+    smoke_checks: tuple[str, ...] = UP_SMOKE_CHECKS
     force: bool = False
 
 
@@ -291,7 +294,7 @@ class Deployer:
             self._verify_endpoint(attempt, endpoint, key)
             if request.smoke:
                 self._phase(Phase.SMOKE, attempt)
-                self._smoke(attempt, endpoint, key)
+                self._smoke(request, attempt, endpoint, key)
             done = self.store.update(
                 deployment.id,
                 status="ready",
@@ -547,26 +550,21 @@ class Deployer:
             )
         self.store.update(attempt.deployment.id, endpoint=endpoint)
 
-    def _smoke(self, attempt: _Attempt, endpoint: str, key: str) -> None:
-        model = attempt.deployment.model
-        try:
-            r = self.http.post(
-                endpoint + "/chat/completions",
-                headers={"Authorization": f"Bearer {key}"},
-                json={
-                    "model": model,
-                    "messages": [{"role": "user", "content": "Say hello in one word."}],
-                    "max_tokens": 64,
-                    "chat_template_kwargs": {"enable_thinking": False},
-                },
-            )
-            body = r.json() if r.status_code == 200 else {}
-            message = (body.get("choices") or [{}])[0].get("message") or {}
-        except (httpx.HTTPError, ValueError, AttributeError, IndexError) as exc:
-            raise SmokeFailed(f"chat completion failed: {type(exc).__name__}: {exc}") from None
-        text = message.get("content") or message.get("reasoning_content") or message.get("reasoning")
-        if r.status_code != 200 or not text:
-            raise SmokeFailed(f"chat completion failed: HTTP {r.status_code}, no content")
+    def _smoke(self, request: UpRequest, attempt: _Attempt, endpoint: str, key: str) -> None:
+        from glmdeploy.smoke import smoke_endpoint
+
+        report = smoke_endpoint(
+            endpoint,
+            key,
+            model=attempt.deployment.model,
+            profile=request.profile,
+            only=request.smoke_checks,
+            http=self.http,
+            on_result=lambda r: self.events.note(f"smoke {r.name}: {r.status}: {r.detail}")
+            if r.status != "passed"
+            else None,
+        )
+        report.raise_for_failure()
 
     # ------------------------------------------------------------------ cleanup
 
