@@ -218,7 +218,9 @@ def normalise_base_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"not an http(s) URL: {url!r} (give the server root or its base URL ending in /v1)")
     if parts.query or parts.fragment:
-        raise UsageError(f"the URL must not carry a query or fragment: {url!r}")
+        # Not repeated whole: a query is where a key would sit (?api_key=...).
+        bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        raise UsageError(f"the URL must not carry a query or fragment: {bare!r} + '?...'/'#...'")
     if parts.username or parts.password:
         raise UsageError("the URL must not hold credentials; pass the key with --api-key")
     return text if text.endswith("/v1") else text + "/v1"

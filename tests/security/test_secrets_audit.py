@@ -586,6 +586,21 @@ def test_an_endpoint_echoing_its_key_does_not_put_it_in_smoke_reports(tmp_path: 
     audit.assert_clean()
 
 
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/v1?api_key={key}", "http://u:{key}@127.0.0.1:9/v1", "http://127.0.0.1:9/v1#{key}"]
+)
+def test_an_endpoint_url_holding_the_key_is_refused_without_repeating_it(url: str) -> None:
+    key = secrets.token_hex(32)
+    audit = Audit({"endpoint key": key})
+    runner = CliRunner()
+    for command in (["smoke"], ["bench", "--model", "m", "--num-prompts", "1"]):
+        result = runner.invoke(app, [*command, "--url", url.format(key=key), "--json"])
+        if command == ["smoke"]:  # bench sends it as given (Basic auth from user:key@) and fails
+            assert result.exit_code == 2, result.output
+        audit.see(" ".join(command), result.output)
+    audit.assert_clean()
+
+
 # --------------------------------------------------------------------------- the endpoint key in engine logs
 
 
