@@ -1,0 +1,83 @@
+"""Issue 5 §3: `glmdeploy ci` deploys, smokes, optionally benchmarks, and always destroys."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import GLMDEPLOY, Sandbox
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+StartSandbox = Callable[..., Sandbox]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def last_json(stdout: str) -> dict[str, object]:
+    outcome: dict[str, object] = json.loads(stdout.splitlines()[-1])
+    return outcome
+
+
+def test_ci_passes_reports_junit_and_destroys(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
+    sb = sandbox()
+    report = tmp_path / "ci.xml"
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report), "--bench", "--bench-prompts", "8")
+    assert proc.returncode == 0, proc.stderr
+    outcome = last_json(proc.stdout)
+    assert outcome["event"] == "ci" and outcome["passed"] is True
+    deployment = outcome["deployment"]
+    assert isinstance(deployment, dict) and deployment["expires_at"]  # the host watchdog is armed
+    bench = outcome["bench"]
+    assert isinstance(bench, dict) and bench["completed"] == 8 and "mean_ttft_ms" in bench
+    root = ET.parse(report).getroot()
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert [c.get("name") for c in suites["glmdeploy.ci"].iter("testcase")] == ["deploy", "smoke", "bench", "destroy"]
+    assert len(list(suites["glmdeploy.smoke"].iter("testcase"))) == 8
+    assert root.get("failures") == "0"
+    assert sb.running() == [] and len(sb.ledger()["instances"]) == 1
+    listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]
+    assert [d["status"] for d in listed] == ["destroyed"]
+
+
+def test_ci_tears_down_on_smoke_failure_with_exit_5(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
+    sb = sandbox(faults="broken_tool_parser")
+    report = tmp_path / "ci.xml"
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report))
+    assert proc.returncode == 5, proc.stderr
+    outcome = last_json(proc.stdout)
+    assert outcome["passed"] is False and outcome["phase"] == "smoke"
+    assert "tools" in str(outcome["error"])
+    failed = [c.get("name") for c in ET.parse(report).getroot().iter("testcase") if c.find("failure") is not None]
+    assert "tools" in failed and "smoke" in failed
+    assert sb.running() == []
+
+
+def test_ci_aborts_and_tears_down_when_the_cost_limit_is_reached(cli: Cli, sandbox: StartSandbox) -> None:
+    # At time scale 0.002 a real second is 500 simulated seconds: ~$0.14 at ~$1/h.
+    sb = sandbox(faults="never_ready")
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--max-cost", "0.05")
+    assert proc.returncode == 4, proc.stderr
+    outcome = last_json(proc.stdout)
+    assert "cost limit reached" in str(outcome["error"])
+    assert sb.ledger()["instances"] and sb.running() == []
+
+
+def test_ci_destroys_on_sigterm(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
+    sb = sandbox(faults="never_ready")
+    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox"], env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not sb.running():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert sb.running() == []
