@@ -58,7 +58,7 @@ def test_junit_report(vllm: Served, tmp_path: Path) -> None:
     path = tmp_path / "reports" / "smoke.xml"
     result = invoke(*url_args(vllm, "--junit", str(path), "--skip", "max_tokens"))
     assert result.exit_code == 0, result.output
-    root = ET.parse(path).getroot()  # noqa: S314 (our own file)
+    root = ET.parse(path).getroot()
     [suite] = root.findall("testsuite")
     assert suite.get("name") == "glmdeploy.smoke"
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("7", "0", "0")
@@ -77,7 +77,7 @@ def test_a_failing_check_exits_5_with_a_failure_element(tmp_path: Path) -> None:
     assert data["passed"] is False
     assert [c["name"] for c in data["checks"] if not c["passed"]] == ["tools"]
     assert "error: smoke checks failed: tools" in result.stderr
-    root = ET.parse(path).getroot()  # noqa: S314 (our own file)
+    root = ET.parse(path).getroot()
     failures = {c.get("name"): c.find("failure") for c in root.iter("testcase")}
     assert [name for name, f in failures.items() if f is not None] == ["tools"]
     tools_failure = failures["tools"]
