@@ -370,19 +370,45 @@ def test_failures_show_neither_key(audit_cli: AuditCli, keyed_sandbox: StartSand
         cli("smoke", "--url", endpoint, "--api-key", bad, "--json", exit_code=2)
         cli("bench", "--url", endpoint, "--api-key", bad, "--model", "m", "--num-prompts", "1", exit_code=2)
 
+    # The one-shot CI job, failing (engine OOM) and passing, with its JUnit report.
+    reports = isolated_env.parent / "reports"
+    reports.mkdir()
+    sb.set_faults("engine_oom")
+    ci_failed = cli(
+        "ci", "--profile", "2x5090", "--sandbox", "--json", "--junit", str(reports / "ci-oom.xml"), exit_code=None
+    )
+    assert ci_failed.returncode == 4, ci_failed.stderr
+    sb.set_faults("")
+    ci_ok = cli(
+        "ci",
+        "--profile",
+        "4x3090",
+        "--sandbox",
+        "--bench",
+        "--bench-prompts",
+        "2",
+        "--junit",
+        str(reports / "ci.xml"),
+        exit_code=None,
+    )
+    assert ci_ok.returncode in (0, 5), ci_ok.stderr  # 5: a timing-sensitive smoke check on a busy machine
+    see_files(audit, reports, allow={})
+
     # What the failures left in the records, as list and status show it.
     for json_flag in ((), ("--json",)):
         cli("list", "--all", *json_flag)
-    for record in json.loads(cli("list", "--all", "--json").stdout)["deployments"]:
-        assert record["error"]
+    records = json.loads(cli("list", "--all", "--json").stdout)["deployments"]
+    assert sum(bool(r["error"]) for r in records) >= 7  # every run but the passing CI job failed
+    for record in records:
         cli("status", record["id"], "--json")
 
     # Every endpoint key generated on the way is a secret too.
     db = isolated_env / "state.db"
     for i, value in enumerate(v for t, c, v in db_cells(db) if c == "endpoint_api_key" and v):
         audit.keys[f"endpoint key {i}"] = value
-    # Two OOM runs, two echo runs, two refused creates (the record is written before the create call).
-    assert len([k for k in audit.keys if k.startswith("endpoint key")]) == 6
+    # Two OOM runs, two echo runs, two refused creates (the record is written before the create
+    # call) and two CI jobs: each got its own key.
+    assert len([k for k in audit.keys if k.startswith("endpoint key")]) == 8
     assert see_state_db(audit, db)
     assert_private(isolated_env)
     assert sb.running() == []
