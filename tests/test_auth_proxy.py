@@ -98,7 +98,9 @@ def proxy(tmp_path: Path) -> Iterator[str]:
 
 
 def test_requests_without_or_with_a_wrong_key_get_401(proxy: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}x"}):
+    wrong = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}x"},
+             {"Authorization": f"Bearer {KEY.upper()}"})
+    for headers in wrong:
         r = httpx.post(proxy + "/v1/chat/completions", json={}, headers=headers, timeout=5)
         assert r.status_code == 401
         assert r.json() == {"error": "Unauthorized"}

@@ -76,7 +76,7 @@ def proxy_config_snippet(listen_port: int, upstream_port: int, conf_path: str = 
     """
     conf = f"""map $http_authorization $glmdeploy_authorized {{
   default 0;
-  "~*^Bearer[[:space:]]+${{{API_KEY_ENV}}}\\$" 1;
+  "~^(?i:bearer)[[:space:]]+${{{API_KEY_ENV}}}\\$" 1;
 }}
 server {{
   listen {listen_port};

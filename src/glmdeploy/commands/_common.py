@@ -21,10 +21,9 @@ ApiKey = Annotated[
     str | None,
     typer.Option(
         "--api-key",
-        envvar="VAST_API_KEY",
         show_default=False,
-        show_envvar=True,
-        help="Vast.ai API key; else ~/.config/vastai/vast_api_key, then ~/.vast_api_key.",
+        # Not envvar=: key discovery reads VAST_API_KEY itself, so errors can say where a key came from.
+        help="Vast.ai API key; else $VAST_API_KEY, ~/.config/vastai/vast_api_key, then ~/.vast_api_key.",
     ),
 ]
 ApiUrl = Annotated[

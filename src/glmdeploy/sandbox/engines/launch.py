@@ -331,7 +331,8 @@ def _nginx_proxy(config: str) -> AuthProxy | None:
     if listen is None or "proxy_pass" not in config:
         return None
     upstream = re.search(r"proxy_pass\s+http://[^:/\s]+:(\d+)", config)
-    key = re.search(r'"~\*?\^Bearer\[\[:space:\]\]\+(.*)\$"\s+1\s*;', config)
+    # The scheme is matched case-insensitively ("~*^Bearer" or "~^(?i:bearer)"), the key exactly.
+    key = re.search(r'"~\*?\^(?:Bearer|\(\?i:bearer\))\[\[:space:\]\]\+(.*)\$"\s+1\s*;', config)
     opened = tuple(re.findall(r"location\s*=\s*(/\S*)\s*\{[^}]*proxy_pass", config))
     body = re.search(r"return\s+401\s+'([^']*)'", config)
     return AuthProxy(
