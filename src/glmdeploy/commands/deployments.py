@@ -304,30 +304,39 @@ def destroy(
 
 
 def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[str, Any]:
+    import contextlib
     import os
 
     from glmdeploy.connect import connect_for
     from glmdeploy.errors import GlmdeployError
     from glmdeploy.lifecycle import destroy_and_verify
+    from glmdeploy.state import DeploymentReleased
 
     if d.instance_id is None:
         store.mark_destroyed(d.id, status="destroyed", error=d.error)
         say(f"{d.name}: nothing was rented; record closed")
         return {"name": d.name, "instance_id": None, "result": "no instance"}
-    # This process owns the row now: if it dies mid-destroy, reconcile must see a dead owner and call
-    # the instance an orphan (the pid of the `up` that created it may be alive, or reused).
     if _close_sandbox_records(store, d.api_url):
         return {"name": d.name, "instance_id": d.instance_id, "result": "already gone"}
-    store.update(d.id, status="destroying", owner_pid=os.getpid())
+    # This process owns the row now: if it dies mid-destroy, reconcile must see a dead owner and call
+    # the instance an orphan (the pid of the `up` that created it may be alive, or reused).
+    try:
+        store.update(d.id, status="destroying", owner_pid=os.getpid())
+    except DeploymentReleased:
+        # Another process (a second `destroy`, or `up` cleaning up) closed it after verifying the
+        # instance gone. Destroy is idempotent: check once more below, but leave its record alone.
+        pass
     try:
         conn = connect_for(d, api_key)
         with conn.client:
             now = destroy_and_verify(conn.client, d.instance_id, sleep=_scaled_sleep(conn))
     except GlmdeployError as exc:
-        store.update(d.id, status="orphaned", error=f"destroy failed: {exc}")
+        with contextlib.suppress(DeploymentReleased):
+            store.update(d.id, status="orphaned", error=f"destroy failed: {exc}")
         say(f"{d.name}: destroy of instance {d.instance_id} failed: {exc}; retry with 'glmdeploy destroy --orphans'")
         return {"name": d.name, "instance_id": d.instance_id, "result": "failed", "error": str(exc)}
-    store.mark_destroyed(d.id, status="destroyed")
+    if store.get(d.id).is_active:
+        store.mark_destroyed(d.id, status="destroyed")
     say(f"{d.name}: instance {d.instance_id} " + ("destroyed" if now else "was already gone"))
     return {"name": d.name, "instance_id": d.instance_id, "result": "destroyed" if now else "already gone"}
 
