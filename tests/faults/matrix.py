@@ -2,9 +2,11 @@
 
 ``test_fault_matrix.py`` parametrizes over ``CELLS``; ``tests/faults/README.md`` holds
 ``render_table(CELLS)`` between two markers, and ``test_readme_matches_the_parametrization`` fails
-when they differ. Regenerate the README after changing a cell:
+when they differ. Regenerate the README after changing a cell, and the figures of docs/reliability.md after a run:
 
     uv run python -m tests.faults.matrix --write
+    GLMDEPLOY_FAULT_FIGURES=figures.json uv run pytest tests/faults
+    uv run python -m tests.faults.matrix --figures figures.json
 """
 
 from __future__ import annotations
@@ -165,7 +167,39 @@ def readme_table(text: str) -> str:
     return text[start:end].strip()
 
 
+RELIABILITY = Path(__file__).parents[2] / "docs" / "reliability.md"
+FIGURES_BEGIN, FIGURES_END = "<!-- figures:begin -->", "<!-- figures:end -->"
+
+
+def render_figures(summary: dict[str, int]) -> str:
+    cells = CELLS + PROCESS_CELLS
+    kinds = {c.fault.split(";")[0].split(":")[0].split("=")[0].split(",")[0] for c in cells if c.fault}
+    rows = [
+        ("fault cells run (fault x phase or command)", str(summary["cells"])),
+        ("distinct sandbox fault kinds (besides the sandbox being killed)", str(len(kinds))),
+        ("faults injected (429/5xx/drops answered, + 1 per lifecycle/engine fault)", str(summary["faults_injected"])),
+        ("cells survived (all three assertions held)", str(summary["cells_survived"])),
+        ("kill -9 points (`up` and `destroy`)", str(summary["kill9_points"])),
+        ("instances rented over the run", str(summary["instances_rented"])),
+        ("**instances leaked**", f"**{summary['leaked']}**"),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def write_figures(path: Path) -> None:
+    """Put the figures of a run (``GLMDEPLOY_FAULT_FIGURES=path``) into docs/reliability.md."""
+    import json
+
+    summary = json.loads(path.read_text())["summary"]
+    text = RELIABILITY.read_text()
+    start, end = text.index(FIGURES_BEGIN) + len(FIGURES_BEGIN), text.index(FIGURES_END)
+    RELIABILITY.write_text(text[:start] + "\n" + render_figures(summary) + "\n" + text[end:])
+
+
 def main(argv: list[str]) -> int:
+    if "--figures" in argv:
+        write_figures(Path(argv[argv.index("--figures") + 1]))
+        return 0
     table = render_table()
     text = README.read_text()
     if "--write" in argv:
