@@ -213,5 +213,5 @@ def test_rendered_script_runs_exactly_the_built_commands(profile: Profile, opts:
         assert list(work.iterdir()) == []
         if proxied:
             text = Path(conf).read_text()
-            assert f"Bearer[[:space:]]+{api_key}$" in text
+            assert f"[[:space:]]+{api_key}$\" 1;" in text
             assert "$http_authorization" in text and oct(os.stat(conf).st_mode & 0o777) == "0o600"
