@@ -109,3 +109,18 @@ def test_a_state_db_from_a_newer_version_is_refused(cli: Cli, isolated_env: Path
     proc = cli("list")
     assert proc.returncode == 2
     assert "newer glmdeploy" in one_error_line(proc)
+
+
+def test_up_refuses_what_the_planner_says_does_not_fit_unless_forced(cli: Cli, sandbox: StartSandbox) -> None:
+    sb = sandbox()
+    # 2x RTX 5090 with BF16 weights: a 200k context cannot fit next to 28 GiB of weights per GPU.
+    proc = cli("up", "-p", "2x5090", "--sandbox", "--context-length", "200000")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "does not fit" in line and "--force" in proc.stderr
+    assert sb.ledger()["instances"] == []
+    forced = cli("up", "-p", "2x5090", "--sandbox", "--context-length", "200000", "--force", "--no-smoke")
+    assert forced.returncode == 0, forced.stderr
+    assert "continuing because of --force" in forced.stderr
+    cli("destroy", "--yes", check_exit=0)
+    assert sb.running() == []
