@@ -62,8 +62,16 @@ def _sandbox_connection(info: SandboxInfo) -> Connection:
     from glmdeploy.vast.client import VastClient
 
     # The sandbox's clock runs time_scale times faster; so does its stand-in for the S3 log upload.
+    # Retry backoff too: the number of retries a fault causes is what it would be on Vast, not the wait.
+    scale = info.time_scale
     client = VastClient(
-        info.api_key, base_url=info.url, key_source="sandbox", log_poll_interval=0.5 * info.time_scale
+        info.api_key,
+        base_url=info.url,
+        key_source="sandbox",
+        log_poll_interval=0.5 * scale,
+        backoff_initial=max(0.005, 0.5 * scale),
+        backoff_max=max(0.05, 20.0 * scale),
+        backoff_jitter=0.5 * scale,
     )
     return Connection(client, info.url, Pacing(scale=info.time_scale), sandbox=True)
 

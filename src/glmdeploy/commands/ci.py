@@ -206,8 +206,13 @@ def ci(
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        deployer.abort("interrupted")
-        error = Interrupted("interrupted: whatever was rented has been destroyed")
+        if deployer.abort("interrupted") == "orphaned":
+            from glmdeploy.deploy import ORPHAN_HINT
+
+            error = Interrupted("interrupted: the instance could not be destroyed", hint=ORPHAN_HINT)
+        else:
+            # After `up` returned, the teardown below destroys the deployment.
+            error = Interrupted("interrupted: whatever was rented has been destroyed")
     except GlmdeployError as exc:
         error = exc
         if isinstance(exc, CostLimitReached) and deployer.current is not None:
@@ -261,6 +266,7 @@ def _case(name: str, since: float, message: str, *, failed: bool = False) -> Cas
 
 def _teardown(store: Any, deployment: Any, conn: Any) -> Case:
     """Destroy and verify; a failure is recorded as orphaned so `destroy --orphans` retries it."""
+    import contextlib
     import time
 
     from glmdeploy.errors import GlmdeployError
@@ -272,9 +278,13 @@ def _teardown(store: Any, deployment: Any, conn: Any) -> Case:
     try:
         destroy_and_verify(conn.client, deployment.instance_id, sleep=lambda s: time.sleep(s * conn.pacing.scale))
     except GlmdeployError as exc:
-        store.update(deployment.id, status="orphaned", error=f"ci teardown failed: {exc}")
+        from glmdeploy.state import DeploymentReleased
+
+        # Another process (a concurrent `destroy`) may have closed the record meanwhile.
+        with contextlib.suppress(DeploymentReleased):
+            store.update(deployment.id, status="orphaned", error=f"ci teardown failed: {exc}")
         say(f"error: could not destroy instance {deployment.instance_id}: {exc}; run 'glmdeploy destroy --orphans'")
         return _case("destroy", t, str(exc), failed=True)
-    store.mark_destroyed(deployment.id, status="destroyed")
+    store.mark_destroyed(deployment.id, status="destroyed")  # idempotent: the first outcome stands
     say(f"destroyed instance {deployment.instance_id}")
     return _case("destroy", t, f"instance {deployment.instance_id} destroyed")
