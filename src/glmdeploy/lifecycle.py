@@ -15,7 +15,6 @@ that was accepted is not yet a destroy that happened.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,16 +50,10 @@ class Reconciled:
 
 def owner_alive(deployment: Deployment) -> bool:
     """Whether the process that runs this deployment's ``up`` still exists on this machine."""
-    pid = getattr(deployment, "owner_pid", None)
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from glmdeploy.processes import pid_alive
+
+    pid = deployment.owner_pid
+    return pid is not None and pid > 0 and pid_alive(pid)
 
 
 def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled:

@@ -235,13 +235,9 @@ def _alive(pid: int) -> bool:
         reaped, _ = os.waitpid(pid, os.WNOHANG)
         if reaped == pid:
             return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from glmdeploy.processes import pid_alive
+
+    return pid_alive(pid)
 
 
 def stop() -> SandboxInfo | None:
