@@ -79,8 +79,3 @@ def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
-
-
-def not_implemented(command: str) -> None:
-    say(f"error: 'glmdeploy {command}' is not implemented yet")
-    raise typer.Exit(1)
