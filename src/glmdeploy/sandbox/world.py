@@ -64,6 +64,18 @@ class ApiError(Exception):
         return {"success": False, "error": self.error, "msg": self.msg, **self.extra}
 
 
+def reserve_port() -> socket.socket:
+    """A bound (not listening) loopback socket on a free port.
+
+    The instance keeps it until its engine takes it over, so no other sandbox or test running in
+    parallel can grab the same HostPort in between; connecting to it meanwhile is refused, as a
+    port nobody listens on yet should be.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now (bind to 0, read it, release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -98,6 +110,8 @@ class Instance:
     destroyed_at: float | None = None
     ports_hidden: bool = False
     stuck_loading: bool = False
+    # Bound sockets holding this instance's HostPorts until an engine takes one over (reserve_port).
+    reserved: dict[int, socket.socket] = field(default_factory=dict, repr=False)
     exit_msg: str | None = None
     container_log: list[str] = field(default_factory=list)
     daemon_log: list[str] = field(default_factory=list)
@@ -338,17 +352,26 @@ class World:
         self._next_id += 1 + (instance_id * 31) % 7
         env = request["env"]
         host_ports: dict[str, int] = {}
+        reserved: dict[int, socket.socket] = {}
+
+        def reserve() -> int:
+            sock = reserve_port()
+            port: int = sock.getsockname()[1]
+            reserved[port] = sock
+            return port
+
         for key in env:
             match = PORT_ENV.match(key.strip())
             if match:
-                host_ports[f"{match.group(2)}/{match.group(3) or 'tcp'}"] = free_port()
+                host_ports[f"{match.group(2)}/{match.group(3) or 'tcp'}"] = reserve()
         if any(token in request["runtype"].split() for token in ("ssh_direc", "ssh_direct", "jupyter_direc")):
-            host_ports.setdefault("22/tcp", free_port())
+            host_ports.setdefault("22/tcp", reserve())
         instance = Instance(
             id=instance_id, offer=priced, api_key=secrets.token_hex(32), image=request["image"], env=env,
             onstart=request["onstart"], label=request["label"], disk=request["disk"], runtype=request["runtype"],
             args=request["args"], bid_price=request["price"], created_at=now, host_ports=host_ports,
             ssh_port=host_ports.get("22/tcp") or free_port(), time_scale=self.time_scale, billed_until=now,
+            reserved=reserved,
         )
         if self.faults.take("stuck_loading"):
             instance.stuck_loading = True
@@ -435,11 +458,16 @@ class World:
             timing=engine_timing(time_scale=self.time_scale, seed=self.seed + instance.id, ttft_s=self.ttft_s,
                                  tpot_s=self.tpot_s),
             faults=self.faults.engine_faults(),
+            sock=instance.reserved.pop(host_port, None),
         )
         instance.engine = engine
         instance.engine_task = asyncio.get_running_loop().create_task(engine.run())
 
     async def _stop_engine(self, instance: Instance) -> None:
+        if instance.destroyed_at is not None:
+            for sock in instance.reserved.values():
+                sock.close()
+            instance.reserved.clear()
         engine, task = instance.engine, instance.engine_task
         instance.engine = None
         instance.engine_task = None

@@ -75,8 +75,11 @@ class SimulatedEngine:
         log: Callable[[str], None],
         timing: EngineTiming,
         faults: Mapping[str, str | None],
+        sock: socket.socket | None = None,
     ) -> None:
         self.spec = spec
+        # A socket already bound to `port` (the sandbox's reservation); taken over instead of binding anew.
+        self._reserved = sock
         self.port = port
         self.timing = timing
         self.faults = {k: v for k, v in faults.items() if k in ENGINE_FAULTS}
@@ -173,6 +176,11 @@ class SimulatedEngine:
     def _bind(self) -> bool:
         if self._sock is not None:
             return True
+        if self._reserved is not None:
+            sock, self._reserved = self._reserved, None
+            sock.setblocking(False)
+            self._sock = sock
+            return True
         # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and
         # without it each small SSE write on a kept-alive connection waits ~40 ms for a delayed ACK.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -241,6 +249,9 @@ class SimulatedEngine:
             stats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stats
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            reserved.close()
         server, self._server = self._server, None
         sock, self._sock = self._sock, None
         if server is not None:
