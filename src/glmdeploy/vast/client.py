@@ -147,6 +147,14 @@ def _parse_json(response: httpx.Response) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+def _json_or_none(response: httpx.Response) -> Any:
+    """The body as JSON, or None when it is not JSON (error paths describe it from the raw text)."""
+    try:
+        return _parse_json(response)
+    except ValueError:
+        return None
+
+
 def _describe_unreadable(response: httpx.Response) -> str:
     text = response.text.strip()
     if not text:
@@ -327,10 +335,7 @@ class VastClient:
             body["args"] = list(args)
         attempt = _CreateAttempt(offer_id=offer_id, label=label)
         response = self._send("PUT", f"/asks/{offer_id}/", operation=operation, json_body=body, create=attempt)
-        try:
-            payload = _parse_json(response)
-        except ValueError:
-            payload = None
+        payload = _json_or_none(response)
         if response.is_success:
             result = self._create_result(payload)
             if result is not None and result.new_contract is not None:
@@ -533,10 +538,7 @@ class VastClient:
 
     def _refuse_hopeless_retry(self, response: httpx.Response, operation: str) -> NoReturn:
         """Raise ``_RetryableResponse`` for a resendable answer, or a final error when waiting cannot help."""
-        try:
-            payload = _parse_json(response)
-        except ValueError:
-            payload = None
+        payload = _json_or_none(response)
         error, msg = self._envelope(payload, response)
         status = response.status_code
         if status == 429 and error == "search_quota_exceeded":
@@ -557,10 +559,7 @@ class VastClient:
         raise _RetryableResponse(response, delay)
 
     def _raise_exhausted(self, response: httpx.Response, operation: str) -> NoReturn:
-        try:
-            payload = _parse_json(response)
-        except ValueError:
-            payload = None
+        payload = _json_or_none(response)
         error, msg = self._envelope(payload, response)
         status = response.status_code
         detail = self._detail(status, error, msg)
