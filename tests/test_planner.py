@@ -95,20 +95,22 @@ def test_row7_4x3090_sglang_default_fraction_holds_about_91k_tokens() -> None:
     assert 17_000 <= mha.kv_pool_tokens <= 23_000
 
 
-def test_row9_2x5090_bf16_is_borderline() -> None:
-    # §6 #9 / §5.5: util 0.95, W 28.0, A+N 1.0 -> ~0.8 GiB -> ~16k MLA bf16; ~1.8k MHA (fp8 ~3.6k).
+def test_row9_2x5090_bf16_leaves_little_room() -> None:
+    # §6 #9 / §5.5: util 0.95, W 28.0 per rank. memory.md assumed A+N = 1.0 GiB (~16k MLA bf16 tokens);
+    # vLLM's own terms for max_num_seqs 1 in eager mode (activations at 2,048 batched tokens, a
+    # one-row sampler warm-up, non-torch and NCCL buffers) come to ~0.56 GiB, so the pool is larger
+    # (~25k), with a band that still reaches down to ~10k.
     profile = two_5090("2x5090", **{"engine.kv_cache_dtype": None})
     plan = plan_profile(profile)
     assert plan.kv_bytes_per_token == 54_144
-    assert 10_000 <= plan.kv_pool_tokens <= 22_000
-    assert plan.verdict == "tight"  # 8,000 fits at the estimate, not with 3 GiB of overhead
-    assert plan.fits is True
-    assert plan.uncertainty.kv_pool_tokens_low < 8_000
+    assert 10_000 <= plan.kv_pool_tokens <= 30_000
+    assert plan.uncertainty.kv_pool_tokens_low <= 16_000 <= plan.uncertainty.kv_pool_tokens_high
+    assert plan.verdict == "fits"
     mha = plan_profile(profile, attention="mha")
-    assert 1_000 <= mha.kv_pool_tokens <= 2_600
-    assert mha.fits is False  # the seed's ~8,000 tokens only fit with the MLA latent
+    assert 1_000 <= mha.kv_pool_tokens <= 3_500
+    assert mha.fits is False  # the seed's ~8,000 tokens only fit with the MLA latent or fp8 KV
     mha_fp8 = plan_profile(two_5090("2x5090"), attention="mha")
-    assert 2_500 <= mha_fp8.kv_pool_tokens <= 5_000
+    assert 2_500 <= mha_fp8.kv_pool_tokens <= 7_000
 
 
 def test_row10_nvfp4_2x5090_matches_82k_in_the_mha_era_and_caps_with_mla() -> None:
@@ -149,8 +151,12 @@ def test_row2_h100_sglang_bf16_with_mtp_holds_100_to_120k() -> None:
     plan = plan_profile(profile)
     assert plan.per_gpu.memory_fraction == pytest.approx(0.811, abs=0.002)
     assert plan.kv_bytes_per_token == 55_296  # +1 MTP layer
-    assert 1.2 <= plan.per_gpu.draft_weights_gib <= 2.5
-    assert 90_000 <= plan.kv_pool_tokens <= 125_000
+    # memory.md §1.2: +1.2 GiB (the MTP layer alone; the engines share the target's embeddings and head).
+    assert 1.15 <= plan.per_gpu.draft_weights_gib <= 2.5
+    # memory.md derived ~100-120k with KV = mfs x T - W - C'; current SGLang multiplies the
+    # pre-load free memory instead (KV = mfs x (T - C') - W), ~0.15 GiB more.
+    assert 90_000 <= plan.kv_pool_tokens <= 130_000
+    assert plan.uncertainty.kv_pool_tokens_low <= 120_000
     assert plan.verdict == "fits"  # SGLang caps the context at the pool
     mha = plan_profile(profile, attention="mha")
     assert 4_000 <= mha.kv_pool_tokens <= 8_000
@@ -476,13 +482,19 @@ def test_concurrency_is_pool_over_context() -> None:
     assert plan.max_concurrent_sequences >= 5
 
 
-def test_uncertainty_range_brackets_the_estimate() -> None:
+def test_uncertainty_band_is_the_sum_of_the_terms_bands() -> None:
+    # Issue 11 §3: the band comes from the uncertain terms, not from a fixed +-1 GiB.
     for profile in load_all():
         plan = plan_profile(profile)
         u = plan.uncertainty
+        overhead = [t for t in plan.memory_terms if t.name != "weights"]
+        assert u.overhead_gib_low == pytest.approx(sum(t.low_gib for t in overhead), abs=0.002)
+        assert u.overhead_gib_high == pytest.approx(sum(t.high_gib for t in overhead), abs=0.002)
         assert u.overhead_gib_low <= plan.per_gpu.overhead_gib <= u.overhead_gib_high
         assert u.kv_pool_tokens_low <= plan.kv_pool_tokens <= u.kv_pool_tokens_high
-        assert u.overhead_gib_low <= 1.0 and u.overhead_gib_high >= 3.0
+        assert set(u.terms) == {t.name for t in plan.memory_terms if t.high_gib > t.low_gib}
+        budget = plan.per_gpu.budget_gib
+        assert u.kv_pool_gib_low == pytest.approx(budget - sum(t.high_gib for t in plan.memory_terms), abs=0.01)
 
 
 def test_every_shipped_profile_plans_and_carries_its_warnings() -> None:
