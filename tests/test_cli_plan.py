@@ -153,3 +153,25 @@ def test_profile_given_as_a_path(tmp_path: Path) -> None:
     plan = plan_json("--profile", str(path))
     assert plan["profile"] == "mine"
     assert plan["per_gpu"]["memory_fraction_source"] == "SGLang default heuristic"
+
+
+def test_plan_json_says_what_the_engine_will_print() -> None:
+    # Issue 11 §4: engine_reported, max_model_len_accepted, the terms, the engine's resolved settings.
+    data = plan_json("--profile", "2x5090-nvfp4")
+    assert data["engine_reported"][1] == f"GPU KV cache size: {data['kv_pool_tokens']:,} tokens"
+    assert data["engine_reported"][2].startswith("Maximum concurrency for 82,000 tokens per request: ")
+    assert data["max_model_len_accepted"] == 202_752
+    assert data["block_size"] == 16
+    assert data["engine_settings"]["max_num_seqs"] == 4
+    names = [t["name"] for t in data["memory_terms"]]
+    assert names[0] == "weights" and "cuda_graphs" in names
+    assert all(t["low_gib"] <= t["gib"] <= t["high_gib"] and t["source"] for t in data["memory_terms"])
+    text = runner.invoke(app, ["plan", "--profile", "2x5090-nvfp4"]).stdout
+    assert "engine says:  GPU KV cache size: " in text
+    assert "cuda_graphs" in text
+    sglang = plan_json("--profile", "4x3090")
+    assert any(
+        line.startswith(f"max_total_num_tokens={sglang['kv_pool_tokens']}") for line in sglang["engine_reported"]
+    )
+    # SGLang caps a request at min(context_len, max_total_num_tokens) - 1 rather than refusing.
+    assert sglang["max_model_len_accepted"] == min(sglang["kv_pool_tokens"], 202_752) - 1

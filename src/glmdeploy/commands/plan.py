@@ -77,13 +77,17 @@ def render(result: Plan) -> str:
         "per GPU:",
         f"  total       {_gib(b.total_gib)} (CUDA-visible)",
         f"  budget      {_gib(b.budget_gib)} = {b.memory_fraction:g} x total ({b.memory_fraction_source})",
-        f"  weights     {_gib(b.weights_gib)}"
-        + (f" (incl. MTP draft {_gib(b.draft_weights_gib)})" if b.draft_weights_gib else ""),
-        f"  overhead    {_gib(b.overhead_gib)} (estimate)",
+        f"  weights     {_gib(b.weights_gib)} (from the {b.weights_method})"
+        + (f", incl. MTP draft {_gib(b.draft_weights_gib)}" if b.draft_weights_gib else ""),
+        f"  overhead    {_gib(b.overhead_gib)} ({u.overhead_gib_low:.2f} - {u.overhead_gib_high:.2f}), of which:",
+        *[
+            f"    {t.name:<22}{_gib(t.gib)} ({t.low_gib:.2f} - {t.high_gib:.2f})"
+            for t in result.memory_terms
+            if t.name != "weights"
+        ],
         f"  KV pool     {_gib(b.kv_pool_gib)}",
-        f"KV pool:      {result.kv_pool_tokens:,} tokens "
-        f"(range {u.kv_pool_tokens_low:,} - {u.kv_pool_tokens_high:,} with overhead "
-        f"{u.overhead_gib_high:g} - {u.overhead_gib_low:g} GiB)",
+        f"KV pool:      {result.kv_pool_tokens:,} tokens in blocks of {result.block_size} "
+        f"(band {u.kv_pool_tokens_low:,} - {u.kv_pool_tokens_high:,} from the terms' ranges)",
         f"max context:  {result.max_context_tokens:,} tokens (model maximum {result.model_max_context:,})",
     ]
     if result.context_length is not None:
@@ -100,6 +104,7 @@ def render(result: Plan) -> str:
             f"{result.max_context_tokens:,} at once"
         )
     lines.append(f"verdict:      {result.verdict}: {result.reason}")
+    lines += [f"engine says:  {line}" for line in result.engine_reported]
     lines += [f"warning:      {w}" for w in result.warnings]
     lines.append("Estimates: confirm with the engine's KV capacity log line after the first start.")
     return "\n".join(lines)
