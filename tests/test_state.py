@@ -318,6 +318,14 @@ def test_upgrade_from_an_older_schema_keeps_rows(tmp_path: Path, snapshot: dict[
         assert legacy.endpoint_key() == SECRET
         updated = store.update("legacy", api_url="https://console.vast.ai", owner_pid=4242)
         assert updated.api_url == "https://console.vast.ai" and updated.owner_pid == 4242
+        # Migration 4: the planner's KV pool next to the engine's own figure.
+        assert legacy.kv_tokens_planned is None and legacy.kv_tokens_reported is None
+        calibrated = store.update(
+            "legacy", kv_tokens_planned=1_332_512, kv_tokens_planned_low=1_311_488,
+            kv_tokens_planned_high=1_361_360, kv_tokens_reported=1_332_528,
+        )
+        assert (calibrated.kv_tokens_planned, calibrated.kv_tokens_reported) == (1_332_512, 1_332_528)
+        assert store.get("legacy").public()["kv_tokens_planned_low"] == 1_311_488
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -168,6 +168,8 @@ class _Attempt:
     machine_id: int | None = None
     # When the instance was rented (clock of the Deployer): the readiness budget counts from here.
     rented_at: float | None = None
+    # The KV pool the engine's own startup line reported (issue 11 §5: calibrates the planner).
+    kv_tokens_reported: int | None = None
 
 
 @dataclass
@@ -257,7 +259,7 @@ class Deployer:
             if offer is None:
                 continue
             try:
-                return self._deploy(request, offer)
+                return self._deploy(request, offer, plan)
             except _OfferGone:
                 self.events.note(f"offer {offer.id} was taken before it could be rented; trying the next one")
         raise NoOfferError(
@@ -265,7 +267,7 @@ class Deployer:
             hint="try again in a minute, or raise the cap with --max-price",
         )
 
-    def _deploy(self, request: UpRequest, offer: Offer) -> Deployment:
+    def _deploy(self, request: UpRequest, offer: Offer, plan: Plan) -> Deployment:
         profile = request.profile
         engine = get_engine(profile.engine.kind)
         key = secrets.token_hex(32)
@@ -302,6 +304,10 @@ class Deployer:
                 endpoint=endpoint,
                 ready_at=_now(),
                 error=None,
+                kv_tokens_planned=plan.kv_pool_tokens,
+                kv_tokens_planned_low=plan.uncertainty.kv_pool_tokens_low,
+                kv_tokens_planned_high=plan.uncertainty.kv_pool_tokens_high,
+                kv_tokens_reported=attempt.kv_tokens_reported,
             )
         except _OfferGone:
             self.current = None
@@ -511,6 +517,7 @@ class Deployer:
                     instance = refreshed
                 endpoint = instance.service_url(profile.engine.port)
             if verdict.ready and endpoint is not None and self._healthy(engine.health_path, endpoint, key):
+                attempt.kv_tokens_reported = verdict.kv_tokens
                 return endpoint + "/v1"
             if self.clock() >= deadline:
                 why = "the ready marker never appeared" if not verdict.ready else "the health check never passed"

@@ -91,6 +91,14 @@ class Deployment(BaseModel):
     owner_pid: int | None = Field(
         default=None, description="PID of the process driving it (up, destroy): tells in-flight from abandoned."
     )
+    kv_tokens_planned: int | None = Field(
+        default=None, description="KV pool the planner predicted (tokens per GPU), for calibration."
+    )
+    kv_tokens_planned_low: int | None = Field(default=None, description="Low end of the planner's band.")
+    kv_tokens_planned_high: int | None = Field(default=None, description="High end of the planner's band.")
+    kv_tokens_reported: int | None = Field(
+        default=None, description="KV pool the engine reported in its startup log (tokens)."
+    )
     endpoint_api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
 
     @property
@@ -153,8 +161,14 @@ def _migrate_v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE deployments ADD COLUMN owner_pid INTEGER")
 
 
+def _migrate_v4(conn: sqlite3.Connection) -> None:
+    """The planner's KV pool (and band) next to the engine's own figure: every rental calibrates."""
+    for column in ("kv_tokens_planned", "kv_tokens_planned_low", "kv_tokens_planned_high", "kv_tokens_reported"):
+        conn.execute(f"ALTER TABLE deployments ADD COLUMN {column} INTEGER")
+
+
 # Applied in order; the database's user_version counts how many have run. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS: tuple[str, ...] = tuple(Deployment.model_fields)

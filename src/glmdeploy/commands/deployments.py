@@ -158,8 +158,11 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
                     health = "healthy" if r.status_code == 200 else f"unhealthy (HTTP {r.status_code})"
                 except httpx.HTTPError as exc:
                     health = f"unreachable ({type(exc).__name__})"
+    from glmdeploy import calibration
+
     view = _view(d, live=live)
     view["health"] = health
+    view["kv_capacity"] = calibration.kv_capacity(d)
     if json_output:
         emit_json(view)
         return
@@ -173,6 +176,8 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
     ]
     if d.expires_at:
         lines.append(f"  expires:  {d.expires_at.isoformat(timespec='seconds')} (TTL watchdog)")
+    if view["kv_capacity"] is not None:
+        lines += calibration.render(view["kv_capacity"])
     if d.error:
         lines.append(f"  error:    {d.error}")
     print("\n".join(lines))

@@ -459,6 +459,8 @@ class World:
                                  tpot_s=self.tpot_s),
             faults=self.faults.engine_faults(),
             sock=instance.reserved.pop(host_port, None),
+            gpu_name=instance.offer.get("gpu_name"),
+            gpu_ram_mib=instance.offer.get("gpu_ram"),
         )
         instance.engine = engine
         instance.engine_task = asyncio.get_running_loop().create_task(engine.run())

@@ -1,21 +1,26 @@
 """The simulated engine's view of its own launch: flags, defaults, and a plausible GPU and KV pool.
 
 Everything a real engine would print or decide at startup is derived here from the argv, with the
-defaults of engines.md §2.1/§3.1/§4.1 and the memory budgets of memory.md §5. The sandbox has no GPU,
-so the GPU is the smallest common card on which the launch would fit; the numbers are **derived**,
-meant to look like a real log, not to predict one.
+defaults of engines.md §2.1/§3.1/§4.1. The KV pool comes from the same engine memory formulas the
+planner uses (``glmdeploy.engines.*_memory``) for the GPU of the rented offer, then moved by a
+deviation drawn from the instance's seed (``KV_DEVIATION``, up to ±4%), the way a real engine's own
+profiler lands a little off any prediction: ``up`` records it and ``status`` compares it with the
+plan. Without a known GPU, the GPU is the smallest common card on which the launch would fit.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
 
-from glmdeploy.catalog import MODEL_ARCHS, ModelArch
+from glmdeploy.catalog import GPU_VARIANTS, MODEL_ARCHS, GpuSpec, ModelArch
 from glmdeploy.sandbox.engines.launch import LaunchSpec, has_flag, model_path, option
 
 GIB = 1024**3
+# The largest relative deviation of the simulated engine's KV pool from the planner's formula.
+KV_DEVIATION = 0.04
 # CUDA-visible totals in GiB of common cards (memory.md §4: nvidia-smi total minus ~0.4 GiB).
 GPU_SIZES_GIB = (23.6, 31.4, 44.6, 47.6, 79.2, 95.2, 140.0, 178.6)
 # The newest releases engines.md read; an image tag such as `latest` means these.
@@ -108,7 +113,84 @@ class EngineConfig:
         return "torch.float16" if self.quant == "fp16" else "torch.bfloat16"
 
 
-def engine_config(spec: LaunchSpec) -> EngineConfig:
+def kv_deviation(seed: int) -> float:
+    """The simulated profiler's relative deviation from the formula, deterministic for ``seed``."""
+    return random.Random(f"kv-capacity:{seed}").uniform(-KV_DEVIATION, KV_DEVIATION)
+
+
+def _gpu(gpu_name: str | None, gpu_ram_mib: int | None) -> GpuSpec | None:
+    variants = GPU_VARIANTS.get(gpu_name or "")
+    if not variants:
+        return None
+    if gpu_ram_mib is None:
+        return variants[0]
+    return min(variants, key=lambda v: abs(v.total_mib - gpu_ram_mib))
+
+
+@dataclass(frozen=True)
+class _Pool:
+    gpu_total_gib: float
+    weights_gib: float
+    pool_gib: float
+    tokens: int
+    per_token: int
+
+
+def _formula_pool(
+    spec: LaunchSpec, gpu: GpuSpec, arch: ModelArch, quant: str, tp: int, version: tuple[int, ...], seed: int
+) -> _Pool:
+    """The engine's KV pool from glmdeploy.engines' memory model, moved by the seeded deviation."""
+    from glmdeploy.engines.memory import Attention, MemorySetup, memory_model, parse_image_tag
+    from glmdeploy.planner import kv_bytes_per_token, rank_weights
+
+    argv = spec.argv
+    model = memory_model(spec.kind)
+    tag = parse_image_tag(spec.image) if spec.image else parse_image_tag("x:" + ".".join(map(str, version)))
+    attention: Attention = "mla"
+    if arch.is_mla:
+        found = model.attention_for_tag(tag, arch, {})
+        attention = found[0] if found is not None else "mla"
+    else:
+        attention = "mha"
+    spec_tokens = _int(
+        option(argv, "--speculative-config.num_speculative_tokens", "--speculative-num-steps", "--mtp_step")
+    ) or (1 if option(argv, "--speculative-algorithm", "--speculative-config.method", "--mtp_mode") else 0)
+    kv_flag = option(argv, "--kv-cache-dtype")
+    element, _, _ = model.kv_element_bytes(None if kv_flag in (None, "auto") else kv_flag, attention, gpu)
+    per_token, _ = kv_bytes_per_token(
+        arch, attention, tensor_parallel=tp, element_bytes=element, speculative=spec_tokens > 0
+    )
+    weights = rank_weights(
+        arch, quant, arch.weights_gb.get(quant) or arch.weights_gb["bf16"], tp, speculative=spec_tokens > 0
+    )
+    batched = _int(option(argv, "--max-num-batched-tokens", "--chunked-prefill-size", "--chunked_prefill_size"))
+    setup = MemorySetup(
+        arch=arch,
+        gpu=gpu,
+        total_gib=gpu.cuda_visible_gib,
+        tag=tag,
+        tensor_parallel=tp,
+        weights=weights,
+        kv_bytes_per_token=per_token,
+        attention=attention,
+        context_length=spec.context_length,
+        mem_fraction=_float(option(argv, "--gpu-memory-utilization", "--mem-fraction-static", "--mem_fraction")),
+        enforce_eager=has_flag(argv, "--enforce-eager"),
+        max_num_seqs=_int(option(argv, "--max-num-seqs", "--max-running-requests", "--running_max_req_size")),
+        max_num_batched_tokens=batched if batched and batched > 0 else None,
+        cuda_graph_max_batch=_int(option(argv, "--cuda-graph-max-bs", "--graph_max_batch_size")),
+        speculative_tokens=spec_tokens,
+    )
+    estimate = model.estimate(setup)
+    pool_gib = estimate.kv_pool_gib() * (1 + kv_deviation(seed))
+    block = estimate.block_size
+    tokens = max(0, int(pool_gib * GIB) // (per_token * block) * block)
+    return _Pool(gpu.cuda_visible_gib, weights.total_gib, pool_gib, tokens, per_token)
+
+
+def engine_config(
+    spec: LaunchSpec, *, gpu_name: str | None = None, gpu_ram_mib: int | None = None, seed: int = 0
+) -> EngineConfig:
     argv = spec.argv
     kind = spec.kind
     path = model_path(kind, argv) or spec.served_model
@@ -165,6 +247,15 @@ def engine_config(spec: LaunchSpec) -> EngineConfig:
     tokens = int(pool_gib * GIB // per_token)
     if kind == "vllm":
         tokens -= tokens % 16  # whole blocks
+    known_gpu = _gpu(gpu_name, gpu_ram_mib)
+    if known_gpu is not None:
+        formula = _formula_pool(spec, known_gpu, arch, quant, tp, version, seed)
+        gpu, weights_gib, per_token = formula.gpu_total_gib, formula.weights_gib, formula.per_token
+        # A pool shorter than the context would stop a real vLLM or LightLLM; the sandbox's engines
+        # model that failure as a fault, so the simulated pool never goes below one context here.
+        floor = per_token * context_len
+        pool_gib = max(formula.pool_gib, floor / GIB)
+        tokens = max(formula.tokens, context_len)
     chunked = _int(option(argv, "--chunked-prefill-size", "--max-num-batched-tokens", "--chunked_prefill_size"))
     if not chunked or chunked < 0:
         chunked = 8192 if gpu >= 60 else (4096 if gpu >= 35 else 2048)

@@ -76,6 +76,8 @@ class SimulatedEngine:
         timing: EngineTiming,
         faults: Mapping[str, str | None],
         sock: socket.socket | None = None,
+        gpu_name: str | None = None,
+        gpu_ram_mib: int | None = None,
     ) -> None:
         self.spec = spec
         # A socket already bound to `port` (the sandbox's reservation); taken over instead of binding anew.
@@ -83,7 +85,8 @@ class SimulatedEngine:
         self.port = port
         self.timing = timing
         self.faults = {k: v for k, v in faults.items() if k in ENGINE_FAULTS}
-        self.config: EngineConfig = engine_config(spec)
+        # The offer's GPU sizes the KV pool with the engines' memory formulas (plus a seeded deviation).
+        self.config: EngineConfig = engine_config(spec, gpu_name=gpu_name, gpu_ram_mib=gpu_ram_mib, seed=timing.seed)
         self._log = log
         self._state = "starting"
         # Wall-clock time the ready marker was logged (for benchmarks measuring detection delay).
