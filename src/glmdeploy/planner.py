@@ -472,7 +472,7 @@ def plan_profile(
         memory_terms=[MemoryTermOut.model_validate(t.as_dict()) for t in estimate.terms],
         engine_settings=dict(estimate.settings),
         block_size=estimate.block_size,
-        engine_reported=model.reported_lines(setup, estimate, tokens, reported_context) if pool_gib > 0 else [],
+        engine_reported=model.reported_lines(setup, estimate, tokens, reported_context),
         max_model_len_accepted=model.max_model_len_accepted(tokens, model_max),
         warnings=warnings,
         launch_command=display_command(launch_argv(profile)),

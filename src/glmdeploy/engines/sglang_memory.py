@@ -159,6 +159,12 @@ class SGLangMemory(MemoryModel):
     def reported_lines(
         self, setup: MemorySetup, estimate: MemoryEstimate, tokens: int, context_length: int
     ) -> list[str]:
+        if tokens <= 0:
+            # model_runner.py (engines.md §2.4) refuses an empty pool.
+            return [
+                "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
+                f"Current value: self.server_args.mem_fraction_static={estimate.fraction:g}"
+            ]
         kv_gb = tokens * setup.kv_bytes_per_token / GIB
         return [
             f"KV Cache is allocated. #tokens: {tokens}, KV size: {kv_gb:.2f} GB",
