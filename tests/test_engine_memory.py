@@ -78,6 +78,12 @@ def test_capture_sizes_follow_compilation_py() -> None:
     assert capture_sizes(4, 2048) == ([1, 2, 4, 8], [1, 2, 4])
     # MTP with one draft token doubles the decode query length: max_num_seqs x 2 x 2.
     assert max(capture_sizes(4, 2048, decode_query_len=2)[0]) == 16
+    # Public vLLM logs (search index), model-independent: 256 sequences
+    # "PIECEWISE=51 (largest=512), FULL=35 (largest=256)"; 3 draft tokens with 8 and 14 sequences
+    # "PIECEWISE=9 (largest=64), FULL=5 (largest=32)" and "PIECEWISE=15 (largest=112), FULL=8 (largest=56)".
+    for seqs, q, logged in ((256, 1, (51, 512, 35, 256)), (8, 4, (9, 64, 5, 32)), (14, 4, (15, 112, 8, 56))):
+        piecewise, full = capture_sizes(seqs, 8192, decode_query_len=q)
+        assert (len(piecewise), max(piecewise), len(full), max(full)) == logged
     # Data-centre Blackwell caps at 1024 instead of 512; max_num_batched_tokens caps everything.
     assert max(capture_sizes(1024, 8192, blackwell_dc=True)[0]) == 1024
     assert max(capture_sizes(1024, 300)[0]) <= 300
