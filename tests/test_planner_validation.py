@@ -250,6 +250,43 @@ CASES = [
         lambda p: p.verdict == "does not fit",
     ),
     Case(
+        "md6-5-h100-sglang-32x9216",
+        "memory.md §6 #5: Lambda, BF16 on 1x H100 with SGLang, 32 concurrent 8,192 in / 1,024 out (works, queues)",
+        "fits, and 32 x 9,216 = 294,912 tokens exceed the pool (the bench queues rather than fails)",
+        lambda: variant(
+            "4x3090",
+            **{
+                "hardware.gpu_names": ["H100 SXM"],
+                "hardware.num_gpus": 1,
+                "hardware.min_vram_gb": 79,
+                "engine.image": "lmsysorg/sglang:v0.5.9",
+                "engine.tensor_parallel": 1,
+                "engine.mem_fraction": None,
+                "engine.context_length": None,
+                "engine.dtype": None,
+            },
+        ),
+        lambda p: p.verdict == "fits" and p.uncertainty.kv_pool_tokens_high < 32 * 9_216,
+    ),
+    Case(
+        "md6-6-4xb200-vllm-tp4",
+        "memory.md §6 #6: Vultr, BF16 on 4x B200, vLLM TP4, util 0.95, 65,536 batched tokens, 1,024 seqs",
+        "fits the full 202,752 context at the pessimistic end of the band",
+        lambda: variant(
+            "4x4090d",
+            **{
+                "hardware.gpu_names": ["B200"],
+                "hardware.min_vram_gb": 179,
+                "engine.image": "vllm/vllm-openai:latest",
+                "engine.mem_fraction": 0.95,
+                "engine.context_length": None,
+                "engine.chunked_prefill_size": 65_536,
+                "engine.max_running_requests": 1024,
+            },
+        ),
+        lambda p: p.verdict == "fits" and p.uncertainty.kv_pool_tokens_low >= FLASH_MAX and p.block_size == 128,
+    ),
+    Case(
         "md6-13-fp8-pro6000-131k",
         "memory.md §6 #13: mratsim FP8 on 1x RTX Pro 6000, vLLM HEAD, 131,072 context (known good)",
         "fits at 131,072",
