@@ -566,8 +566,11 @@ def _destroy_orphans(
             if (picked or foreign) and not yes:
                 what = [f"instance {o.instance_id} ({o.label})" for o in picked]
                 what += [_describe_foreign(f, age) for f, age in foreign]
-                if not typer.confirm(f"Destroy {len(what)} instance(s) on {conn.api_url}: {'; '.join(what)}?"):
-                    continue
+                # On stderr: with --json, stdout holds only the JSON.
+                question = f"Destroy {len(what)} instance(s) on {conn.api_url}: {'; '.join(what)}?"
+                if not typer.confirm(question, err=True):
+                    say("left alone: nothing destroyed")
+                    raise typer.Exit(1)
             for o in picked:
                 try:
                     destroy_and_verify(conn.client, o.instance_id, sleep=_scaled_sleep(conn))
