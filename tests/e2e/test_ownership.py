@@ -165,12 +165,35 @@ def test_a_shared_ci_scope_sweep_cleans_up_a_killed_runner_but_not_a_teammate(
     leaked = {i: lab for i, lab in live_labels(sb).items() if i != teammate_id}
     [(leaked_id, leaked_label)] = leaked.items()
     assert leaked_label.startswith("glmdeploy:acme-ci:")
-    # CI runner 2: a fresh state dir, same scope. Its sweep takes the leftover and nothing else.
+    # CI runner 2: a fresh state dir, same scope. Guarded by an age above any job's run time, its
+    # sweep leaves the (young) instance, which a concurrent job could still be using...
     runner2 = machine(cli_env, tmp_path / "runner-2", isolated_env, GLMDEPLOY_OWNER="acme-ci")
-    swept = json.loads(runner2("destroy", "--orphans", "--yes", "--sandbox", "--json", check_exit=0).stdout)
+    guarded = runner2("destroy", "--orphans", "--older-than", "30d", "--yes", "--sandbox", check_exit=0)
+    assert "left alone" in guarded.stderr and leaked_id in live_labels(sb)
+    # ...and once it is older than that (1 s here, on the sandbox's fast clock) takes it, and nothing else.
+    swept = json.loads(runner2("destroy", "--orphans", "--older-than", "1s", "--yes", "--sandbox", "--json",
+                               check_exit=0).stdout)
     assert [(r["instance_id"], r["result"]) for r in swept["destroyed"]] == [(leaked_id, "destroyed")]
     assert list(live_labels(sb)) == [teammate_id]
     cli("destroy", "--yes", check_exit=0)
+    assert sb.running() == []
+
+
+def test_older_than_never_spares_an_orphan_this_state_dir_recorded(
+    cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox
+) -> None:
+    """The age guard is for instances other machines may run; our own dead `up`'s instance is ours."""
+    sb = sandbox(faults="never_ready")
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "-p", "4x3090"], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for_phase(proc, "wait_ready")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    [leaked_id] = live_labels(sb)
+    swept = json.loads(cli("destroy", "--orphans", "--older-than", "30d", "--yes", "--json", check_exit=0).stdout)
+    assert [(r["instance_id"], r["result"]) for r in swept["destroyed"]] == [(leaked_id, "destroyed")]
     assert sb.running() == []
 
 

@@ -356,7 +356,10 @@ def destroy(
     ] = None,
     older_than: Annotated[
         str | None,
-        typer.Option(help="With --orphans: only instances running longer than this, e.g. 2h."),
+        typer.Option(
+            help="With --orphans: only untracked instances running longer than this, e.g. 2h (this state dir's"
+            " own orphaned records are always included)."
+        ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_output: JsonOutput = False,
@@ -489,10 +492,14 @@ class OrphanSelection:
     min_age_s: float | None
     include_foreign: bool
 
-    def picks(self, instance_id: int, age_s: float | None) -> bool:
+    def picks(self, instance_id: int, age_s: float | None, *, tracked: bool = False) -> bool:
+        """``tracked``: this state dir's own record says it is an orphan, so no other machine can be
+        using it: the age guard (meant for instances other machines may run) does not apply."""
         if self.instance_ids and instance_id not in self.instance_ids:
             return False
-        return self.min_age_s is None or (age_s is not None and age_s >= self.min_age_s)
+        if tracked or self.min_age_s is None:
+            return True
+        return age_s is not None and age_s >= self.min_age_s
 
 
 def _describe_foreign(f: Foreign, age_s: float | None) -> str:
@@ -549,7 +556,11 @@ def _destroy_orphans(
                 unchecked.append(exc)
                 continue
             picked = [o for o in found.orphans
-                      if selection.picks(o.instance_id, _age_s(o.started_at, conn.pacing.scale))]
+                      if selection.picks(o.instance_id, _age_s(o.started_at, conn.pacing.scale),
+                                         tracked=o.deployment is not None)]
+            if len(picked) < len(found.orphans):
+                say(f"{len(found.orphans) - len(picked)} orphan(s) on {conn.api_url} left alone: not selected by "
+                    "--instance/--older-than (an unknown start time counts as too young)")
             foreign = [
                 (f, _age_s(f.started_at, conn.pacing.scale))
                 for f in found.foreign
