@@ -95,7 +95,11 @@ def ci(
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
 ) -> None:
-    """One-shot CI job: up, smoke, optional bench, and always destroy."""
+    """One-shot CI job: up, smoke, optional bench, and always destroy.
+
+    It rents in its own owner scope, <state dir owner>-ci (or exactly $GLMDEPLOY_OWNER when set), so
+    a CI sweep ('destroy --orphans') only ever touches what CI rented: see docs/ci.md.
+    """
     import signal
     import time
 

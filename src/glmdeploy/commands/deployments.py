@@ -118,8 +118,10 @@ def list_deployments(
     Instances other owners rented on the same account (a teammate's machine, CI) are listed as
     'foreign': read-only, never destroyed by 'destroy --orphans'.
     """
+    from glmdeploy.ownership import explicit_owner
     from glmdeploy.state import StateStore
 
+    explicit_owner()  # a bad GLMDEPLOY_OWNER: one error line, exit 2
     with StateStore.open() as store:
         reconciled, problems = _reconcile_all(store, api_key, api_url, sandbox)
         live: dict[str, str] = {}
@@ -377,6 +379,7 @@ def destroy(
 
     from glmdeploy.durations import parse_duration
     from glmdeploy.errors import UsageError
+    from glmdeploy.ownership import explicit_owner
     from glmdeploy.state import StateStore
 
     orphans = orphans or include_foreign
@@ -391,6 +394,7 @@ def destroy(
             hint="'glmdeploy list' shows them with their ids and $/h",
         )
     min_age_s = parse_duration(older_than, option="--older-than") if older_than else None
+    explicit_owner()  # a bad GLMDEPLOY_OWNER is bad input: say so before anything is looked at
     if not yes and not sys.stdin.isatty():
         raise UsageError("refusing to destroy without confirmation: no terminal to ask on", hint="pass --yes")
     results: list[dict[str, Any]] = []
