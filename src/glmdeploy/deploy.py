@@ -126,6 +126,8 @@ class UpRequest:
     # The checks `up` runs before it calls a deployment ready; `glmdeploy smoke`/`ci` run them all.
     smoke_checks: tuple[str, ...] = UP_SMOKE_CHECKS
     force: bool = False
+    # The owner scope the instance's label carries (glmdeploy.ownership); None: the state dir's.
+    owner: str | None = None
 
 
 class UpEvents(Protocol):
@@ -285,6 +287,7 @@ class Deployer:
             endpoint_api_key=key,
             model=engine.reported_model_name(profile),
             phase=Phase.CREATE.value,
+            owner=request.owner,
         )
         attempt = _Attempt(offer=offer, deployment=deployment)
         self.current = attempt

@@ -13,7 +13,8 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     ├── DeploymentFailed (4)      failed before ready; instance destroyed or kept
     ├── SmokeFailed (5)           smoke checks failed
     ├── VastError (7)             API failures (see glmdeploy.vast.errors)
-    │   └── AuthError (6)         credentials refused
+    │   ├── AuthError (6)         credentials refused
+    │   └── InsufficientCredit (8) the account lacks credit / hit its spend limit
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
 
 Exit codes are part of the public surface (shared/spec/cli.md): never renumber.
@@ -29,6 +30,7 @@ EXIT_DEPLOY_FAILED = 4
 EXIT_SMOKE_FAILED = 5
 EXIT_AUTH = 6
 EXIT_UNREACHABLE = 7
+EXIT_NO_CREDIT = 8
 EXIT_INTERRUPTED = 130
 
 

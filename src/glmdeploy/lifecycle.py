@@ -7,7 +7,9 @@ rows with the instances Vast.ai reports under our label prefix:
   destroyed;
 - a labelled instance with no active row, or whose row is stuck mid-``up`` because the process
   that owned it died (crash, kill -9), or whose row says ``orphaned``, is an *orphan*: it bills
-  and nobody is watching it.
+  and nobody is watching it;
+- but a labelled instance with no row whose label names another owner (``glmdeploy.ownership``)
+  is *foreign*: a teammate's or CI's live deployment, never this machine's to destroy.
 
 ``destroy_instance`` destroys and then checks the instance is really gone, because a destroy
 that was accepted is not yet a destroy that happened.
@@ -38,6 +40,22 @@ class Orphan:
     reason: str
     deployment: Deployment | None
     dph_total: float | None
+    started_at: float | None = None  # Vast's start_date (epoch seconds), for --older-than
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """A glmdeploy instance of another owner scope (another machine, CI, an older glmdeploy).
+
+    Read-only by default: ``list`` shows it, ``destroy --orphans`` leaves it alone.
+    """
+
+    instance_id: int
+    label: str
+    owner: str | None  # None: the old label form without an owner
+    dph_total: float | None
+    status: str | None
+    started_at: float | None
 
 
 @dataclass
@@ -45,7 +63,10 @@ class Reconciled:
     api_url: str
     instances: dict[str, Instance] = field(default_factory=dict)
     orphans: list[Orphan] = field(default_factory=list)
+    foreign: list[Foreign] = field(default_factory=list)
     marked_gone: list[str] = field(default_factory=list)
+    # Real seconds per provider second (Pacing.scale): a sandbox's clock runs faster. Ages use it.
+    time_scale: float = 1.0
 
 
 def owner_alive(deployment: Deployment) -> bool:
@@ -56,9 +77,24 @@ def owner_alive(deployment: Deployment) -> bool:
     return pid is not None and pid > 0 and pid_alive(pid)
 
 
-def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled:
-    """Merge the rows created on ``api_url`` with the labelled instances it reports."""
-    result = Reconciled(api_url=api_url)
+def reconcile(
+    store: StateStore,
+    client: VastClient,
+    api_url: str,
+    *,
+    own: frozenset[str] | None = None,
+    time_scale: float = 1.0,
+) -> Reconciled:
+    """Merge the rows created on ``api_url`` with the labelled instances it reports.
+
+    An untracked instance is an orphan only when its label's owner is one of ``own`` (default: the
+    store's own scopes, ``glmdeploy.ownership.own_scopes``); otherwise it is foreign.
+    """
+    from glmdeploy.ownership import own_scopes, parse_label
+
+    if own is None:
+        own = own_scopes(store.path.parent)
+    result = Reconciled(api_url=api_url, time_scale=time_scale)
     live = {
         inst.label: inst
         for inst in client.list_instances(label_prefix=LABEL_PREFIX)
@@ -93,8 +129,14 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
         if d.instance_id is None:
             store.update(d.id, instance_id=inst.id, machine_id=inst.machine_id)
     for label, inst in live.items():
-        result.orphans.append(Orphan(inst.id, label, "no local record (another machine, or a lost state DB)",
-                                     None, inst.dph_total))
+        parts = parse_label(label)
+        owner = parts.owner if parts is not None else None
+        if owner is not None and owner in own:
+            result.orphans.append(Orphan(inst.id, label, f"no local record under owner {owner} (a lost state DB, "
+                                         "or another machine sharing the scope)", None, inst.dph_total,
+                                         inst.start_date))
+        else:
+            result.foreign.append(Foreign(inst.id, label, owner, inst.dph_total, inst.actual_status, inst.start_date))
     return result
 
 

@@ -14,7 +14,8 @@ whose instance was destroyed is not. Names are unique among active deployments, 
 partial unique index so two concurrent ``up --name x`` cannot both win.
 
 The record is written (status ``creating``) before the Vast create call: if the process dies
-between the two, the label ``glmdeploy:<id>`` stored here is how the orphan is found again.
+between the two, the label ``glmdeploy:<owner>:<id>`` stored here is how the orphan is found again
+(older records hold ``glmdeploy:<id>``; see ``glmdeploy.ownership``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Deployment(BaseModel):
     destroyed_at: datetime | None = None
     expires_at: datetime | None = Field(default=None, description="When the TTL watchdog destroys it.")
     dph_total: float | None = None
-    label: str = Field(description="Vast instance label, glmdeploy:<id>.")
+    label: str = Field(description="Vast instance label, glmdeploy:<owner>:<id> (older rows: glmdeploy:<id>).")
     api_url: str | None = Field(default=None, description="Vast API server the instance was created on.")
     owner_pid: int | None = Field(
         default=None, description="PID of the process driving it (up, destroy): tells in-flight from abandoned."
@@ -193,8 +194,11 @@ def new_deployment_id() -> str:
     return secrets.token_hex(6)
 
 
-def label_for(deployment_id: str) -> str:
-    return f"{LABEL_PREFIX}{deployment_id}"
+def label_for(deployment_id: str, owner: str) -> str:
+    """``glmdeploy:<owner>:<deployment id>`` (glmdeploy.ownership says who the owner is)."""
+    from glmdeploy.ownership import make_label
+
+    return make_label(owner, deployment_id)
 
 
 def validate_name(name: str) -> str:
@@ -327,14 +331,21 @@ class StateStore:
         model: str | None = None,
         phase: str | None = None,
         owner_pid: int | None = None,
+        owner: str | None = None,
     ) -> Deployment:
         """Record a new deployment in status ``creating``; call this before renting anything.
+
+        ``owner`` is the scope its label carries (default: this state dir's, see
+        ``glmdeploy.ownership.rental_owner``).
 
         ``name`` is validated and must not belong to an active deployment; without it one is
         generated (``glm-<profile>-xxxx``), retrying on the rare collision. ``owner_pid``
         defaults to this process.
         """
+        from glmdeploy.ownership import rental_owner, validate_owner
+
         chosen = validate_name(name) if name is not None else None
+        scope = validate_owner(owner, source="owner") if owner is not None else rental_owner(self.path.parent)
         for _ in range(_NAME_ATTEMPTS):
             candidate = chosen or generate_name(profile)
             deployment_id = new_deployment_id()
@@ -349,7 +360,7 @@ class StateStore:
                 "model": model,
                 "created_at": now,
                 "updated_at": now,
-                "label": label_for(deployment_id),
+                "label": label_for(deployment_id, scope),
                 "api_url": api_url,
                 "expires_at": expires_at,
                 "endpoint_api_key": endpoint_api_key,

@@ -25,7 +25,9 @@ def last_json(stdout: str) -> dict[str, object]:
     return outcome
 
 
-def test_ci_passes_reports_junit_and_destroys(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
+def test_ci_passes_reports_junit_and_destroys(
+    cli: Cli, sandbox: StartSandbox, tmp_path: Path, isolated_env: Path
+) -> None:
     sb = sandbox()
     report = tmp_path / "ci.xml"
     proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report), "--bench", "--bench-prompts", "8")
@@ -42,6 +44,9 @@ def test_ci_passes_reports_junit_and_destroys(cli: Cli, sandbox: StartSandbox, t
     assert len(list(suites["glmdeploy.smoke"].iter("testcase"))) == 8
     assert root.get("failures") == "0"
     assert sb.running() == [] and len(sb.ledger()["instances"]) == 1
+    # CI rents in its own owner scope, so a sweep scoped to CI never touches a person's instances.
+    owner = (isolated_env / "owner-id").read_text().strip()
+    assert sb.ledger()["instances"][0]["label"].startswith(f"glmdeploy:{owner}-ci:")
     listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]
     assert [d["status"] for d in listed] == ["destroyed"]
 

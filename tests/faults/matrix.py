@@ -77,7 +77,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("offer taken x1", "create", "offer_taken=1", 0, READY),
     Cell("offer taken, every offer", "create", "offer_taken", 3, NOTHING),
     Cell("unavailable (410) x1", "create", "unavailable=1", 0, READY),
-    Cell("success:false (create_fail)", "create", "create_fail=1", 7, NOTHING),
+    Cell("no credit (create_fail)", "create", "create_fail=1", 8, NOTHING),
     Cell("create timeout after the server created it", "create", "create_timeout=1", 0, READY),
     Cell("create timeout, every create", "create", "create_timeout", 0, READY),
     Cell("create timeout, label lookup dropped", "create", "create_timeout=1;drop:list", 7, ORPHANED,

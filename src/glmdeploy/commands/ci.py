@@ -95,7 +95,11 @@ def ci(
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
 ) -> None:
-    """One-shot CI job: up, smoke, optional bench, and always destroy."""
+    """One-shot CI job: up, smoke, optional bench, and always destroy.
+
+    It rents in its own owner scope, <state dir owner>-ci (or exactly $GLMDEPLOY_OWNER when set), so
+    a CI sweep ('destroy --orphans') only ever touches what CI rented: see docs/ci.md.
+    """
     import signal
     import time
 
@@ -111,6 +115,7 @@ def ci(
         UsageError,
     )
     from glmdeploy.junit import Suite, write
+    from glmdeploy.ownership import rental_owner
     from glmdeploy.profiles import load_profile
     from glmdeploy.progress import JsonEvents, TerminalEvents
     from glmdeploy.state import StateStore
@@ -127,6 +132,7 @@ def ci(
     events: JsonEvents | TerminalEvents = JsonEvents() if json_output else TerminalEvents()
     guard = CostGuard(max_cost, conn.pacing.scale, time.monotonic)
     store = StateStore.open()
+    ci_owner = rental_owner(store.path.parent, ci=True)
     deployer = Deployer(client=conn.client, store=store, events=events, confirm=lambda _: True, pacing=conn.pacing)
 
     def guarded_sleep(seconds: float) -> None:
@@ -159,6 +165,8 @@ def ci(
                 timeout_s=timeout_s,
                 max_attempts=max_attempts,
                 smoke=False,
+                # CI rents in its own scope, so a CI sweep only ever touches what CI rented.
+                owner=ci_owner,
             )
         )
         guard.dph, guard.since = deployment.dph_total, guard.since or started

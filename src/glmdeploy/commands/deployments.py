@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import ApiKey, JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, say
 
 if TYPE_CHECKING:
     from glmdeploy.connect import Connection
-    from glmdeploy.lifecycle import Reconciled
+    from glmdeploy.errors import GlmdeployError
+    from glmdeploy.lifecycle import Foreign, Reconciled
     from glmdeploy.state import Deployment, StateStore
 
 Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+# Unlike up's --sandbox this never starts a sandbox: a new one holds nothing to list or destroy.
+SandboxAccount = Annotated[
+    bool,
+    typer.Option(
+        "--sandbox",
+        envvar="GLMDEPLOY_SANDBOX",
+        show_envvar=True,
+        help="Look at the running local sandbox's account instead of Vast.ai's (for other owners' instances).",
+    ),
+]
 
 
 def _uptime_hours(d: Deployment) -> float:
@@ -34,14 +46,38 @@ def _view(d: Deployment, *, live: str | None = None) -> dict[str, Any]:
     return view
 
 
-def _reconcile_all(store: StateStore, api_key: str | None) -> tuple[list[Reconciled], list[str]]:
-    """Reconcile every API server that holds an active deployment; servers out of reach are reported."""
-    from glmdeploy.connect import connect_for
+def _reconcile_all(
+    store: StateStore, api_key: str | None, api_url: str | None = None, sandbox: bool = False
+) -> tuple[list[Reconciled], list[str]]:
+    """Reconcile every API server that holds an active deployment, and the account's default one.
+
+    The default server (Vast.ai with the discovered key, or the running sandbox) is checked even
+    without local records there: that is where other owners' instances show up. Servers out of
+    reach are reported; a missing key only skips the default server.
+    """
+    from glmdeploy.connect import connect_default, connect_for
+    from glmdeploy.errors import MissingApiKey
     from glmdeploy.lifecycle import reconcile
 
     done: list[Reconciled] = []
     problems: list[str] = []
     seen: set[str | None] = set()
+    try:
+        default = connect_default(api_key, api_url, sandbox)
+    except MissingApiKey:
+        default = None
+        if not store.active():
+            say("note: Vast.ai not checked for instances of other owners: no API key")
+    except Exception as exc:  # report and keep going: list must still show the local view
+        default = None
+        problems.append(f"could not check {api_url or 'Vast.ai'}: {exc}")
+    if default is not None:
+        seen.add(default.api_url)
+        try:
+            with default.client:
+                done.append(reconcile(store, default.client, default.api_url, time_scale=default.pacing.scale))
+        except Exception as exc:
+            problems.append(f"could not check {default.api_url}: {exc}")
     for d in store.active():
         if d.api_url in seen:
             continue
@@ -49,7 +85,7 @@ def _reconcile_all(store: StateStore, api_key: str | None) -> tuple[list[Reconci
         try:
             conn = connect_for(d, api_key)
             with conn.client:
-                done.append(reconcile(store, conn.client, conn.api_url))
+                done.append(reconcile(store, conn.client, conn.api_url, time_scale=conn.pacing.scale))
         except Exception as exc:  # report and keep going: list must still show the local view
             if _close_sandbox_records(store, d.api_url):
                 continue
@@ -74,14 +110,23 @@ def list_deployments(
     all_: Annotated[bool, typer.Option("--all", help="Include destroyed deployments.")] = False,
     json_output: JsonOutput = False,
     api_key: ApiKey = None,
+    api_url: ApiUrl = None,
+    sandbox: SandboxAccount = False,
 ) -> None:
-    """List deployments with status, $/h, uptime and cost so far (checked against Vast.ai)."""
+    """List deployments with status, $/h, uptime and cost so far (checked against Vast.ai).
+
+    Instances other owners rented on the same account (a teammate's machine, CI) are listed as
+    'foreign': read-only, never destroyed by 'destroy --orphans'.
+    """
+    from glmdeploy.ownership import explicit_owner
     from glmdeploy.state import StateStore
 
+    explicit_owner()  # a bad GLMDEPLOY_OWNER: one error line, exit 2
     with StateStore.open() as store:
-        reconciled, problems = _reconcile_all(store, api_key)
+        reconciled, problems = _reconcile_all(store, api_key, api_url, sandbox)
         live: dict[str, str] = {}
         orphans = [o for r in reconciled for o in r.orphans]
+        foreign = [(r, f) for r in reconciled for f in r.foreign]
         for r in reconciled:
             for label, inst in r.instances.items():
                 live[label] = inst.actual_status or "provisioning"
@@ -98,6 +143,7 @@ def list_deployments(
                      "deployment": o.deployment.name if o.deployment else None}
                     for o in orphans
                 ],
+                "foreign": [_foreign_view(r, f) for r, f in foreign],
             }
         )
         return
@@ -120,7 +166,22 @@ def list_deployments(
             f"${v['cost_so_far']:.2f}",
             v["endpoint"] or "-",
         )
+    for r, f in foreign:
+        fv = _foreign_view(r, f)
+        table.add_row(
+            f"({fv['owner'] or 'unknown owner'})",
+            "-",
+            f"foreign ({f.status or 'provisioning'})",
+            str(f.instance_id),
+            f"{f.dph_total:.3f}" if f.dph_total is not None else "-",
+            f"{fv['age_s'] / 3600:.2f}h" if fv["age_s"] is not None else "-",
+            "-",
+            "-",
+        )
     Console().print(table)
+    if foreign:
+        say(f"{len(foreign)} foreign instance(s): rented by other owners on this account; read-only here "
+            "('destroy --include-foreign --instance ID' removes one on purpose)")
     for o in orphans:
         say(
             f"orphan: instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: {o.reason}; "
@@ -204,6 +265,7 @@ def logs(
     from glmdeploy.connect import connect_for
     from glmdeploy.readiness import LogFollower
     from glmdeploy.state import StateStore
+    from glmdeploy.vast.errors import NotFound
 
     with StateStore.open() as store:
         d = store.resolve(name)
@@ -215,7 +277,18 @@ def logs(
     pause = 0.0
     with conn.client:
         while True:
-            text = conn.client.request_logs(d.instance_id, tail=tail)
+            try:
+                text = conn.client.request_logs(d.instance_id, tail=tail)
+            except NotFound:
+                if not follow or conn.client.show_instance(d.instance_id) is not None:
+                    raise
+                # Destroyed while we followed it (destroy in another terminal, the TTL watchdog):
+                # the logs have simply ended.
+                if follower.pending():
+                    sys.stdout.write(redact(follower.pending(), secrets) + "\n")
+                sys.stdout.flush()
+                say(f"{d.name}: instance {d.instance_id} is gone (destroyed); no more logs")
+                return
             # An unterminated last line may still grow: the follower holds it back until it is complete.
             lines = follower.feed(text)
             for line in lines:
@@ -228,6 +301,21 @@ def logs(
             sys.stdout.flush()
             pause = 2.0 if lines else min(30.0, max(2.0, pause * 1.5))
             time.sleep(pause * conn.pacing.scale)
+
+
+def _age_s(started_at: float | None, scale: float) -> float | None:
+    """Seconds since Vast's ``start_date``, on the provider's clock (the sandbox's runs 1/scale faster)."""
+    import time
+
+    if started_at is None:
+        return None
+    return max(0.0, (time.time() - started_at) / scale)
+
+
+def _foreign_view(r: Reconciled, f: Foreign) -> dict[str, Any]:
+    age = _age_s(f.started_at, r.time_scale)
+    return {"instance_id": f.instance_id, "label": f.label, "owner": f.owner, "dph_total": f.dph_total,
+            "instance_status": f.status, "age_s": round(age) if age is not None else None, "api_url": r.api_url}
 
 
 def _gone(d: Deployment) -> Exception:
@@ -258,28 +346,74 @@ def env(name: Name = None) -> None:
 def destroy(
     name: Name = None,
     all_: Annotated[bool, typer.Option("--all", help="Destroy every active deployment.")] = False,
-    orphans: Annotated[bool, typer.Option("--orphans", help="Destroy labelled instances nobody tracks.")] = False,
+    orphans: Annotated[
+        bool, typer.Option("--orphans", help="Destroy this owner's labelled instances that no record tracks.")
+    ] = False,
+    include_foreign: Annotated[
+        bool,
+        typer.Option(
+            "--include-foreign",
+            help="Also destroy other owners' glmdeploy instances picked by --instance or --older-than (implies"
+            " --orphans).",
+        ),
+    ] = False,
+    instance: Annotated[
+        list[int] | None,
+        typer.Option("--instance", min=1, help="With --orphans: only this instance id (repeatable)."),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="With --orphans: only untracked instances running longer than this, e.g. 2h (this state dir's"
+            " own orphaned records are always included)."
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_output: JsonOutput = False,
     api_key: ApiKey = None,
+    api_url: ApiUrl = None,
+    sandbox: SandboxAccount = False,
 ) -> None:
-    """Destroy a deployment (idempotent: something already gone is success)."""
+    """Destroy a deployment (idempotent: something already gone is success).
+
+    --orphans only ever touches this owner's instances (this state dir's scope and its CI scope, or
+    $GLMDEPLOY_OWNER): other owners' are foreign and need --include-foreign with --instance ID or
+    --older-than DURATION.
+    """
     import sys
 
+    from glmdeploy.durations import parse_duration
     from glmdeploy.errors import UsageError
+    from glmdeploy.ownership import explicit_owner
     from glmdeploy.state import StateStore
 
+    orphans = orphans or include_foreign
     if sum(bool(x) for x in (name, all_, orphans)) > 1:
         raise UsageError("give a NAME, --all or --orphans, not several")
+    if (instance or older_than) and not orphans:
+        raise UsageError("--instance and --older-than select orphans: add --orphans (or --include-foreign)")
+    if include_foreign and not (instance or older_than):
+        raise UsageError(
+            "--include-foreign needs --instance ID or --older-than DURATION: other owners' instances are never"
+            " swept wholesale",
+            hint="'glmdeploy list' shows them with their ids and $/h",
+        )
+    min_age_s = parse_duration(older_than, option="--older-than") if older_than else None
+    explicit_owner()  # a bad GLMDEPLOY_OWNER is bad input: say so before anything is looked at
     if not yes and not sys.stdin.isatty():
         raise UsageError("refusing to destroy without confirmation: no terminal to ask on", hint="pass --yes")
     results: list[dict[str, Any]] = []
+    unchecked: list[GlmdeployError] = []
     with StateStore.open() as store:
         if orphans:
-            results = _destroy_orphans(store, api_key, yes)
+            selection = OrphanSelection(set(instance or ()), min_age_s, include_foreign)
+            results, unchecked = _destroy_orphans(store, api_key, yes, selection, api_url=api_url, sandbox=sandbox)
         else:
             if all_:
                 targets = store.active()
+            elif name is None and not store.active():
+                # Safe to repeat: a second `destroy --yes` finds nothing and that is success.
+                targets = []
             else:
                 target = store.resolve(name)
                 if not target.is_active:
@@ -294,9 +428,16 @@ def destroy(
                 raise typer.Exit(1)
             for d in targets:
                 results.append(_destroy_one(store, d, api_key))
+    if not results and not orphans:
+        say("nothing to destroy")
     if json_output:
         emit_json({"destroyed": results})
     failures = [r for r in results if r["result"] == "failed"]
+    if unchecked and not failures:
+        # Not checked is not "nothing there": a sweep with a missing key or an unreachable API fails.
+        first = unchecked[0]
+        first.message = f"could not look for orphans: {first.message}"
+        raise first
     if failures:
         from glmdeploy.vast.errors import VastError
 
@@ -352,12 +493,46 @@ def _scaled_sleep(conn: Connection) -> Any:
     return lambda seconds: time.sleep(seconds * conn.pacing.scale)
 
 
-def _destroy_orphans(store: StateStore, api_key: str | None, yes: bool) -> list[dict[str, Any]]:
-    from glmdeploy.connect import connect, connect_for
-    from glmdeploy.errors import GlmdeployError
+@dataclass(frozen=True)
+class OrphanSelection:
+    """Which untracked instances ``destroy --orphans`` may destroy."""
+
+    instance_ids: set[int]
+    min_age_s: float | None
+    include_foreign: bool
+
+    def picks(self, instance_id: int, age_s: float | None, *, tracked: bool = False) -> bool:
+        """``tracked``: this state dir's own record says it is an orphan, so no other machine can be
+        using it: the age guard (meant for instances other machines may run) does not apply."""
+        if self.instance_ids and instance_id not in self.instance_ids:
+            return False
+        if tracked or self.min_age_s is None:
+            return True
+        return age_s is not None and age_s >= self.min_age_s
+
+
+def _describe_foreign(f: Foreign, age_s: float | None) -> str:
+    owner = f"owner {f.owner}" if f.owner else "unknown owner (old label)"
+    age = f", up {age_s / 3600:.2f}h" if age_s is not None else ""
+    return f"instance {f.instance_id} ({f.label}, {owner}, ${f.dph_total or 0:.3f}/h{age})"
+
+
+def _destroy_orphans(
+    store: StateStore,
+    api_key: str | None,
+    yes: bool,
+    selection: OrphanSelection,
+    *,
+    api_url: str | None = None,
+    sandbox: bool = False,
+) -> tuple[list[dict[str, Any]], list[GlmdeployError]]:
+    """Destroy the selected orphans on every server; also returns the servers that could not be checked."""
+    from glmdeploy.connect import connect_default, connect_for
+    from glmdeploy.errors import GlmdeployError, MissingApiKey
     from glmdeploy.lifecycle import destroy_and_verify, reconcile
 
     results: list[dict[str, Any]] = []
+    unchecked: list[GlmdeployError] = []
     servers: dict[str | None, Connection] = {}
     unreachable: set[str | None] = set()
     for d in store.list(include_destroyed=True):
@@ -366,22 +541,57 @@ def _destroy_orphans(store: StateStore, api_key: str | None, yes: bool) -> list[
                 servers[d.api_url] = connect_for(d, api_key)
             except GlmdeployError as exc:
                 unreachable.add(d.api_url)
-                if not _close_sandbox_records(store, d.api_url):
+                if not _close_sandbox_records(store, d.api_url) and d.is_active:
                     say(f"warning: skipping {d.api_url}: {exc}")
-    if not servers:
-        try:
-            c = connect(api_key, None, False)
-            servers[c.api_url] = c
-        except GlmdeployError as exc:
-            say(f"warning: {exc}")
+                    unchecked.append(exc)
+    # The account's default server too: an orphan of this owner may have no record here at all.
+    try:
+        default = connect_default(api_key, api_url, sandbox)
+    except MissingApiKey:
+        if servers or unchecked:
+            default = None  # the servers this state dir uses were checked; Vast.ai itself needs a key
+        else:
+            raise
+    if default is not None and default.api_url not in servers:
+        servers[default.api_url] = default
+    elif default is not None:
+        default.client.close()
     for conn in servers.values():
         with conn.client:
-            found = reconcile(store, conn.client, conn.api_url)
-            if found.orphans and not yes and not typer.confirm(
-                f"Destroy {len(found.orphans)} orphaned instance(s) on {conn.api_url}?"
-            ):
+            try:
+                found = reconcile(store, conn.client, conn.api_url, time_scale=conn.pacing.scale)
+            except GlmdeployError as exc:
+                say(f"warning: could not list the instances on {conn.api_url}: {exc}")
+                unchecked.append(exc)
                 continue
-            for o in found.orphans:
+            picked = [o for o in found.orphans
+                      if selection.picks(o.instance_id, _age_s(o.started_at, conn.pacing.scale),
+                                         tracked=o.deployment is not None)]
+            if len(picked) < len(found.orphans):
+                say(f"{len(found.orphans) - len(picked)} orphan(s) on {conn.api_url} left alone: not selected by "
+                    "--instance/--older-than (an unknown start time counts as too young)")
+            foreign = [
+                (f, _age_s(f.started_at, conn.pacing.scale))
+                for f in found.foreign
+                if selection.include_foreign and selection.picks(f.instance_id, _age_s(f.started_at,
+                                                                                         conn.pacing.scale))
+            ]
+            for f in found.foreign:
+                if not selection.include_foreign and f.instance_id in selection.instance_ids:
+                    say(f"instance {f.instance_id} belongs to another owner ({f.owner or 'unknown'}): left alone;"
+                        " add --include-foreign to destroy it")
+            if foreign:
+                names = "; ".join(_describe_foreign(f, age) for f, age in foreign)
+                say(f"other owners' instances selected on {conn.api_url}: {names}")
+            if (picked or foreign) and not yes:
+                what = [f"instance {o.instance_id} ({o.label})" for o in picked]
+                what += [_describe_foreign(f, age) for f, age in foreign]
+                # On stderr: with --json, stdout holds only the JSON.
+                question = f"Destroy {len(what)} instance(s) on {conn.api_url}: {'; '.join(what)}?"
+                if not typer.confirm(question, err=True):
+                    say("left alone: nothing destroyed")
+                    raise typer.Exit(1)
+            for o in picked:
                 try:
                     destroy_and_verify(conn.client, o.instance_id, sleep=_scaled_sleep(conn))
                 except GlmdeployError as exc:
@@ -392,6 +602,16 @@ def _destroy_orphans(store: StateStore, api_key: str | None, yes: bool) -> list[
                     store.mark_destroyed(o.deployment.id, status="destroyed", error=f"orphan destroyed: {o.reason}")
                 say(f"orphan {o.instance_id} ({o.label}) destroyed: {o.reason}")
                 results.append({"instance_id": o.instance_id, "label": o.label, "result": "destroyed"})
-    if not results:
-        say("no orphaned instances")
-    return results
+            for f, _age in foreign:
+                view = {"instance_id": f.instance_id, "label": f.label, "owner": f.owner, "foreign": True}
+                try:
+                    destroy_and_verify(conn.client, f.instance_id, sleep=_scaled_sleep(conn))
+                except GlmdeployError as exc:
+                    say(f"foreign instance {f.instance_id}: destroy failed: {exc}")
+                    results.append({**view, "result": "failed"})
+                    continue
+                say(f"foreign instance {f.instance_id} ({f.label}) destroyed on request")
+                results.append({**view, "result": "destroyed"})
+    if not results and not unchecked:
+        say("nothing to destroy: no orphaned instances")
+    return results, unchecked

@@ -66,6 +66,7 @@ def up(
 
     from glmdeploy.connect import connect
     from glmdeploy.deploy import Deployer, StepFailed, UpRequest
+    from glmdeploy.ownership import rental_owner
     from glmdeploy.state import StateStore
 
     conn = connect(api_key, api_url, sandbox)
@@ -101,6 +102,7 @@ def up(
         keep_on_failure=keep_on_failure,
         smoke=not no_smoke,
         force=force,
+        owner=rental_owner(store.path.parent),
     )
     try:
         deployment = deployer.up(request)

@@ -289,6 +289,7 @@ class World:
         self.instances: dict[int, Instance] = {}
         self.instance_keys: dict[str, int] = {}
         self.revoked_keys: set[str] = set()
+        self.gone_destroys = 0  # DELETEs of instances that do not exist (any more)
         self.log_snapshots: dict[str, LogSnapshot] = {}
         self.requests: list[RequestRecord] = []
         self.rentals: list[dict[str, Any]] = []
@@ -535,6 +536,11 @@ class World:
     async def destroy(self, instance_id: int) -> None:
         instance = self.get(instance_id)
         if instance is None:
+            # Vast documents two codes for this 404 (vast-api.md §6): alternate, so clients are
+            # exercised with both, starting with the common one.
+            self.gone_destroys += 1
+            if self.gone_destroys % 2 == 0:
+                raise ApiError(404, "not_found", f"Instance {instance_id} not found.")
             raise ApiError(404, "no_such_instance", f"Instance {instance_id} not found.")
         now = self.clock()
         instance.bill(now)
