@@ -66,17 +66,25 @@ async def drop_connection(request: Request) -> None:
 
 
 class RequestLog:
-    """ASGI middleware recording every Vast-side URL the sandbox received (for audits)."""
+    """ASGI middleware recording every Vast-side URL the sandbox received (for audits).
 
-    def __init__(self, app: ASGIApp, world: World) -> None:
+    ``in_flight`` holds the requests being served right now, so a test can wait for "the create has
+    arrived" or "nothing is being served any more" as an event instead of sleeping.
+    """
+
+    def __init__(self, app: ASGIApp, world: World, in_flight: dict[int, RequestRecord]) -> None:
         self.app = app
         self.world = world
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/_sandbox/"):
             await self.app(scope, receive, send)
             return
         status = {"code": 0}
+        query = scope.get("query_string", b"").decode("latin-1")
+        self.in_flight[id(scope)] = RequestRecord(
+            method=scope["method"], path=scope["path"], query=query, status=0, at=self.world.clock())
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -86,13 +94,15 @@ class RequestLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            del self.in_flight[id(scope)]
             self.world.record(RequestRecord(
-                method=scope["method"], path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"),
+                method=scope["method"], path=scope["path"], query=query,
                 status=0 if scope.get("sandbox.dropped") else status["code"], at=self.world.clock()))
 
 
 def create_app(world: World) -> Starlette:
     """The Starlette app serving ``world``."""
+    in_flight: dict[int, RequestRecord] = {}
 
     def authenticate(request: Request) -> Principal:
         key = None
@@ -367,9 +377,14 @@ def create_app(world: World) -> Starlette:
         return JSONResponse(world.ledger())
 
     async def requests_log(request: Request) -> Response:
-        return JSONResponse({"requests": [
-            {"method": r.method, "path": r.path, "query": r.query, "url": r.url(), "status": r.status, "at": r.at}
-            for r in world.requests]})
+        return JSONResponse({
+            "requests": [
+                {"method": r.method, "path": r.path, "query": r.query, "url": r.url(), "status": r.status, "at": r.at}
+                for r in world.requests],
+            "in_flight": [
+                {"method": r.method, "path": r.path, "query": r.query, "url": r.url(), "since": r.at}
+                for r in list(in_flight.values())],
+        })
 
     async def faults(request: Request) -> Response:
         if request.method == "POST":
@@ -435,7 +450,7 @@ def create_app(world: World) -> Starlette:
             await world.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found_handler})
-    app.add_middleware(RequestLog, world=world)
+    app.add_middleware(RequestLog, world=world, in_flight=in_flight)
     app.state.world = world
     return app
 
