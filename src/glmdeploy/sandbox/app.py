@@ -103,6 +103,8 @@ class RequestLog:
 def create_app(world: World) -> Starlette:
     """The Starlette app serving ``world``."""
     in_flight: dict[int, RequestRecord] = {}
+    # The create answers create_timeout is holding back; POST /_sandbox/release lets them all go.
+    held: set[asyncio.Event] = set()
 
     def authenticate(request: Request) -> Principal:
         key = None
@@ -238,8 +240,15 @@ def create_app(world: World) -> Starlette:
         status, payload = world.create(offer_id, body)
         timeout = world.faults.take("create_timeout")
         if timeout:
-            # The instance exists and bills, but the client never hears about it.
-            await asyncio.sleep(float(timeout.params.get("delay", "0")))
+            # The instance exists and bills, but the client never hears about it: after `delay`
+            # seconds, or as soon as a test says so (POST /_sandbox/release), the connection drops.
+            release = asyncio.Event()
+            held.add(release)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(release.wait(), float(timeout.params.get("delay", "0")))
+            finally:
+                held.discard(release)
             await drop_connection(request)
             raise DroppedConnection
         return JSONResponse(payload, status_code=status)
@@ -405,6 +414,13 @@ def create_app(world: World) -> Starlette:
                 return JSONResponse({"success": False, "error": "invalid_args", "msg": str(exc)}, status_code=400)
         return JSONResponse({"success": True, "spec": world.faults.spec, "faults": world.faults.describe()})
 
+    async def release(request: Request) -> Response:
+        """End every create_timeout delay now, so a test holds a create exactly as long as it needs."""
+        count = len(held)
+        for event in list(held):
+            event.set()
+        return JSONResponse({"success": True, "released": count})
+
     async def container_env(request: Request) -> Response:
         """What the container of an instance sees in its environment (CONTAINER_API_KEY included).
 
@@ -439,6 +455,7 @@ def create_app(world: World) -> Starlette:
         Route("/_sandbox/ledger", ledger, methods=["GET"]),
         Route("/_sandbox/requests", requests_log, methods=["GET"]),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"]),
+        Route("/_sandbox/release", release, methods=["POST"]),
         Route("/_sandbox/instances/{id}/container-env", container_env, methods=["GET"]),
     ]
 
