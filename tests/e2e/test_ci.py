@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from waits import HANG_S, LONG_TIMEOUT, EventStream
 
 from .conftest import GLMDEPLOY, Sandbox
 
@@ -76,13 +77,14 @@ def test_ci_aborts_and_tears_down_when_the_cost_limit_is_reached(cli: Cli, sandb
 
 def test_ci_destroys_on_sigterm(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox(faults="never_ready")
-    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox"], env=cli_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not sb.running():
-        time.sleep(0.1)
-    time.sleep(0.5)
+    # The readiness timeout must not fire before the signal, however long this test takes to send it.
+    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--json", *LONG_TIMEOUT], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    stream = EventStream(proc)
+    stream.expect_phase("wait_ready")  # rented, and waiting for the engine
+    assert len(sb.running()) == 1
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    proc.wait(timeout=HANG_S)
+    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+    assert stream.drain()[-1]["passed"] is False
     assert sb.running() == []

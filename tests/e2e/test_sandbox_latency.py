@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import time
@@ -40,7 +39,9 @@ def test_configured_latency_reaches_the_engine(cli: Callable[..., subprocess.Com
             if (choices[0].get("delta") or {}).get("content"):
                 stamps.append(time.perf_counter() - start)
     assert len(stamps) >= 4
-    assert stamps[0] >= 0.14  # the configured time to first token
-    gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]
-    assert min(gaps) >= 0.02  # about 30 ms per token, never bunched
+    # Token i cannot arrive before the engine sent it: 150 ms to the first, then 30 ms per token. These
+    # are lower bounds measured from the request, so a loaded client that reads late (and sees tokens
+    # bunched) cannot fail them, while an engine that ignored the settings or bunched them would.
+    for i, stamp in enumerate(stamps):
+        assert stamp >= 0.14 + i * 0.028, (i, stamps)
     cli("destroy", "--yes", check_exit=0)

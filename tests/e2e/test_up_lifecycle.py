@@ -9,12 +9,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+
+from waits import HANG_S, LONG_TIMEOUT, EventStream, wait_for_request
 
 from .conftest import GLMDEPLOY, Sandbox, events
 
@@ -147,18 +148,11 @@ def _start_up(cli_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_phase(proc: subprocess.Popen[str], phase: str, timeout: float = 30) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(json.loads(line))
-        if seen[-1].get("phase") == phase:
-            return seen
-    raise AssertionError(f"never reached {phase}: {seen}")
+def _sandbox_requests(sb: Sandbox) -> dict[str, Any]:
+    r = httpx.get(sb.url + "/_sandbox/requests", timeout=10)
+    r.raise_for_status()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -166,13 +160,17 @@ def test_interrupt_during_wait_ready_destroys_and_exits_130(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, sig: signal.Signals
 ) -> None:
     sb = sandbox(faults="never_ready")
-    proc = _start_up(cli_env, "-p", "4x3090")
-    _wait_for_phase(proc, "wait_ready")
-    time.sleep(0.3)
+    # The profile's 40 min readiness timeout is 4.8 real seconds here: it must not be able to fire
+    # before the signal does, however slowly this test gets to send it.
+    proc = _start_up(cli_env, "-p", "4x3090", *LONG_TIMEOUT)
+    stream = EventStream(proc)
+    stream.expect_phase("wait_ready")
+    # Inside the readiness loop: the engine's logs have been asked for at least once.
+    wait_for_request(lambda: _sandbox_requests(sb), "PUT", "/request_logs/")
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert json.loads(out.splitlines()[-1])["event"] == "failed"
+    proc.wait(timeout=HANG_S)
+    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+    assert stream.drain()[-1]["event"] == "failed"
     assert sb.running() == []
     assert json.loads(cli("list", "--json", check_exit=0).stdout)["orphans"] == []
 
@@ -181,8 +179,8 @@ def test_kill_9_leaves_an_orphan_that_destroy_orphans_removes(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox
 ) -> None:
     sb = sandbox(faults="never_ready")
-    proc = _start_up(cli_env, "-p", "4x3090")
-    _wait_for_phase(proc, "wait_ready")
+    proc = _start_up(cli_env, "-p", "4x3090", *LONG_TIMEOUT)  # no readiness timeout before the kill
+    EventStream(proc).expect_phase("wait_ready")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert len(sb.running()) == 1

@@ -86,10 +86,19 @@ class Admin:
         assert r.status_code == 200, r.text
 
     def requests(self) -> list[dict[str, Any]]:
+        reqs: list[dict[str, Any]] = self.request_log()["requests"]
+        return reqs
+
+    def release(self) -> None:
+        """Let every create answer that ``create_timeout`` holds back go (it is then dropped)."""
+        self._http.post("/_sandbox/release").raise_for_status()
+
+    def request_log(self) -> dict[str, Any]:
+        """The whole ``/_sandbox/requests`` body: answered requests and those ``in_flight``."""
         r = self._http.get("/_sandbox/requests")
         r.raise_for_status()
-        reqs: list[dict[str, Any]] = r.json()["requests"]
-        return reqs
+        body: dict[str, Any] = r.json()
+        return body
 
 
 def register(sb: ThreadedSandbox, home: Path) -> SandboxInfo:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from waits import LONG_TIMEOUT, EventStream
 
 from .conftest import (
     GLMDEPLOY,
@@ -147,19 +148,20 @@ def test_sandbox_killed_during_wait_ready_then_restarted(
     """
     (cell,) = PROCESS_CELLS
     admin = sandbox_process.start(faults=cell.fault)
-    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell"],
+    # The readiness timeout (4.8 real seconds at this time scale) must not fire before the kill does.
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell",
+                             *LONG_TIMEOUT],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line or json.loads(line).get("phase") == "wait_ready":
-            break
+    stream = EventStream(proc)
+    stream.expect_phase("wait_ready")
     assert len(admin.live()) == 1
     admin.close()
     sandbox_process.kill9()
-    out_rest, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    out_rest = "".join(json.dumps(e) + "\n" for e in stream.drain())
     out = Outcome(("up",), proc.returncode or 0, out_rest, err)
     assert_one_line_reason(out, cell.exit)
     assert json.loads(out_rest.splitlines()[-1])["event"] == "failed"

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import random
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from waits import HANG_S, LONG_TIMEOUT, EventStream, requests_matching, wait_for_request, wait_until, wait_until_quiet
 
 from .conftest import GLMDEPLOY, Admin, InProcess, Outcome, assert_consistent, state_rows
 
@@ -83,49 +83,8 @@ def kill_points(seed: int = SEED) -> list[KillPoint]:
     return fixed + seeded
 
 
-class EventReader:
-    """Reads ``up --json`` lines on a thread, so waiting for an event is bounded in time."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        assert proc.stdout is not None
-        stream = proc.stdout
-
-        def pump() -> None:
-            for line in stream:
-                self.lines.put(line)
-            self.lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-
-    def wait_phase(self, phase: str, timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                return False
-            event = json.loads(line)
-            self.seen.append(event)
-            if event.get("phase") == phase:
-                return True
-        raise AssertionError(f"no '{phase}' event within {timeout}s: {self.seen}")
-
-    def drain(self, timeout: float = 5) -> list[dict[str, Any]]:
-        """After the process is dead: every event it managed to write."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(json.loads(line))
-        return self.seen
+# Reads ``up --json`` lines on a thread, so waiting for an event is bounded in time.
+EventReader = EventStream
 
 
 @pytest.fixture
@@ -150,8 +109,7 @@ def _kill9(proc: subprocess.Popen[str]) -> None:
 
 def _settle(admin: Admin) -> None:
     """A request the killed process had already sent may still be served: let it land before checking."""
-    time.sleep(0.3)
-    admin.requests()
+    wait_until_quiet(admin.request_log)
 
 
 def _recover_and_check(w: InProcess, *, may_be_ready: bool) -> dict[str, int]:
@@ -207,23 +165,27 @@ def test_kill_9_at_seeded_points_leaves_nothing_billing(
 
 def test_kill_9_of_destroy_leaves_a_retryable_record(world: InProcess, cli_env: dict[str, str],
                                                      fault_figures: dict[str, Any]) -> None:
-    for n, delay in enumerate((0.0, 0.4)):
+    for n, refused in enumerate((1, 2)):
         ready = world.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", f"d{n}")
         assert ready.exit_code == 0, ready.describe()
-        world.admin.set_faults("http5xx:destroy=2")  # keeps destroy in its retry wait for ~1.5 s
+        world.admin.set_faults("http5xx:destroy=2")  # the first two DELETEs get a 502: destroy retries
+        deletes = len(requests_matching(world.admin.requests(), "DELETE"))
         proc = _spawn(cli_env, "destroy", f"d{n}", "--yes")
-        time.sleep(0.8 + delay)  # the interpreter's start-up, then into the destroy
+        # Into the destroy, whatever the interpreter's start-up costs: killed after the first (then the
+        # second) refused DELETE, while it waits to retry.
+        wait_until(lambda: len(requests_matching(world.admin.requests(), "DELETE")) >= deletes + refused,  # noqa: B023
+                   f"{refused} DELETE(s) answered")
         _kill9(proc)
         figures = _recover_and_check(world, may_be_ready=True)
-        fault_figures["kills"].append({"point": f"destroy+{delay}", "rented": 1, "leaked": figures["leaked"]})
+        fault_figures["kills"].append({"point": f"destroy+{refused}x502", "rented": 1, "leaked": figures["leaked"]})
 
 
 def test_destroy_orphans_spares_an_up_that_is_still_running(world: InProcess, cli_env: dict[str, str]) -> None:
     """An in-flight ``up`` in another process is not an orphan; after kill -9 it is."""
     world.admin.set_faults("never_ready")
-    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--timeout", "2h")
+    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", *LONG_TIMEOUT)
     try:
-        EventReader(proc).wait_phase("wait_ready")
+        EventReader(proc).expect_phase("wait_ready")
         sweep = world.glm("destroy", "--orphans", "--yes")
         assert sweep.exit_code == 0 and "no orphaned instances" in sweep.stderr, sweep.describe()
         assert len(world.admin.live()) == 1
@@ -260,18 +222,26 @@ def test_concurrent_ups_and_destroys_share_one_state_db(world: InProcess, cli_en
 def test_destroy_from_another_terminal_while_up_runs(world: InProcess, cli_env: dict[str, str], phase: str) -> None:
     """``destroy NAME`` while ``up NAME`` is still working on it: ``up`` stops with one line (exit 4),
     whatever it had rented or was renting is destroyed, and the record stays closed."""
-    # create_timeout holds the create's answer back: destroy finds no instance yet and closes the row,
-    # then the create lands; up must destroy that instance itself.
-    world.admin.set_faults("create_timeout=1,delay=1.0" if phase == "create" else "never_ready")
-    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--timeout", "2h", "--name", "x")
+    # create_timeout holds the create's answer back (until released): destroy finds no instance yet and
+    # closes the row, then the create's answer is lost; up must find that instance and destroy it itself.
+    world.admin.set_faults("create_timeout=1,delay=600" if phase == "create" else "never_ready")
+    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", *LONG_TIMEOUT, "--name", "x")
+    stream = EventStream(proc)
     try:
-        EventReader(proc).wait_phase(phase)
-        time.sleep(0.2)
+        stream.expect_phase(phase)
+        if phase == "create":
+            wait_for_request(world.admin.request_log, "PUT", "/api/v0/asks/", in_flight=True)
+        else:
+            wait_for_request(world.admin.request_log, "PUT", "/request_logs/")  # inside the readiness loop
         gone = world.glm("destroy", "x", "--yes")
         assert gone.exit_code == 0, gone.describe()
-        out, err = proc.communicate(timeout=60)
+        world.admin.release()
+        proc.wait(timeout=HANG_S)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
     finally:
         _kill9(proc)
+    out = "".join(json.dumps(e) + "\n" for e in stream.drain())
     up = Outcome(("up",), proc.returncode, out, err)
     assert up.exit_code == 4, up.describe()
     assert len(up.error_lines()) == 1 and "another glmdeploy command" in up.error_lines()[0], up.describe()

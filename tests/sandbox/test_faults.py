@@ -149,6 +149,34 @@ def test_create_timeout_with_delay_outlasts_the_client_timeout(start_sandbox: An
     assert len(vast.ledger()["instances"]) == 1
 
 
+def test_create_timeout_holds_the_answer_until_released(start_sandbox: Any, client_for: Any) -> None:
+    """A test holds a create as long as it needs (a long delay), then lets it go: nothing is timed."""
+    import threading
+
+    from waits import wait_for_request, wait_until_quiet
+
+    vast = _vast(start_sandbox, client_for, "create_timeout=1,delay=600")
+    log = lambda: httpx.get(f"{vast.url}/_sandbox/requests", timeout=10).json()  # noqa: E731
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            vast.http.put(f"/api/v0/asks/{vast.first_offer()['id']}/", json={"image": "x", "env": {}}, timeout=120)
+        except httpx.TransportError as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    wait_for_request(log, "PUT", "/api/v0/asks/", in_flight=True)
+    assert len(vast.ledger()["instances"]) == 1  # created and billing while the answer is held
+    released = httpx.post(f"{vast.url}/_sandbox/release", timeout=10).json()
+    assert released == {"success": True, "released": 1}
+    sender.join(60)
+    assert not sender.is_alive() and outcome, "the held create was not dropped on release"
+    wait_until_quiet(log)
+    assert [r["status"] for r in log()["requests"] if r["method"] == "PUT"] == [0]
+
+
 def test_stuck_loading(start_sandbox: Any, client_for: Any) -> None:
     vast = _vast(start_sandbox, client_for, "stuck_loading=1")
     stuck = vast.rent()

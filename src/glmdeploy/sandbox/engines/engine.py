@@ -110,6 +110,12 @@ class SimulatedEngine:
             on_request=self._traffic_line,
         )
         self._stats_task: asyncio.Task[None] | None = None
+        # Test hook: startup points ("start", or a milestone's value such as "listen") where run()
+        # waits for resume(), so a test can look at a state (port still refused, SGLang's 503 warmup)
+        # for as long as it needs instead of racing its simulated length. Set it before run().
+        self.pause_at: set[str] = set()
+        self.paused_at: str | None = None
+        self._resume = asyncio.Event()
 
     @property
     def state(self) -> str:
@@ -121,7 +127,7 @@ class SimulatedEngine:
         """Write the startup log through ``log`` over simulated time, open the port when the real engine
         would, and serve until ``stop()``. Returns after logging the crash if a fault kills it."""
         try:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or not await self._pause("start"):
                 return
             if self.spec.proxy is not None:
                 if not await self._listen():  # nginx starts before the engine and holds the port
@@ -139,6 +145,8 @@ class SimulatedEngine:
                     if self.spec.proxy is None and not await self._listen():
                         return
                     self.app.upstream_up = True
+                    if not await self._pause(Milestone.LISTEN.value):
+                        return
                 elif step.milestone is Milestone.READY:
                     self._clock.settle()
                     self._state = "serving"
@@ -165,6 +173,25 @@ class SimulatedEngine:
         await self._close()
         if self._state != "crashed":
             self._state = "stopped"
+
+    def resume(self) -> None:
+        """Let a startup paused at one of ``pause_at`` go on (call it on the engine's event loop)."""
+        self._resume.set()
+
+    async def _pause(self, point: str) -> bool:
+        """Wait at ``point`` until resume() if a test asked to; False when stopped meanwhile."""
+        if point not in self.pause_at:
+            return True
+        self.paused_at = point
+        waits = {asyncio.ensure_future(self._resume.wait()), asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            self._resume.clear()
+            self.paused_at = None
+        return not self._stopping.is_set()
 
     async def _sleep(self, simulated_s: float) -> bool:
         """Wait out simulated time; False when stopped meanwhile."""
