@@ -105,6 +105,14 @@ class EngineApp:
         self.requests = 0
         self.server_state: Any = None  # uvicorn's ServerState, set once the socket listens
         self._date_at = 0.0
+        # engine_exit: requests are held (never answered) and the first one is announced.
+        self.hold_requests = False
+        self.first_request = asyncio.Event()
+        # engine_death: called with each generation request; returns a status to answer instead
+        # (vLLM's 500), -1 to hold the request forever (LightLLM's router gone), or None to serve it.
+        self.on_generate: Callable[[], Awaitable[int | None]] | None = None
+        # After death: what /health answers while the server process still lives (None = as usual).
+        self.health_override: int | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -134,6 +142,9 @@ class EngineApp:
         if not self.upstream_up:
             await self._raw(send, 502, _NGINX_502, b"text/html")
             return
+        if self.hold_requests:
+            self.first_request.set()
+            await asyncio.Event().wait()  # the process dies under this request: the connection drops
         # Only what reaches the engine shows in its access log (nginx answers the two cases above itself).
         try:
             await self._dispatch(scope, method, path, receive, logged_send)
@@ -199,6 +210,10 @@ class EngineApp:
 
     async def _health(self, send: Send) -> None:
         d = self.dialect
+        if self.health_override is not None:
+            ok = self.health_override == 200
+            await self._raw(send, self.health_override, d.health_ok if ok else d.health_bad, d.health_type)
+            return
         ok = self.ready.is_set()
         if ok and "health_flap" in self.faults:
             self._health_calls += 1
@@ -266,6 +281,14 @@ class EngineApp:
         if not self.ready.is_set():
             # Requests queue behind SGLang's warmup; with a warmup that never ends they wait until stop.
             await self.ready.wait()
+        if self.on_generate is not None:
+            instead = await self.on_generate()
+            if instead == -1:
+                await asyncio.Event().wait()  # no answer ever comes back
+            if instead is not None:
+                message = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+                await self._json(send, instead, error_body(self.dialect, instead, message, "InternalServerError"))
+                return
         try:
             turn = Turn.build(self, request, chat=chat)
         except RequestError as err:
