@@ -390,7 +390,11 @@ class World:
         if loading_error:
             default = DEFAULT_PULL_ERROR.format(image=request["image"])
             instance.loading_error = loading_error.params.get("msg") or default
-        instance.status_null = self.faults.take("status_null") is not None
+        if self.faults.take("status_null") is not None:
+            # vast-api.md §6.5: null = provisioning, before "created"; it then carries on as usual.
+            instance.status_null = True
+            instance.actual_status = None
+            instance.first_sign_at = now
         for lost in ("unknown", "offline"):
             if instance.lost_as is None and self.faults.take(f"status_{lost}"):
                 instance.lost_as = lost
@@ -415,10 +419,6 @@ class World:
             self.errors.append(f"instance {instance.id}: {type(exc).__name__}: {exc}")
 
     async def _advance(self, instance: Instance) -> None:
-        if instance.status_null:
-            # vast-api.md §6.5: null = provisioning, before "created"; it then carries on as usual.
-            instance.actual_status = None
-            instance.first_sign_at = self.clock()
         await self._sleep_sim(CREATED_S)
         if instance.destroyed_at is not None or instance.intended_status != "running":
             return
