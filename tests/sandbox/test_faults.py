@@ -180,7 +180,7 @@ def test_loading_error_stays_loading_with_the_pull_error(start_sandbox: Any, cli
         time.sleep(0.02)
         row = vast.show(instance_id)
     assert row is not None and row["status_msg"] == expected and row["actual_status"] == "loading", row
-    first_sign = [i for i in vast.ledger()["instances"] if i["id"] == instance_id][0]["first_sign_at"]
+    first_sign = next(i for i in vast.ledger()["instances"] if i["id"] == instance_id)["first_sign_at"]
     assert first_sign is not None
     time.sleep(0.3)  # more than a whole simulated lifecycle at this time scale: it never runs
     assert vast.show(instance_id)["actual_status"] == "loading"
