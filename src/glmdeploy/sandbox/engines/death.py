@@ -48,6 +48,9 @@ class DeathSequence:
             self.at = 1
         self.count = 0
         self.died = asyncio.Event()
+        # The vLLM exit delay in real seconds, for a test replaying the recording at its own pace;
+        # None: VLLM_EXIT_AFTER_S simulated seconds, scaled like the rest of the engine's life.
+        self.exit_after_real_s: float | None = None
 
     async def on_generate(self) -> int | None:
         kind = self.engine.config.kind
@@ -80,7 +83,9 @@ class DeathSequence:
 
             engine.first_sign_at = time.time()
         if kind == "vllm":
-            if not await engine._sleep(VLLM_EXIT_AFTER_S):
+            if self.exit_after_real_s is not None:
+                await asyncio.sleep(self.exit_after_real_s)
+            elif not await engine._sleep(VLLM_EXIT_AFTER_S):
                 return False
             await engine.kill()
             return True

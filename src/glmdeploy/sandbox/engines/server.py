@@ -59,10 +59,11 @@ def _proxy_key_matches(headers: list[tuple[bytes, bytes]], key: str) -> bool:
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.param = param
 
 
 class EngineApp:
@@ -183,7 +184,9 @@ class EngineApp:
             await self._json(send, 200, {"status": "ok"})
         elif route == ("GET", "/metrics") and d.kind != "sglang":
             body = f"# sandbox metrics\nrequests_total {self.requests}\n".encode()
-            await self._raw(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
+            # vLLM 0.24.0 answers with the Prometheus text format 1.0.0 (recorded); older: 0.0.4.
+            version = b"1.0.0" if d.kind == "vllm" and self.cfg.version >= (0, 24) else b"0.0.4"
+            await self._raw(send, 200, body, b"text/plain; version=" + version + b"; charset=utf-8")
         else:
             await self._raw(send, 404, _NOT_FOUND, b"application/json")
 
@@ -237,6 +240,14 @@ class EngineApp:
             card["root"] = cfg.model_path
             card["parent"] = None
         card["max_model_len"] = cfg.context_len
+        if self.dialect.kind == "vllm":
+            # The permission entry of vLLM's model card (recorded for 0.24.0, http-transcript.txt).
+            card["permission"] = [{
+                "id": f"modelperm-{self.seed:016x}"[-26:], "object": "model_permission", "created": self.created,
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
+                "group": None, "is_blocking": False,
+            }]
         return {"object": "list", "data": [card]}
 
     def _model_info(self) -> dict[str, Any]:
@@ -276,7 +287,7 @@ class EngineApp:
         except ConnectionResetError:
             return
         except RequestError as err:
-            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind))
+            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind, err.param))
             return
         if not self.ready.is_set():
             # Requests queue behind SGLang's warmup; with a warmup that never ends they wait until stop.
@@ -292,7 +303,7 @@ class EngineApp:
         try:
             turn = Turn.build(self, request, chat=chat)
         except RequestError as err:
-            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind))
+            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind, err.param))
             return
         self.running += 1
         self.prompt_tokens_total += turn.prompt_tokens
@@ -320,7 +331,9 @@ class EngineApp:
             raise RequestError(400, "'prompt' must be a string or a list.")
         model = body.get("model")
         if self.dialect.checks_model and model is not None and model != self.cfg.spec.served_model:
-            raise RequestError(404, f"The model `{model}` does not exist.", "NotFoundError")
+            # param "model": recorded for vLLM 0.24.0 (http-transcript.txt, "chat wrong model").
+            param = "model" if self.dialect.kind == "vllm" else None
+            raise RequestError(404, f"The model `{model}` does not exist.", "NotFoundError", param)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None and (
             not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
@@ -451,6 +464,14 @@ class Turn:
                 prompt = count_tokens(text)
             generation = generate_text(text, seed=app.seed)
             split = parse_tools = False
+        if max_tokens is not None and cfg.kind == "vllm" and cfg.version >= (0, 24) and max_tokens > cfg.context_len:
+            # Recorded for vLLM 0.24.0 (http-transcript.txt, "chat too long").
+            raise RequestError(
+                400,
+                f"max_tokens={max_tokens} cannot be greater than max_model_len=max_total_tokens={cfg.context_len}. "
+                f"Please request fewer output tokens. (parameter=max_tokens, value={max_tokens})",
+                param="max_tokens",
+            )
         if max_tokens is not None and prompt + max_tokens > cfg.context_len:
             raise_too_long(cfg.context_len, prompt, max_tokens)
         pieces, hit = generation.take(max_tokens, ignore_eos)
