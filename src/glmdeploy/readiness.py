@@ -157,7 +157,10 @@ class LaunchFailure:
 def status_msg_failure(instance_id: int, status: str | None, status_msg: str | None) -> LaunchFailure | None:
     """An error-looking ``status_msg`` (any state): a pull error or a daemon/container error."""
     msg = (status_msg or "").strip()
-    if not msg or not any(token in msg.lower() for token in STATUS_MSG_ERROR_TOKENS):
+    pull = MANIFEST_UNKNOWN.search(msg) or IMAGE_PULL.search(msg)
+    # A pull failure's phrases are unambiguous even where Docker's "Error response from daemon: "
+    # prefix is missing (the self-test's own pull tests include such messages).
+    if not msg or not (pull or any(token in msg.lower() for token in STATUS_MSG_ERROR_TOKENS)):
         return None
     where = f"instance {instance_id} is {status or 'provisioning'}"
     if MANIFEST_UNKNOWN.search(msg):
