@@ -40,7 +40,7 @@ from glmdeploy.errors import (
 )
 from glmdeploy.lifecycle import destroy_and_verify
 from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
-from glmdeploy.readiness import ReadinessWatcher
+from glmdeploy.readiness import LaunchFailure, ReadyWait, instance_failure
 from glmdeploy.state import DeploymentReleased
 from glmdeploy.vast.errors import (
     AuthError,
@@ -81,8 +81,6 @@ PHASE_STATUS: dict[Phase, str] = {
     Phase.SMOKE: "loading",
     Phase.DONE: "ready",
 }
-# Instance states that never reach running (vast-api.md §6.5).
-DEAD_STATES = frozenset({"exited", "offline", "unknown", "stopped"})
 LOG_TAIL = 400
 UP_SMOKE_CHECKS = ("health", "auth", "models", "chat", "stream")
 ORPHAN_HINT = "an instance may still be billing: run 'glmdeploy destroy --orphans' once Vast.ai answers"
@@ -144,7 +142,14 @@ class StepFailed(DeploymentFailed):
     """A failure after an instance exists: carries what the user needs to understand it."""
 
     def __init__(
-        self, message: str, *, kind: str, phase: Phase, excerpt: Sequence[str] = (), hint: str | None = None
+        self,
+        message: str,
+        *,
+        kind: str,
+        phase: Phase,
+        excerpt: Sequence[str] = (),
+        hint: str | None = None,
+        retry_elsewhere: bool = True,
     ) -> None:
         super().__init__(message, hint=hint)
         self.kind = kind
@@ -152,6 +157,8 @@ class StepFailed(DeploymentFailed):
         self.excerpt = list(excerpt)
         # The host it failed on, so a retry with --max-attempts goes elsewhere.
         self.machine_id: int | None = None
+        # False when another machine would fail the same way (the image or the profile is the cause).
+        self.retry_elsewhere = retry_elsewhere
 
 
 class PlanRefused(UsageError):
@@ -210,6 +217,8 @@ class Deployer:
                 last_error = exc
                 if exc.machine_id is not None:
                     failed_machines.append(exc.machine_id)
+                if not exc.retry_elsewhere:
+                    raise  # the image or the profile: another machine would fail the same way
                 if attempt_no < request.max_attempts and not request.keep_on_failure:
                     self.events.note(f"attempt {attempt_no} failed ({exc}); trying another machine")
                     continue
@@ -461,14 +470,12 @@ class Deployer:
                 last_msg = instance.status_msg
                 self.events.note(f"instance {instance.id}: {instance.actual_status or 'provisioning'}: {last_msg}")
             status = instance.actual_status
+            # An error status_msg while still loading (a pull error) or a dead state ends the wait now.
+            failure = instance_failure(instance.id, status, instance.status_msg)
+            if failure is not None:
+                raise _failed(failure, Phase.WAIT_RUNNING)
             if status == "running":
                 return instance
-            if status in DEAD_STATES:
-                raise StepFailed(
-                    f"instance {instance.id} is {status}: {instance.status_msg or 'no status message'}",
-                    kind=f"instance_{status}",
-                    phase=Phase.WAIT_RUNNING,
-                )
             if self.clock() >= deadline:
                 raise StepFailed(
                     f"instance {instance.id} still '{status or 'provisioning'}' at the timeout",
@@ -480,48 +487,55 @@ class Deployer:
             polls += 1
 
     def _wait_ready(self, request: UpRequest, attempt: _Attempt, instance: Instance, key: str) -> str:
+        """Poll logs, instance and health until ``ReadyWait`` (readiness.py) says ready or failed."""
+        from glmdeploy.engines.health import probe_health
+
         self._phase(Phase.WAIT_READY, attempt)
         profile = request.profile
         engine = get_engine(profile.engine.kind)
-        watcher = ReadinessWatcher(engine)
+        rule = ReadyWait(engine, container_port=profile.engine.port)
         deadline = self._deadline(request, attempt)
-        endpoint: str | None = None
+        endpoint: str | None = instance.service_url(profile.engine.port)
+        # The look that saw it running counts: a host that maps no port has shown it once already.
+        failure = rule.feed_instance(instance.id, instance.actual_status, instance.status_msg, endpoint)
+        if failure is not None:
+            raise _failed(failure, Phase.WAIT_READY)
         polls = 0
-        seen_lines = 0
+        looks = 0
+        seen = 0
         assert attempt.instance_id is not None
         while True:
             # An engine may print its arguments, key included: the lines that reach the failure
             # message, the log excerpt and the state DB are masked before anything reads them.
-            verdict = watcher.feed(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+            verdict = rule.feed_logs(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
             if verdict.failure_is_generic:
                 # The cause usually follows in the traceback: read once more before giving up.
                 self._wait(self.pacing.interval(0, self.pacing.logs_first, self.pacing.logs_max), deadline)
-                verdict = watcher.feed(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
-            if verdict.failure is not None:
-                raise StepFailed(
-                    f"engine failed: {verdict.failure.kind}: {verdict.failure_line}",
-                    kind=verdict.failure.kind,
-                    phase=Phase.WAIT_READY,
-                    excerpt=verdict.excerpt,
-                    hint=verdict.failure.advice,
-                )
-            if endpoint is None:
-                if (polls and polls % 3 == 0) or verdict.ready:
-                    refreshed = self.client.show_instance(attempt.instance_id)
-                    if refreshed is None:
-                        raise StepFailed("instance disappeared while loading", kind="vanished", phase=Phase.WAIT_READY)
-                    if refreshed.actual_status in DEAD_STATES:
-                        raise StepFailed(
-                            f"instance {refreshed.id} is {refreshed.actual_status}: {refreshed.status_msg or ''}",
-                            kind=f"instance_{refreshed.actual_status}",
-                            phase=Phase.WAIT_READY,
-                            excerpt=verdict.excerpt,
-                        )
-                    instance = refreshed
-                endpoint = instance.service_url(profile.engine.port)
-            if verdict.ready and endpoint is not None and self._healthy(engine.health_path, endpoint, key):
-                attempt.kv_tokens_reported = verdict.kv_tokens
-                return endpoint + "/v1"
+                verdict = rule.feed_logs(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+            failure = rule.log_failure()
+            if failure is not None:
+                raise _failed(failure, Phase.WAIT_READY)
+            # The instance is looked at every poll until its port is known, then every other poll, so
+            # a state or status_msg change is seen within two polls.
+            looks += 1
+            if endpoint is None or looks % 2 == 0 or verdict.ready:
+                refreshed = self.client.show_instance(attempt.instance_id)
+                if refreshed is None:
+                    raise StepFailed("instance disappeared while loading", kind="vanished", phase=Phase.WAIT_READY)
+                endpoint = refreshed.service_url(profile.engine.port)
+                failure = rule.feed_instance(refreshed.id, refreshed.actual_status, refreshed.status_msg, endpoint)
+                if failure is not None:
+                    raise _failed(failure, Phase.WAIT_READY)
+            if endpoint is not None:
+                # The engine's port costs no Vast.ai request: probe it every poll, so an engine that
+                # exits (its port refuses again, the log stops) is seen at the next poll.
+                reading = probe_health(engine, self.http, endpoint, key)
+                failure = rule.feed_health(reading)
+                if failure is not None:
+                    raise _failed(failure, Phase.WAIT_READY)
+                if verdict.ready and reading.healthy:
+                    attempt.kv_tokens_reported = verdict.kv_tokens
+                    return endpoint + "/v1"
             if self.clock() >= deadline:
                 why = "the ready marker never appeared" if not verdict.ready else "the health check never passed"
                 if endpoint is None:
@@ -533,18 +547,11 @@ class Deployer:
                     excerpt=verdict.excerpt,
                     hint="raise --timeout or the profile's readiness.timeout",
                 )
-            # New log lines mean progress: keep polling at the current pace instead of backing off.
-            if watcher.lines_seen == seen_lines:
+            # New engine output means progress: keep polling at the current pace instead of backing off.
+            if rule.progress == seen:
                 polls += 1
-            seen_lines = watcher.lines_seen
+            seen = rule.progress
             self._wait(self.pacing.interval(polls, self.pacing.logs_first, self.pacing.logs_max), deadline)
-
-    def _healthy(self, health_path: str, endpoint: str, key: str) -> bool:
-        try:
-            r = self.http.get(endpoint + health_path, headers={"Authorization": f"Bearer {key}"})
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
 
     def _verify_endpoint(self, attempt: _Attempt, endpoint: str, key: str) -> None:
         try:
@@ -649,6 +656,17 @@ class Deployer:
 
     def _wait(self, seconds: float, deadline: float) -> None:
         self.sleep(max(0.0, min(seconds, deadline - self.clock())))
+
+
+def _failed(failure: LaunchFailure, phase: Phase) -> StepFailed:
+    return StepFailed(
+        failure.message,
+        kind=failure.kind,
+        phase=phase,
+        excerpt=failure.excerpt,
+        hint=failure.advice,
+        retry_elsewhere=failure.host_fault,
+    )
 
 
 def _masked(text: str, key: str) -> str:

@@ -515,22 +515,25 @@ class _Runner:
     # ------------------------------------------------------------------------------ the checks
 
     def check_health(self) -> _Outcome:
-        engine = self.target.engine
-        if engine is not None:
-            from glmdeploy.engines import get_engine
+        # The health rule (path, read timeout, what a code means) is the engine's (engines/health.py);
+        # this check keeps its own guarded transport (body limits, masking) for hostile servers.
+        from glmdeploy.engines import get_engine
+        from glmdeploy.engines.health import HealthState
 
-            path = get_engine(engine).health_path
-        else:
-            path = "/health"
-        read = max(self.timeout, SGLANG_HEALTH_TIMEOUT_S) if engine in (None, "sglang") else None
+        engine = self.target.engine
+        rule = get_engine(engine) if engine is not None else None
+        path = rule.health_path if rule is not None else "/health"
+        # An unknown server may be SGLang, whose /health runs a generation first.
+        slow = rule.health_read_timeout_s if rule is not None else SGLANG_HEALTH_TIMEOUT_S
+        read = max(self.timeout, slow) if slow is not None else None
         response = self.get(self.target.root + path, read=read)
         code = response.status_code
         if code == 200:
             return _Outcome(f"GET {path}: 200", info={"path": path})
-        if code == 503:
+        if code == 503 or (rule is not None and rule.read_health(code) is HealthState.STARTING):
             models = self._models_status()
             also = f"; /v1/models answers {models}" if models is not None else ""
-            raise _Fail(f"GET {path}: 503, the server is not ready (still warming up?){also}")
+            raise _Fail(f"GET {path}: {code}, the server is not ready (still warming up?){also}")
         if engine is None and code in (404, 405):
             models_response = self.get(self.target.api_base + "/models")
             if models_response.status_code == 200:

@@ -41,6 +41,9 @@ from .conftest import (
 from .matrix import CELLS, PROCESS_CELLS, README, Cell, readme_table, render_table
 
 pytestmark = pytest.mark.e2e
+# Failures read off the instance (status, status_msg), not off the engine's log.
+INSTANCE_REASONS = frozenset({"manifest_unknown", "image_pull", "status_msg_error", "instance_offline",
+                              "instance_unknown"})
 
 
 def assert_one_line_reason(out: Outcome, code: int) -> None:
@@ -80,6 +83,16 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
             _check_logs(cell, out)
     assert_one_line_reason(out, cell.exit)
     fired = _fired(w.admin) if cell.fault else 0
+    if cell.reason:
+        assert cell.reason in out.error_lines()[0], out.describe()
+        if cell.reason not in INSTANCE_REASONS:  # a failure read in the engine's log quotes the log
+            assert "log excerpt:" in out.stderr, out.describe()
+    if cell.polls is not None:
+        polls = polls_to_classification(w.admin)
+        assert 1 <= polls <= cell.polls, f"classified after {polls} polls\n{out.describe()}"
+        fault_figures.setdefault("polls", {})[cell.id] = polls
+    if cell.rentals is not None:
+        assert len(w.admin.ledger()["instances"]) == cell.rentals, w.admin.ledger()
 
     # (b) right after the command: only what the cell expects bills.
     expected_live = cell.live_after + (1 if cell.command == "up" and cell.exit == 0 else 0)
@@ -115,6 +128,24 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
     fault_figures["cells"].append({"cell": cell.id, "faults_fired": fired, "rented": len(ledger["instances"]),
                                    "leaked": len(leaked)})
     assert leaked == []
+
+
+def polls_to_classification(admin: Admin) -> int:
+    """Polls `up` made between the fault's first visible sign and destroying the instance.
+
+    A poll is one turn of the wait loop: one ``GET /instances/{id}/`` while waiting for running, one log
+    request (``PUT /instances/request_logs/{id}/``) while waiting for ready, so it is the larger count.
+    """
+    first = admin.ledger()["instances"][0]
+    sign = first["first_sign_at"]
+    assert sign is not None, f"the sandbox recorded no first sign: {first}"
+    iid = first["id"]
+    reqs = admin.requests()
+    destroyed = min(r["at"] for r in reqs if r["method"] == "DELETE" and r["path"] == f"/api/v0/instances/{iid}/")
+    window = [r for r in reqs if sign <= r["at"] <= destroyed]
+    shows = sum(1 for r in window if r["method"] == "GET" and r["path"] == f"/api/v0/instances/{iid}/")
+    logs = sum(1 for r in window if r["method"] == "PUT" and r["path"] == f"/api/v0/instances/request_logs/{iid}/")
+    return max(shows, logs)
 
 
 def _check_logs(cell: Cell, out: Outcome) -> None:

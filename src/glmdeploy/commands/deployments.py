@@ -36,8 +36,11 @@ def _uptime_hours(d: Deployment) -> float:
 
 
 def _view(d: Deployment, *, live: str | None = None) -> dict[str, Any]:
+    from glmdeploy.deployment_health import view_fields
+
     hours = _uptime_hours(d)
     view = d.public()
+    view.update(view_fields(d))
     view["uptime_s"] = round(hours * 3600)
     # Vast bills storage from creation and the GPU from running: price x lifetime is the upper bound.
     view["cost_so_far"] = round((d.dph_total or 0.0) * hours, 4)
@@ -159,7 +162,8 @@ def list_deployments(
         table.add_row(
             v["name"],
             v["profile"],
-            v["status"] + (f" ({v['instance_status']})" if v.get("instance_status") else ""),
+            v["status"] + (f" ({v['instance_status']})" if v.get("instance_status") else "")
+            + (f", unhealthy: {v['health_reason']}" if v.get("health") == "unhealthy" else ""),
             str(v["instance_id"] or "-"),
             f"{v['dph_total']:.3f}" if v["dph_total"] is not None else "-",
             f"{v['uptime_s'] / 3600:.2f}h",
@@ -191,11 +195,16 @@ def list_deployments(
 
 @handles_errors
 def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey = None) -> None:
-    """Live status, endpoint health and cost of a deployment."""
+    """Live status, endpoint health and cost of a deployment.
+
+    A ready deployment whose engine died is reported ``unhealthy`` with the reason (and ``list``
+    remembers it); the instance still bills until it is destroyed.
+    """
     import httpx
 
+    from glmdeploy import deployment_health
     from glmdeploy.connect import connect_for
-    from glmdeploy.engines import get_engine
+    from glmdeploy.engines.health import HealthState
     from glmdeploy.lifecycle import reconcile
     from glmdeploy.state import StateStore
 
@@ -203,6 +212,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
         d = store.resolve(name)
         live = None
         health = None
+        reason = None
         if d.is_active:
             conn = connect_for(d, api_key)
             with conn.client:
@@ -211,18 +221,19 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
                 live = (inst.actual_status or "provisioning") if inst else "gone"
             d = store.get(d.id)
             if d.endpoint and d.is_active:
-                engine = get_engine(str(d.profile_snapshot["engine"]["kind"]))
-                base = d.endpoint.removesuffix("/v1")
-                try:
-                    r = httpx.get(base + engine.health_path, headers={"Authorization": f"Bearer {d.endpoint_key()}"},
-                                  timeout=30)
-                    health = "healthy" if r.status_code == 200 else f"unhealthy (HTTP {r.status_code})"
-                except httpx.HTTPError as exc:
-                    health = f"unreachable ({type(exc).__name__})"
+                with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+                    reading = deployment_health.probe_deployment(d, http)
+                if reading.state is HealthState.UNREACHABLE:
+                    health, reason = "unreachable", reading.describe()
+                else:
+                    reason = deployment_health.unhealthy_reason(reading)
+                    health = "unhealthy" if reason else "healthy"
+                    d = deployment_health.record(store, d, reason)
     from glmdeploy import calibration
 
     view = _view(d, live=live)
     view["health"] = health
+    view["health_reason"] = reason
     view["kv_capacity"] = calibration.kv_capacity(d)
     if json_output:
         emit_json(view)
@@ -231,6 +242,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
         f"{d.name}: {d.status}" + (f" (instance {d.instance_id}: {live})" if live else ""),
         f"  profile:  {d.profile}",
         f"  endpoint: {d.endpoint or '-'}" + (f"  [{health}]" if health else ""),
+        *([f"  health:   {health}: {reason}"] if health and reason else []),
         f"  model:    {d.model or '-'}",
         f"  $/h:      {d.dph_total if d.dph_total is not None else '-'}; so far ${view['cost_so_far']:.2f}"
         f" over {view['uptime_s'] / 3600:.2f}h",
@@ -239,7 +251,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
         lines.append(f"  expires:  {d.expires_at.isoformat(timespec='seconds')} (TTL watchdog)")
     if view["kv_capacity"] is not None:
         lines += calibration.render(view["kv_capacity"])
-    if d.error:
+    if d.error and not reason:
         lines.append(f"  error:    {d.error}")
     print("\n".join(lines))
 

@@ -92,6 +92,28 @@ def _target(name: str | None, url: str | None, api_key: str | None, model: str |
     return Target.from_deployment(deployment)
 
 
+def _deployment_health(name: str | None, report: SmokeReport) -> str | None:
+    """After the checks of a deployment: probe its engine once more; an engine that died is recorded
+    as unhealthy (``list`` shows it) and the reason returned. A later healthy run clears it."""
+    import httpx
+
+    from glmdeploy import deployment_health
+    from glmdeploy.engines.health import HealthState
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        d = store.resolve(name)
+        if not d.endpoint or d.status != "ready":
+            return None
+        with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+            reading = deployment_health.probe_deployment(d, http)
+        if reading.state is HealthState.UNREACHABLE:
+            return None
+        reason = deployment_health.unhealthy_reason(reading) if not report.passed else None
+        deployment_health.record(store, d, reason)
+    return reason
+
+
 @handles_errors
 def smoke(
     name: Name = None,
@@ -132,12 +154,19 @@ def smoke(
         from glmdeploy import junit as junit_xml
 
         junit_xml.write(junit, [report.junit_suite()])
+    unhealthy = _deployment_health(name, report) if url is None else None
     if json_output:
-        emit_json(report.to_json())
+        data = report.to_json()
+        if url is None:
+            data["health"] = "unhealthy" if unhealthy else ("healthy" if report.passed else None)
+            data["health_reason"] = unhealthy
+        emit_json(data)
     else:
         _print_table(report)
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
+        if unhealthy:
+            raise SmokeFailed(f"smoke checks failed: {failed}; the deployment is unhealthy: {unhealthy}")
         raise SmokeFailed(f"smoke checks failed: {failed}")
     if not json_output:
         say(report.summary())

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from glmdeploy.engines.health import HealthState
     from glmdeploy.profiles.model import Profile
 
 # The per-deployment endpoint key reaches the engine through this variable, never inline.
@@ -35,15 +36,55 @@ class EnvRef(str):
 
 @dataclass(frozen=True)
 class FailureSignature:
-    """A log pattern that means the engine will never become ready."""
+    """A log pattern that means the engine will never become ready.
+
+    ``host_fault``: the cause is the machine, not the image or the profile, so ``up --max-attempts``
+    may try another machine. Everything else (a flag the image rejects, a missing module, a gated
+    repo, a disk too small for the profile) fails the same way on every host and is not retried.
+    """
 
     kind: str
     pattern: re.Pattern[str]
     advice: str
+    host_fault: bool = False
 
 
-def _sig(kind: str, pattern: str, advice: str) -> FailureSignature:
-    return FailureSignature(kind, re.compile(pattern), advice)
+def _sig(kind: str, pattern: str, advice: str, *, host_fault: bool = False) -> FailureSignature:
+    return FailureSignature(kind, re.compile(pattern), advice, host_fault)
+
+
+# vLLM prefixes each process's lines with "(APIServer pid=N) " (engines.md §3.3).
+_PROC = r"^(?:\(\w+ pid=\d+\) )?"
+
+# A launch that dies before the engine starts: these come from the shell, Python or argparse, so
+# they read the same for every engine.
+LAUNCH_FAILURES: tuple[FailureSignature, ...] = (
+    # CPython argparse.ArgumentParser.error prints "usage: ..." then "<prog>: error: <message>" and
+    # exits 2; the messages are argparse's own (Lib/argparse.py: parse_args, _parse_known_args,
+    # _get_values). Recorded for vLLM 0.24.0 (real-vllm-0.24.0/argv-acceptance.txt):
+    #   "main.py: error: unrecognized arguments: --swap-space 16", about 17 s after launch.
+    _sig(
+        "argparse_error",
+        _PROC + r"\S+: error: (unrecognized arguments: |the following arguments are required: |argument \S+: "
+        r"|ambiguous option: )",
+        "the engine in this image rejects the launch arguments: fix the flag named above in the profile "
+        "(engine.extra_args) or pick an image whose engine version accepts it",
+    ),
+    # "python -m pkg" without pkg: "/usr/bin/python3: No module named sglang.launch_server"; an
+    # import inside the engine: "ModuleNotFoundError: No module named 'flashinfer'" as the last line of
+    # a traceback. Anchored at the line start: a WARNING that quotes a failed optional import is not fatal.
+    _sig(
+        "no_module",
+        _PROC + r"(ModuleNotFoundError: No module named \S+|\S*python[\d.]*: No module named \S+)",
+        "the image lacks the engine or a module it imports: check --image and the engine kind",
+    ),
+    # bash: "bash: line 1: vllm: command not found"; dash/sh: "/bin/sh: 1: exec: vllm: not found".
+    _sig(
+        "command_not_found",
+        r"(: command not found\s*$|exec: \S+: not found)",
+        "the image has no such program: check --image and the engine kind",
+    ),
+)
 
 
 # Generic signatures from engines.md §8, shared by all engines.
@@ -68,6 +109,7 @@ COMMON_FAILURES: tuple[FailureSignature, ...] = (
         "nccl",
         r"(NCCL error|ncclUnhandledCudaError|ncclSystemError|NCCL WARN Error while creating shared memory)",
         "multi-GPU communication failed on this host; try another machine",
+        host_fault=True,
     ),
     _sig(
         "disk_full",
@@ -83,6 +125,7 @@ COMMON_FAILURES: tuple[FailureSignature, ...] = (
         "port_in_use",
         r"(Address already in use|address already in use|port \d+ has been used)",
         "another process holds the server port inside the container",
+        host_fault=True,
     ),
 )
 
@@ -96,6 +139,10 @@ class Engine:
     failures: ClassVar[tuple[FailureSignature, ...]]
     kv_capacity: ClassVar[re.Pattern[str]]
     health_path: ClassVar[str] = "/health"
+    # A read timeout for the health GET when the engine's own check takes long (None: the client's).
+    health_read_timeout_s: ClassVar[float | None] = None
+    # Health answers that mean "up, still starting" rather than "broken" (SGLang's warmup 503).
+    starting_codes: ClassVar[frozenset[int]] = frozenset()
     # Paths the engine serves without the API key (engines.md §5).
     auth_exempt_prefixes: ClassVar[tuple[str, ...]] = ()
     reasoning_field: ClassVar[str] = "reasoning_content"
@@ -124,8 +171,18 @@ class Engine:
         """The id this engine lists in /v1/models for the profile."""
         return profile.model.served_name or profile.model.repo
 
+    def read_health(self, status_code: int) -> HealthState:
+        """What a health answer means for this engine (the probe itself is ``engines.health``)."""
+        from glmdeploy.engines.health import HealthState
+
+        if status_code == 200:
+            return HealthState.HEALTHY
+        if status_code in self.starting_codes:
+            return HealthState.STARTING
+        return HealthState.UNHEALTHY
+
     def classify_failure(self, text: str) -> FailureSignature | None:
-        for sig in (*self.failures, *COMMON_FAILURES):
+        for sig in (*self.failures, *LAUNCH_FAILURES, *COMMON_FAILURES):
             if sig.pattern.search(text):
                 return sig
         return None

@@ -30,6 +30,9 @@ class LightLLM(Engine):
     )
     kv_capacity = re.compile(r"(\d+) is the profiled max_total_token_num")
     health_path = "/health"
+    # Behind the auth proxy: nginx answers 502 until the engine's HTTP server is up (it is spawned
+    # only after the model loaded, engines.md §4.3 step 6).
+    starting_codes = frozenset({502})
     auth_exempt_prefixes = ()
     reasoning_field = "reasoning"
     tool_call_id_prefix = "call_"

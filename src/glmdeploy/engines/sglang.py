@@ -31,6 +31,10 @@ class SGLang(Engine):
     )
     kv_capacity = re.compile(r"max_total_num_tokens=(\d+)|KV Cache is allocated\. #tokens: (\d+)")
     health_path = "/health"
+    # /health runs a 1-token generation and waits up to SGLANG_HEALTH_CHECK_TIMEOUT (20 s) for it
+    # (engines.md §2.5); 503 while the warmup request has not gone through yet.
+    health_read_timeout_s = 25.0
+    starting_codes = frozenset({503})
     auth_exempt_prefixes = ("/health", "/metrics")
     reasoning_field = "reasoning_content"
     tool_call_id_prefix = "call_"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glmdeploy.sandbox import catalogue
-from glmdeploy.sandbox.faults import DEFAULT_PULL_ERROR, FaultBook
+from glmdeploy.sandbox.faults import DEFAULT_EXIT_ERROR, DEFAULT_PULL_ERROR, FaultBook
 
 # Simulated seconds spent in each state before the next (a cached-image host is quick to
 # create; pulling a multi-GB serving image takes minutes).
@@ -110,6 +110,14 @@ class Instance:
     destroyed_at: float | None = None
     ports_hidden: bool = False
     stuck_loading: bool = False
+    # An error status_msg while loading (a pull error): it stays loading, as on Vast.
+    loading_error: str | None = None
+    # Report actual_status null (provisioning) instead of "created" before loading.
+    status_null: bool = False
+    # Instead of running: "unknown" (no heartbeat) or "offline" (host disconnected), for good.
+    lost_as: str | None = None
+    # Simulated-clock time of the first sign of an injected fault a client can see (ledger: first_sign_at).
+    first_sign_at: float | None = None
     # Bound sockets holding this instance's HostPorts until an engine takes one over (reserve_port).
     reserved: dict[int, socket.socket] = field(default_factory=dict, repr=False)
     exit_msg: str | None = None
@@ -378,7 +386,19 @@ class World:
             instance.stuck_loading = True
         exited = self.faults.take("exited")
         if exited:
-            instance.exit_msg = exited.params.get("msg") or DEFAULT_PULL_ERROR.format(image=request["image"])
+            instance.exit_msg = exited.params.get("msg") or DEFAULT_EXIT_ERROR
+        loading_error = self.faults.take("loading_error")
+        if loading_error:
+            default = DEFAULT_PULL_ERROR.format(image=request["image"])
+            instance.loading_error = loading_error.params.get("msg") or default
+        if self.faults.take("status_null") is not None:
+            # vast-api.md §6.5: null = provisioning, before "created"; it then carries on as usual.
+            instance.status_null = True
+            instance.actual_status = None
+            instance.first_sign_at = now
+        for lost in ("unknown", "offline"):
+            if instance.lost_as is None and self.faults.take(f"status_{lost}"):
+                instance.lost_as = lost
         if self.faults.take("ports_null"):
             instance.ports_hidden = True
         self.instances[instance_id] = instance
@@ -407,12 +427,28 @@ class World:
         instance.daemon_log.append(f"{_stamp(self.clock())} pulling {instance.image}")
         if instance.stuck_loading:
             return  # stays loading until destroyed
+        if instance.loading_error is not None:
+            # The pull fails part way: Vast keeps actual_status "loading" with the daemon's error.
+            await self._sleep_sim(LOADING_S / 4)
+            if instance.destroyed_at is not None:
+                return
+            self._set_status(instance, "loading", instance.loading_error)
+            instance.daemon_log.append(f"{_stamp(self.clock())} {instance.loading_error}")
+            instance.first_sign_at = self.clock()
+            return
         await self._sleep_sim(LOADING_S)
         if instance.destroyed_at is not None or instance.intended_status != "running":
             return
         if instance.exit_msg is not None:
             self._set_status(instance, "exited", instance.exit_msg)
             instance.daemon_log.append(f"{_stamp(self.clock())} {instance.exit_msg}")
+            instance.first_sign_at = self.clock()
+            return
+        if instance.lost_as is not None:
+            # The host stops answering where it would have started the container (vast-api.md §6.5).
+            self._set_status(instance, instance.lost_as, None)
+            instance.daemon_log.append(f"{_stamp(self.clock())} host heartbeat lost: {instance.lost_as}")
+            instance.first_sign_at = self.clock()
             return
         self._set_status(instance, "running", f"success, running {instance.image}/ssh")
         instance.daemon_log.append(f"{_stamp(self.clock())} container started")
@@ -472,6 +508,8 @@ class World:
                 sock.close()
             instance.reserved.clear()
         engine, task = instance.engine, instance.engine_task
+        if instance.first_sign_at is None and engine is not None:
+            instance.first_sign_at = getattr(engine, "first_sign_at", None)  # the ledger keeps it after the stop
         instance.engine = None
         instance.engine_task = None
         if engine is not None:
@@ -643,6 +681,10 @@ class World:
                 "engine": getattr(instance.engine, "state", None),
                 "running_at": instance.start_date,
                 "engine_ready_at": getattr(instance.engine, "ready_at", None),
+                # When a client could first see an injected fault (a status change, a log line, a port
+                # that closed): the fail-fast tests count the polls a client makes after it.
+                "first_sign_at": instance.first_sign_at or getattr(instance.engine, "first_sign_at", None)
+                or (instance.running_since if instance.ports_hidden else None),
             })
         return {
             "instances": rows,

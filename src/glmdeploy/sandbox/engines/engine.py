@@ -15,7 +15,9 @@ from email.utils import formatdate
 from typing import Any
 
 from glmdeploy.sandbox.engines.config import EngineConfig, engine_config
+from glmdeploy.sandbox.engines.death import DeathSequence
 from glmdeploy.sandbox.engines.dialects import dialect_for
+from glmdeploy.sandbox.engines.failures import LAUNCH_FAULTS, failure_plan
 from glmdeploy.sandbox.engines.launch import LaunchSpec
 from glmdeploy.sandbox.engines.logs import Milestone, startup_plan
 from glmdeploy.sandbox.engines.server import EngineApp, status_phrase
@@ -31,6 +33,13 @@ ENGINE_FAULTS: frozenset[str] = frozenset(
         "no_done",  # streams end without `data: [DONE]`
         "no_auth",  # the endpoint does not enforce the API key
         "models_before_health",  # /v1/models answers 200 while /health stays 503 (SGLang-like warmup that never ends)
+        # value = the N-th generation request after ready (default 1) kills the engine; what follows is
+        # each engine's own death sequence (death.py)
+        "engine_death",
+        # the engine's port opens as usual; the first request it receives kills the process (the
+        # connection drops, the port refuses from then on, nothing more is logged)
+        "engine_exit",
+        *LAUNCH_FAULTS,  # launches that die before serving (failures.py)
     }
 )
 
@@ -91,6 +100,8 @@ class SimulatedEngine:
         self._state = "starting"
         # Wall-clock time the ready marker was logged (for benchmarks measuring detection delay).
         self.ready_at: float | None = None
+        # Wall-clock time of the first sign of a fault a client could see (a crash logged, the port closed).
+        self.first_sign_at: float | None = None
         self._stopping = asyncio.Event()
         self._clock = _Clock()
         self._rng = random.Random(f"{timing.seed}:{spec.kind}:{spec.served_model}")
@@ -116,6 +127,9 @@ class SimulatedEngine:
         self.pause_at: set[str] = set()
         self.paused_at: str | None = None
         self._resume = asyncio.Event()
+        self.death = DeathSequence(self) if "engine_death" in self.faults else None
+        if self.death is not None:
+            self.app.on_generate = self.death.on_generate
 
     @property
     def state(self) -> str:
@@ -134,7 +148,10 @@ class SimulatedEngine:
                     return
             elif self.config.kind in ("vllm", "lightllm") and not self._bind():
                 return  # both check their port before anything else (engines.md §3.3 step 2, §4.3 step 1)
-            for step in startup_plan(self.config, self.faults, self._rng, self._pid):
+            plan = failure_plan(self.config, self.faults, self._rng, self._pid)
+            if plan is None:
+                plan = startup_plan(self.config, self.faults, self._rng, self._pid)
+            for step in plan:
                 if step.after_s > 0 and not await self._sleep(step.after_s):
                     return
                 self._clock.advance(step.after_s)
@@ -147,6 +164,9 @@ class SimulatedEngine:
                     self.app.upstream_up = True
                     if not await self._pause(Milestone.LISTEN.value):
                         return
+                    if "engine_exit" in self.faults:
+                        await self._exit_at_first_request()
+                        return
                 elif step.milestone is Milestone.READY:
                     self._clock.settle()
                     self._state = "serving"
@@ -156,16 +176,53 @@ class SimulatedEngine:
                         self._stats_task = asyncio.create_task(self._vllm_stats())
                 elif step.milestone is Milestone.CRASH:
                     self._state = "crashed"
+                    self.first_sign_at = time.time()
                     return
                 elif step.milestone is Milestone.STALL:
                     break
             self._clock.settle()
+            if self.death is not None:
+                if await self.death.run():
+                    self._state = "crashed"
+                    return
             await self._stopping.wait()
         finally:
             # Left by stop(), a crash, or the task being cancelled: in every case nothing listens any more.
             await self._close()
             if self._state != "crashed":
                 self._state = "stopped"
+
+    async def _exit_at_first_request(self) -> None:
+        """``engine_exit``: serve nothing; the first request that arrives finds the process dying."""
+        self.app.hold_requests = True
+        stop = asyncio.ensure_future(self._stopping.wait())
+        first = asyncio.ensure_future(self.app.first_request.wait())
+        try:
+            await asyncio.wait({stop, first}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            first.cancel()
+        if not self._stopping.is_set():
+            self._state = "crashed"
+            self.first_sign_at = time.time()
+
+    async def kill(self) -> None:
+        """The process tree exits now: the port closes and every open connection drops."""
+        self._state = "crashed"
+        if self.first_sign_at is None:
+            self.first_sign_at = time.time()
+        await self._close()
+
+    def log(self, line: str) -> None:
+        self._log(line)
+
+    @property
+    def clock_now(self) -> datetime:
+        return self._clock.now()
+
+    @property
+    def pid(self) -> int:
+        return self._pid
 
     async def stop(self) -> None:
         """Close the listening socket and all connections; idempotent."""
