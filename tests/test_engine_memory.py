@@ -235,3 +235,30 @@ def test_max_model_len_accepted_when_the_context_is_too_long() -> None:
     assert any("the estimated maximum model length is" in line for line in plan.engine_reported)
     sglang = plan_profile(load_profile("4x3090"))
     assert sglang.max_model_len_accepted == min(sglang.kv_pool_tokens, 202_752) - 1
+
+
+def test_an_empty_pool_reports_each_engines_refusal() -> None:
+    # memory.md §6 #14: BF16 on 2x RTX 4090 leaves no room for KV at all.
+    vllm = plan_profile(
+        variant(
+            "4x4090d",
+            **{"hardware.gpu_names": ["RTX 4090"], "hardware.num_gpus": 2, "engine.tensor_parallel": 2},
+        )
+    )
+    assert vllm.kv_pool_tokens == 0
+    assert any("No available memory for the cache blocks" in line for line in vllm.engine_reported)
+    assert get_engine("vllm").classify_failure("\n".join(vllm.engine_reported)).kind == "kv_does_not_fit"  # type: ignore[union-attr]
+    sglang = plan_profile(variant("4x3090", **{"engine.mem_fraction": 0.5}))
+    assert sglang.kv_pool_tokens == 0
+    assert get_engine("sglang").classify_failure("\n".join(sglang.engine_reported)).kind == "kv_does_not_fit"  # type: ignore[union-attr]
+
+
+def test_the_planner_no_longer_branches_on_the_engine_kind() -> None:
+    # Issue 9 §7: engine memory semantics live in engines/; a fourth engine touches engines/ only.
+    import inspect
+
+    import glmdeploy.planner as planner
+
+    source = inspect.getsource(planner)
+    for needle in ('kind == "', "kind == '", '"vllm"', '"sglang"', '"lightllm"'):
+        assert needle not in source

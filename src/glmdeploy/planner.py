@@ -23,7 +23,6 @@ from glmdeploy.catalog import GIB, GPU_VARIANTS, MODEL_ARCHS, GpuSpec, ModelArch
 from glmdeploy.engines.memory import (
     ImageTag,
     MemorySetup,
-    memory_model,
     parse_image_tag,
     pool_tokens,
 )
@@ -299,7 +298,7 @@ def plan_profile(
     pessimistic end of the band (or leaves the engine too little headroom). Raises
     ``UsageError`` for inputs that cannot be planned (bad image reference, MLA forced on a GQA model).
     """
-    from glmdeploy.engines import ENGINES
+    from glmdeploy.engines import ENGINES, get_engine
     from glmdeploy.onstart import display_command, launch_argv
     from glmdeploy.profiles.model import with_overrides
     from glmdeploy.vast.filters import offer_query
@@ -310,7 +309,7 @@ def plan_profile(
     tp = e.tensor_parallel
     speculative = e.speculative is not None
     tag = parse_image_tag(e.image)
-    model = memory_model(e.kind)
+    model = get_engine(e.kind).memory()
     warnings: list[str] = []
 
     gpu, gpu_warnings, candidates = choose_gpu(list(profile.hardware.gpu_names), profile.hardware.min_vram_gb)
@@ -472,7 +471,7 @@ def plan_profile(
         memory_terms=[MemoryTermOut.model_validate(t.as_dict()) for t in estimate.terms],
         engine_settings=dict(estimate.settings),
         block_size=estimate.block_size,
-        engine_reported=model.reported_lines(setup, estimate, tokens, reported_context) if pool_gib > 0 else [],
+        engine_reported=model.reported_lines(setup, estimate, tokens, reported_context),
         max_model_len_accepted=model.max_model_len_accepted(tokens, model_max),
         warnings=warnings,
         launch_command=display_command(launch_argv(profile)),

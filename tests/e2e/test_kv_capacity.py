@@ -34,9 +34,10 @@ def test_up_records_reported_kv_and_status_compares_it_with_the_plan(
 ) -> None:
     sb = sandbox(seed=seed)
     plan = json.loads(cli("plan", "--profile", profile, "--json", check_exit=0).stdout)
-    cli("up", "--profile", profile, "--sandbox", "--yes", timeout=120, check_exit=0)
+    up = cli("up", "--profile", profile, "--sandbox", "--yes", timeout=120, check_exit=0)
     status = json.loads(cli("status", "--json", check_exit=0).stdout)
     kv = status["kv_capacity"]
+    assert f"KV pool:  planned {kv['planned']:,}" in up.stdout
     assert kv["planned"] == plan["kv_pool_tokens"]
     assert (kv["planned_low"], kv["planned_high"]) == (
         plan["uncertainty"]["kv_pool_tokens_low"],

@@ -139,6 +139,11 @@ def up(
     print(f"  endpoint: {deployment.endpoint}")
     print(f"  model:    {deployment.model}")
     print(f"  cost:     ${deployment.dph_total or 0:.3f}/h until 'glmdeploy destroy {deployment.name}'")
+    from glmdeploy import calibration
+
+    kv = calibration.kv_capacity(deployment)
+    if kv is not None:
+        print("\n".join(calibration.render(kv)))
     print("  use it:")
     print(f"    eval \"$(glmdeploy env {deployment.name})\"")
     print('    curl "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \\')

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from glmdeploy.engines.health import HealthState
+    from glmdeploy.engines.memory import MemoryModel
     from glmdeploy.profiles.model import Profile
 
 # The per-deployment endpoint key reaches the engine through this variable, never inline.
@@ -186,6 +187,12 @@ class Engine:
             if sig.pattern.search(text):
                 return sig
         return None
+
+    def memory(self) -> MemoryModel:
+        """How this engine budgets GPU memory (``engines/<kind>_memory.py``, used by the planner)."""
+        from glmdeploy.engines.memory import memory_model
+
+        return memory_model(self.kind)
 
     def parse_kv_tokens(self, text: str) -> int | None:
         match = self.kv_capacity.search(text)

@@ -9,6 +9,11 @@ Sources (ModelTC/lightllm):
 - ``lightllm/server/api_cli.py`` (engines.md §4.1, L154-170): ``--mem_fraction`` default 0.8;
   ``--graph_max_batch_size`` (256) graphs are captured after the pool, in the ``1 - mem_fraction``
   headroom, as are the prefill activations of ``--batch_max_tokens``.
+- ``lightllm/common/basemodel/cuda_graph.py`` @ 0050de52aa69343846fb624fef955741ea73bee3
+  ``CudaGraph.warmup``: after the pool exists, one decode graph per batch size from
+  ``graph_max_batch_size`` down to 1, in a shared pool. That memory comes out of the
+  ``1 - mem_fraction`` headroom, never out of the pool, so the graph batch changes whether the
+  start survives, not the pool size; no per-graph figure is recorded, so it is not estimated.
 - Startup line: ``N is the profiled max_total_token_num with the mem_fraction F`` (engines.md §4.4);
   a pool shorter than ``--max_req_total_len`` fails with ``check max len infer fail``.
 """

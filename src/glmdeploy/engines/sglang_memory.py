@@ -11,10 +11,13 @@ Sources (sgl-project/sglang):
   ``post_free = pre_free - W`` that is ``KV = mfs x (T - C') - W``. Older builds multiplied the
   total instead of the pre-load free memory (``rest = avail - total x (1 - mfs)``, memory.md §5.2),
   which differs by ``(1 - mfs) x C'`` (about 0.1 GiB), inside the band.
-- ``python/sglang/srt/server_args.py`` ``_handle_gpu_memory_settings`` (~v0.5.x): the default
-  ``mem_fraction_static`` reserves ``512 + max(chunked_prefill_size, 2048) x 1.5 + cuda_graph_max_bs
-  x 2 + TP/8 x 1024`` MiB (floor 10 GiB above 60 GB, +2048 with EAGLE/MTP) for activations, CUDA
-  graphs and the scheduler's request-to-token table, all of which live outside the fraction.
+- ``python/sglang/srt/server_args.py`` @ 469c63e54e7d94591617ef9590c6aa26d54dc1bb,
+  ``_handle_gpu_memory_settings``: the default ``mem_fraction_static`` reserves ``512 +
+  max(chunked_prefill_size, 2048) x 1.5 + cuda_graph_max_bs x 2 + TP x PP / 8 x 1024`` MiB (floor
+  10 GiB above 60 GB, +2048 with EAGLE/MTP, +6144 STANDALONE, +8 per piecewise graph size with
+  ``--enable-piecewise-cuda-graph``; rounded to 3 decimals) for activations, CUDA graphs and the
+  scheduler's request-to-token table, all of which live outside the fraction. The GPU buckets for
+  ``chunked_prefill_size`` / ``cuda_graph_max_bs`` are the same function's.
 - The KV capacity lines: ``KV Cache is allocated. #tokens: N, KV size: X GB`` and
   ``max_total_num_tokens=N, ...`` (engines.md §2.4). A request is capped at
   ``min(context_len - 1, max_total_num_tokens - 1)`` instead of refusing to start.
@@ -159,6 +162,12 @@ class SGLangMemory(MemoryModel):
     def reported_lines(
         self, setup: MemorySetup, estimate: MemoryEstimate, tokens: int, context_length: int
     ) -> list[str]:
+        if tokens <= 0:
+            # model_runner.py (engines.md §2.4) refuses an empty pool.
+            return [
+                "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
+                f"Current value: self.server_args.mem_fraction_static={estimate.fraction:g}"
+            ]
         kv_gb = tokens * setup.kv_bytes_per_token / GIB
         return [
             f"KV Cache is allocated. #tokens: {tokens}, KV size: {kv_gb:.2f} GB",

@@ -361,9 +361,16 @@ class VllmMemory(MemoryModel):
     def reported_lines(
         self, setup: MemorySetup, estimate: MemoryEstimate, tokens: int, context_length: int
     ) -> list[str]:
-        kv_gib = max(0.0, estimate.kv_pool_gib())
+        kv_gib = estimate.kv_pool_gib()
         block = estimate.block_size
         lines = [f"Available KV cache memory: {kv_gib:.2f} GiB"]
+        if tokens <= 0:
+            # kv_cache_utils.py (engines.md §3.4): no block fits at all.
+            lines.append(
+                "ValueError: No available memory for the cache blocks. Try increasing "
+                "`gpu_memory_utilization` when initializing the engine."
+            )
+            return lines
         if tokens < context_length:
             needed = math.ceil(context_length / block) * block * setup.kv_bytes_per_token / GIB
             lines.append(
