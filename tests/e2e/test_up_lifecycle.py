@@ -198,7 +198,8 @@ def test_kill_9_leaves_an_orphan_that_destroy_orphans_removes(
 
 def test_two_concurrent_ups_share_one_state_db(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox()
-    procs = [_start_up(cli_env, "-p", p) for p in ("4x3090", "2x5090")]
+    # Two deployments at once on a busy box: neither may time out because the other took the CPU.
+    procs = [_start_up(cli_env, "-p", p, *LONG_TIMEOUT) for p in ("4x3090", "2x5090")]
     outs = [p.communicate(timeout=90) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]
