@@ -23,6 +23,7 @@ from glmdeploy.onstart import render
 from glmdeploy.profiles import load_profile
 from glmdeploy.sandbox.engines import EngineTiming, LaunchSpec, SimulatedEngine, launch_spec_from
 from glmdeploy.smoke import CHECK_NAMES, WEATHER_PROMPT, WEATHER_TOOL, SmokeReport, Target, run_smoke
+from waits import HANG_S
 
 KEY = "k-smoke-test"
 SCALE = 0.0005
@@ -67,7 +68,7 @@ class Served:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    def wait(self, predicate: Callable[[], bool], timeout: float = HANG_S) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             assert time.monotonic() < deadline, f"engine state {self.engine.state}"

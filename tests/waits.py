@@ -1,4 +1,4 @@
-"""Event-driven waits shared by the tests (import as ``from waits import ...``; pytest puts tests/ on the path).
+"""Event-driven waits shared by the tests: ``from waits import ...`` (tests/conftest.py puts tests/ on sys.path).
 
 A test that must act "during phase X" waits for an observable event: a phase event on ``up --json``'s
 NDJSON stream, a request the sandbox received, a line in a log, a row or file written. It never

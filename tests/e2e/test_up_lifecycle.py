@@ -88,8 +88,9 @@ def test_up_json_emits_phase_events_and_ends_with_the_deployment(cli: Cli, sandb
 @pytest.mark.parametrize(
     ("faults", "extra", "phase", "needle"),
     [
-        ("engine_oom", [], "wait_ready", "cuda_oom"),
-        ("exited=1", [], "wait_running", "exited"),
+        # Failures of their own, not the timeout's: it must not be able to fire first on a busy box.
+        ("engine_oom", list(LONG_TIMEOUT), "wait_ready", "cuda_oom"),
+        ("exited=1", list(LONG_TIMEOUT), "wait_running", "exited"),
         ("ports_null", ["--timeout", "10m"], "wait_ready", "port was never mapped"),
         ("stuck_loading", ["--timeout", "10m"], "wait_running", "still 'loading'"),
     ],
@@ -197,7 +198,8 @@ def test_kill_9_leaves_an_orphan_that_destroy_orphans_removes(
 
 def test_two_concurrent_ups_share_one_state_db(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox()
-    procs = [_start_up(cli_env, "-p", p) for p in ("4x3090", "2x5090")]
+    # Two deployments at once on a busy box: neither may time out because the other took the CPU.
+    procs = [_start_up(cli_env, "-p", p, *LONG_TIMEOUT) for p in ("4x3090", "2x5090")]
     outs = [p.communicate(timeout=90) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]

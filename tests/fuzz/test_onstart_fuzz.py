@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from glmdeploy.engines import EnvRef, get_engine
 from glmdeploy.onstart import PROXY_CONF, PROXY_UPSTREAM_PORT, OnstartOptions, needs_proxy, render
 from glmdeploy.profiles import Profile, load_profile
+from waits import HANG_S
 
 # One shipped profile per engine (h200-mtp adds LightLLM's MTP flags, 4x3090 is SGLang).
 BASES: dict[str, dict[str, Any]] = {
@@ -204,8 +205,8 @@ def test_rendered_script_runs_exactly_the_built_commands(profile: Profile, opts:
             expected += [["rm", "-f", f"{nginx_dir}/sites-enabled/default"], ["cat"], ["chmod", "600", conf], ["nginx"]]
         if opts.ttl_seconds:
             expected += [["sleep", str(opts.ttl_seconds)], ["python3", "-"]]
-            # The watchdog runs in the background: give it a bounded moment to reach its stubs.
-            limit = time.monotonic() + 5
+            # The watchdog runs in the background: wait until it has reached its stubs (HANG_S bounds a hang).
+            limit = time.monotonic() + HANG_S
             while len(_calls(log_dir)) < len(expected) and time.monotonic() < limit:
                 time.sleep(0.02)
 

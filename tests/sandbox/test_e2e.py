@@ -13,6 +13,7 @@ from glmdeploy.engines import get_engine
 from glmdeploy.onstart import render
 from glmdeploy.profiles import load_profile
 from glmdeploy.vast.filters import offer_query
+from waits import HANG_S
 
 
 def _engines_available() -> bool:
@@ -45,7 +46,7 @@ def _deploy(vast: Any, profile_name: str) -> tuple[int, dict[str, Any], Any]:
     return response.json()["new_contract"], offers[0], profile
 
 
-def _logs_until(vast: Any, instance_id: int, markers: tuple[str, ...], timeout: float = 30.0) -> str:
+def _logs_until(vast: Any, instance_id: int, markers: tuple[str, ...], timeout: float = HANG_S) -> str:
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:

@@ -37,6 +37,7 @@ from glmdeploy.profiles import load_all
 from glmdeploy.profiles.model import Profile
 from glmdeploy.sandbox.engines import EngineTiming, SimulatedEngine, launch_spec_from
 from glmdeploy.vast.client import VastClient
+from waits import HANG_S
 
 from .conftest import AuditCli, KeyedSandbox, Run
 
@@ -704,7 +705,7 @@ def test_every_shipped_profile_refuses_requests_without_the_key(profile: Profile
     engine = SimulatedEngine(spec, port=port, log=lambda _line: None, timing=EngineTiming(time_scale=0.0005), faults={})
     task = asyncio.run_coroutine_threadsafe(engine.run(), loop)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + HANG_S
         while engine.state != "serving":
             assert engine.state == "starting" and time.monotonic() < deadline, engine.state
             time.sleep(0.005)
