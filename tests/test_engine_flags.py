@@ -6,11 +6,13 @@ argv-acceptance.txt) and from the engines' argument definitions the tables were 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-import yaml
+from typer.testing import CliRunner
 
+from glmdeploy.cli import app
 from glmdeploy.engines import get_engine
 from glmdeploy.engines.checks import check_launch
 from glmdeploy.engines.flags import history
@@ -66,7 +68,7 @@ def test_sglang_builder_uses_the_documented_replacement_for_cuda_graph_max_bs(tm
                             ("lmsysorg/sglang:v0.5.23", "--cuda-graph-max-bs-decode")):
         base["engine"]["image"] = image
         path = tmp_path / f"p-{image.rpartition(':')[2]}.yaml"
-        path.write_text(yaml.safe_dump(base), encoding="utf-8")
+        path.write_text(json.dumps(base), encoding="utf-8")
         argv = launch_argv(load_file(path))
         assert argv[argv.index(expected) + 1] == "64"
         assert check_launch(load_file(path)).rejected == ()
@@ -105,3 +107,47 @@ def test_too_old_images_cannot_load_glm_4_7_flash() -> None:
     assert get_engine("vllm").model_support_error("glm-4.7-flash", "vllm/vllm-openai:v0.24.0") is None
     assert get_engine("sglang").model_support_error("glm-4.7-flash", "lmsysorg/sglang:v0.5.4")
     assert get_engine("lightllm").model_support_error("glm-4.7-flash", "ghcr.io/modeltc/lightllm:v1.1.0")
+
+
+# ---------------------------------------------------------------- the commands refuse before renting
+
+runner = CliRunner()
+
+
+def _user_profile(tmp_path: Path) -> Path:
+    path = tmp_path / "swap.yaml"
+    path.write_text('extends: 2x5090-nvfp4\nname: swap\nengine:\n  extra_args: ["--swap-space", "16"]\n',
+                    encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["profiles", "validate", "{path}"], ["plan", "-p", "{path}"], ["up", "-p", "{path}", "--yes"]],
+)
+def test_removed_flag_in_extra_args_is_refused_with_one_line_and_exit_2(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLMDEPLOY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VAST_API_KEY", "k" * 64)
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")  # nothing listens: a rental would fail loudly
+    path = _user_profile(tmp_path)
+    result = runner.invoke(app, [a.format(path=path) for a in command])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "--swap-space" in lines[0] and "vLLM 0.24.0" in lines[0] and "removed in 0.18.0" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_unknown_image_tag_warns_in_plan_and_is_refused_by_up_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLMDEPLOY_HOME", str(tmp_path / "home"))
+    image = "vllm/vllm-openai:v9.9.9"
+    planned = runner.invoke(app, ["plan", "-p", "2x5090-nvfp4", "--image", image])
+    assert planned.exit_code == 0, planned.output
+    assert f"warning: image tag of {image} names no known vLLM release: its version is not known" in planned.stderr
+    refused = runner.invoke(app, ["up", "-p", "2x5090-nvfp4", "--image", image, "--yes"])
+    assert refused.exit_code == 2
+    assert "its version is not known; --force rents anyway" in refused.stderr
