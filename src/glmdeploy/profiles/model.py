@@ -202,19 +202,6 @@ class Profile(StrictModel):
             )
         return self
 
-    @model_validator(mode="after")
-    def _fits_vast_onstart(self) -> Profile:
-        # Vast refuses an onstart over 4096 characters; find out here, not after a deployment row exists.
-        # Worst case: the longest deployment name, a TTL watchdog and the auth proxy.
-        from glmdeploy.onstart import OnstartOptions, render
-
-        longest = OnstartOptions(deployment="x" * 64, ttl_seconds=10**9, auth_proxy=True)
-        try:
-            render(self, longest)
-        except ValueError as exc:
-            raise ValueError(f"{exc}; shorten engine.extra_args") from None
-        return self
-
 
 def _no_newline(value: str) -> str:
     if any(ch in value for ch in "\n\r\x00"):
