@@ -29,6 +29,8 @@ from glmdeploy.sandbox.faults import DEFAULT_PULL_ERROR, FaultBook
 # create; pulling a multi-GB serving image takes minutes).
 CREATED_S = 5.0
 LOADING_S = 120.0
+# A tag the registry does not have fails the pull at once (the manifest is the first thing fetched).
+PULL_FAIL_S = 5.0
 DEFAULT_TIME_SCALE = 0.005
 # Engine latency in real seconds. Real engines decode at ~50-200 tokens/s; the defaults keep streams
 # visibly incremental (what smoke's "stream" check looks for) while a 64-token answer takes ~0.15 s.
@@ -406,6 +408,15 @@ class World:
         instance.daemon_log.append(f"{_stamp(self.clock())} pulling {instance.image}")
         if instance.stuck_loading:
             return  # stays loading until destroyed
+        pull_error = None if instance.exit_msg is not None else self._pull_error(instance.image)
+        if pull_error is not None:
+            # The registry has no such tag: Vast shows the daemon's error while the instance stays `loading`.
+            await self._sleep_sim(PULL_FAIL_S)
+            if instance.destroyed_at is not None or instance.intended_status != "running":
+                return
+            instance.status_msg = pull_error
+            instance.daemon_log.append(f"{_stamp(self.clock())} {pull_error}")
+            return
         await self._sleep_sim(LOADING_S)
         if instance.destroyed_at is not None or instance.intended_status != "running":
             return
@@ -416,6 +427,15 @@ class World:
         self._set_status(instance, "running", f"success, running {instance.image}/ssh")
         instance.daemon_log.append(f"{_stamp(self.clock())} container started")
         self._start_engine(instance)
+
+    @staticmethod
+    def _pull_error(image: str) -> str | None:
+        try:
+            check = importlib.import_module("glmdeploy.sandbox.engines").pull_error
+        except (ImportError, AttributeError):
+            return None
+        result: str | None = check(image)
+        return result
 
     def _set_status(self, instance: Instance, status: str, msg: str | None) -> None:
         now = self.clock()

@@ -9,7 +9,6 @@ meant to look like a real log, not to predict one.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from glmdeploy.catalog import MODEL_ARCHS, ModelArch
@@ -18,16 +17,14 @@ from glmdeploy.sandbox.engines.launch import LaunchSpec, has_flag, model_path, o
 GIB = 1024**3
 # CUDA-visible totals in GiB of common cards (memory.md §4: nvidia-smi total minus ~0.4 GiB).
 GPU_SIZES_GIB = (23.6, 31.4, 44.6, 47.6, 79.2, 95.2, 140.0, 178.6)
-# The newest releases engines.md read; an image tag such as `latest` means these.
-NEWEST = {"vllm": (0, 33, 0), "sglang": (0, 5, 9), "lightllm": (1, 2, 0)}
-
-
 def _version(image: str, kind: str) -> tuple[int, ...]:
-    tag = image.split("@", 1)[0].rpartition("/")[2].partition(":")[2]
-    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
-    if not match:
-        return NEWEST[kind]
-    return tuple(int(g or 0) for g in match.groups())
+    """The release the image's tag pins (glmdeploy.engines' catalogue); the newest whose flags were read
+    for a moving tag (latest, nightly) or an image of no known engine."""
+    from glmdeploy.engines import get_engine
+    from glmdeploy.engines.flags import history
+
+    version = get_engine(kind).image_version(image).version
+    return version if version is not None else history(kind).newest
 
 
 def _arch(path: str) -> ModelArch:
