@@ -134,6 +134,19 @@ class Engine:
         """The id this engine lists in /v1/models for the profile."""
         return profile.model.served_name or profile.model.repo
 
+    def classify_failure(self, text: str) -> FailureSignature | None:
+        for sig in (*self.failures, *COMMON_FAILURES):
+            if sig.pattern.search(text):
+                return sig
+        return None
+
+    def parse_kv_tokens(self, text: str) -> int | None:
+        match = self.kv_capacity.search(text)
+        if match is None:
+            return None
+        number = next(g for g in match.groups() if g is not None)
+        return int(number.replace(",", ""))
+
     # ------------------------------------------------------------------ versions and flags
 
     def tag_version(self, tag: str) -> Version | None:
@@ -175,19 +188,6 @@ class Engine:
     def model_support_error(self, model_arch: str, image: str) -> str | None:
         """The log line the engine in ``image`` ends with when it cannot load ``model_arch``; None if it can."""
         return None
-
-    def classify_failure(self, text: str) -> FailureSignature | None:
-        for sig in (*self.failures, *COMMON_FAILURES):
-            if sig.pattern.search(text):
-                return sig
-        return None
-
-    def parse_kv_tokens(self, text: str) -> int | None:
-        match = self.kv_capacity.search(text)
-        if match is None:
-            return None
-        number = next(g for g in match.groups() if g is not None)
-        return int(number.replace(",", ""))
 
 
 def flag(args: list[str], name: str, value: object | None) -> None:

@@ -406,17 +406,12 @@ class World:
             return
         self._set_status(instance, "loading", f"Pulling image {instance.image}")
         instance.daemon_log.append(f"{_stamp(self.clock())} pulling {instance.image}")
+        pull_error = self._pull_error(instance)
+        if pull_error is not None:
+            await self._pull_fails(instance, pull_error)
+            return
         if instance.stuck_loading:
             return  # stays loading until destroyed
-        pull_error = None if instance.exit_msg is not None else self._pull_error(instance.image)
-        if pull_error is not None:
-            # The registry has no such tag: Vast shows the daemon's error while the instance stays `loading`.
-            await self._sleep_sim(PULL_FAIL_S)
-            if instance.destroyed_at is not None or instance.intended_status != "running":
-                return
-            instance.status_msg = pull_error
-            instance.daemon_log.append(f"{_stamp(self.clock())} {pull_error}")
-            return
         await self._sleep_sim(LOADING_S)
         if instance.destroyed_at is not None or instance.intended_status != "running":
             return
@@ -429,13 +424,24 @@ class World:
         self._start_engine(instance)
 
     @staticmethod
-    def _pull_error(image: str) -> str | None:
+    def _pull_error(instance: Instance) -> str | None:
+        """The registry's answer when the image's tag does not exist (faults that decide the pull win)."""
+        if instance.exit_msg is not None or instance.stuck_loading:
+            return None
         try:
             check = importlib.import_module("glmdeploy.sandbox.engines").pull_error
         except (ImportError, AttributeError):
             return None
-        result: str | None = check(image)
+        result: str | None = check(instance.image)
         return result
+
+    async def _pull_fails(self, instance: Instance, error: str) -> None:
+        """Vast shows the daemon's error in status_msg while the instance stays ``loading`` for good."""
+        await self._sleep_sim(PULL_FAIL_S)
+        if instance.destroyed_at is not None or instance.intended_status != "running":
+            return
+        instance.status_msg = error
+        instance.daemon_log.append(f"{_stamp(self.clock())} {error}")
 
     def _set_status(self, instance: Instance, status: str, msg: str | None) -> None:
         now = self.clock()

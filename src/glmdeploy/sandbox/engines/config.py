@@ -9,6 +9,7 @@ meant to look like a real log, not to predict one.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from glmdeploy.catalog import MODEL_ARCHS, ModelArch
@@ -18,13 +19,22 @@ GIB = 1024**3
 # CUDA-visible totals in GiB of common cards (memory.md §4: nvidia-smi total minus ~0.4 GiB).
 GPU_SIZES_GIB = (23.6, 31.4, 44.6, 47.6, 79.2, 95.2, 140.0, 178.6)
 def _version(image: str, kind: str) -> tuple[int, ...]:
-    """The release the image's tag pins (glmdeploy.engines' catalogue); the newest whose flags were read
-    for a moving tag (latest, nightly) or an image of no known engine."""
+    """The release the image's tag pins (glmdeploy.engines' catalogue). For an image of no known engine, a
+    version-looking tag is taken at its word; a moving tag (latest, nightly) or any other means the newest
+    release whose flags were read."""
     from glmdeploy.engines import get_engine
     from glmdeploy.engines.flags import history
 
-    version = get_engine(kind).image_version(image).version
-    return version if version is not None else history(kind).newest
+    engine = get_engine(kind)
+    info = engine.image_version(image)
+    if info.version is not None:
+        return info.version
+    if info.kind is None:
+        tag = image.split("@", 1)[0].rpartition("/")[2].partition(":")[2]
+        match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
+        if match:
+            return tuple(int(g or 0) for g in match.groups())
+    return history(kind).newest
 
 
 def _arch(path: str) -> ModelArch:
