@@ -426,7 +426,8 @@ class World:
     @staticmethod
     def _pull_error(instance: Instance) -> str | None:
         """The registry's answer when the image's tag does not exist (faults that decide the pull win)."""
-        if instance.exit_msg is not None or instance.stuck_loading:
+        # A fault that decides the pull wins (main's fail-fast faults keep theirs in `loading_error`).
+        if instance.exit_msg is not None or instance.stuck_loading or getattr(instance, "loading_error", None):
             return None
         try:
             check = importlib.import_module("glmdeploy.sandbox.engines").pull_error
@@ -442,6 +443,9 @@ class World:
             return
         instance.status_msg = error
         instance.daemon_log.append(f"{_stamp(self.clock())} {error}")
+        if hasattr(instance, "first_sign_at"):
+            # When the first sign of this failure showed (the fail-fast bookkeeping, where the world keeps it).
+            instance.first_sign_at = self.clock()
 
     def _set_status(self, instance: Instance, status: str, msg: str | None) -> None:
         now = self.clock()
