@@ -151,3 +151,16 @@ def test_unknown_image_tag_warns_in_plan_and_is_refused_by_up_unless_forced(
     refused = runner.invoke(app, ["up", "-p", "2x5090-nvfp4", "--image", image, "--yes"])
     assert refused.exit_code == 2
     assert "its version is not known; --force rents anyway" in refused.stderr
+
+
+def test_one_list_of_engine_kinds() -> None:
+    from glmdeploy.engines import ENGINE_KINDS, ENGINES
+    from glmdeploy.profiles.model import Profile
+    from glmdeploy.sandbox.engines.launch import image_kind
+    from glmdeploy.smoke import ENGINE_KINDS as SMOKE_KINDS
+
+    assert tuple(ENGINES) == ENGINE_KINDS == SMOKE_KINDS
+    # The sandbox knows an engine's images from the engine module itself.
+    assert [image_kind(ENGINES[k].image_repos[0] + ":v1.0.0") for k in ENGINE_KINDS] == list(ENGINE_KINDS)
+    schema = Profile.model_json_schema()
+    assert tuple(schema["$defs"]["EngineSpec"]["properties"]["kind"]["enum"]) == ENGINE_KINDS

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from glmdeploy.engines.base import API_KEY_ENV, Engine, EnvRef, FailureSignature
 from glmdeploy.engines.images import ImageVersion
+from glmdeploy.engines.kinds import ENGINE_KINDS
 from glmdeploy.engines.lightllm import LightLLM
 from glmdeploy.engines.sglang import SGLang
 from glmdeploy.engines.vllm import VLLM
 
 ENGINES: dict[str, Engine] = {e.kind: e for e in (SGLang(), VLLM(), LightLLM())}
-# The one list of engine kinds; everything else (schema, smoke, sandbox) derives from it.
-ENGINE_KINDS: tuple[str, ...] = tuple(ENGINES)
 
 
 def get_engine(kind: str) -> Engine:

@@ -111,6 +111,8 @@ class Engine:
     floating_tags: ClassVar[frozenset[str]] = frozenset({"latest"})
     # Tags that are not a release number but stand for a known build, e.g. SGLang's PR images.
     tag_aliases: ClassVar[dict[str, Version]] = {}
+    # A flag that must come with the tool-call parser before tool_choice "auto" is served (vLLM's), if any.
+    auto_tool_choice_flag: ClassVar[str | None] = None
 
     def argv(
         self,

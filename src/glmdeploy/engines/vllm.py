@@ -40,6 +40,8 @@ class VLLM(Engine):
     display_name = "vLLM"
     image_repos = ("vllm/vllm-openai", "vllm/vllm-openai-rocm")
     floating_tags = frozenset({"latest", "nightly"})
+    # `"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set` (engines.md §3.4).
+    auto_tool_choice_flag = "--enable-auto-tool-choice"
 
     def argv(
         self,

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glmdeploy.catalog import MODEL_ARCHS
+from glmdeploy.engines.kinds import EngineKind
 
-EngineKind = Literal["sglang", "vllm", "lightllm"]
 Quant = Literal["bf16", "fp16", "fp8", "nvfp4", "awq"]
 
 _SHELL_HINT = "must not contain quotes, ';', '$(', backticks, spaces or newlines"
