@@ -74,3 +74,19 @@ def test_forced_up_with_a_removed_flag_fails_within_a_minute_and_leaves_nothing(
     assert "--swap-space" in up.stderr
     assert "warning: --swap-space is not accepted by vLLM 0.24.0" in up.stderr  # --force said what it overrode
     assert sb.running() == []
+
+
+@pytest.mark.skipif(
+    not hasattr(engine_base, "LAUNCH_FAILURES"),
+    reason="needs up's fail-fast classification of pull errors (the failfast branch)",
+)
+def test_forced_up_with_an_unknown_tag_fails_as_a_pull_error_and_leaves_nothing(
+    cli: Cli, sandbox: StartSandbox
+) -> None:
+    sb = sandbox()
+    image = "vllm/vllm-openai:v9.9.9"
+    up = cli("up", "--profile", "2x5090-nvfp4", "--image", image, "--sandbox", "--yes", "--force", timeout=90)
+    assert up.returncode == 4, up.stderr
+    assert f"manifest for {image} not found" in up.stderr
+    assert "warning: image tag of vllm/vllm-openai:v9.9.9 names no known vLLM release" in up.stderr
+    assert sb.running() == []
