@@ -164,3 +164,17 @@ def test_one_list_of_engine_kinds() -> None:
     assert [image_kind(ENGINES[k].image_repos[0] + ":v1.0.0") for k in ENGINE_KINDS] == list(ENGINE_KINDS)
     schema = Profile.model_json_schema()
     assert tuple(schema["$defs"]["EngineSpec"]["properties"]["kind"]["enum"]) == ENGINE_KINDS
+
+
+def test_a_moving_tag_warns_and_is_checked_against_the_newest_table(tmp_path: Path) -> None:
+    data = load_profile("2x5090-nvfp4").model_dump(mode="json")
+    data["engine"]["image"] = "vllm/vllm-openai:latest"
+    path = tmp_path / "latest.yaml"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    check = check_launch(load_file(path))
+    newest = ".".join(str(p) for p in history("vllm").newest)
+    assert check.version_warning == (
+        f"image vllm/vllm-openai:latest is a moving tag: its vLLM version is not pinned, "
+        f"checked against the newest known, {newest}"
+    )
+    assert check.rejected == ()

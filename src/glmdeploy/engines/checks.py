@@ -61,10 +61,8 @@ class LaunchCheck:
         if not info.known:
             return f"image tag of {info.image} names no known {self.display_name} release: its version is not known"
         if info.floating:
-            return (
-                f"image {info.image} is a moving tag: its {self.display_name} version is not pinned "
-                f"(checked against the newest known, {self.engine_label.split()[-1]})"
-            )
+            newest = f", checked against the newest known, {version_text(self.table.version)}" if self.table else ""
+            return f"image {info.image} is a moving tag: its {self.display_name} version is not pinned{newest}"
         if self.table is None:
             return f"the flags of {self.engine_label} were not read: the launch command is not checked"
         return None
