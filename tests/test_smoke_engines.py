@@ -32,7 +32,7 @@ MODEL = "glm-4.7-flash"
 
 SCRIPTS = {
     "sglang": (
-        "lmsysorg/sglang:v0.5.9-cu129",
+        "lmsysorg/sglang:v0.5.10-cu129",  # 0.5.10: the first stock image that loads glm4_moe_lite
         "#!/bin/bash\nexec python3 -m sglang.launch_server --model-path zai-org/GLM-4.7-Flash "
         "--served-model-name glm-4.7-flash --tool-call-parser glm47 --reasoning-parser glm45 "
         '--host 0.0.0.0 --port 8000 --api-key "${GLM_API_KEY}"\n',
@@ -43,9 +43,10 @@ SCRIPTS = {
         "--tool-call-parser glm47 --reasoning-parser glm45 --enable-auto-tool-choice "
         "--served-model-name glm-4.7-flash --host 0.0.0.0 --port 8000\n",
     ),
+    # The stock 0.15 image cannot load GLM-4.7-Flash (transformers<5); its dialect is served with GLM-4.5-Air.
     "vllm-0.15": (
         "vllm/vllm-openai:v0.15.0",
-        '#!/bin/bash\nexport VLLM_API_KEY="${GLM_API_KEY}"\nexec vllm serve zai-org/GLM-4.7-Flash '
+        '#!/bin/bash\nexport VLLM_API_KEY="${GLM_API_KEY}"\nexec vllm serve zai-org/GLM-4.5-Air '
         "--tool-call-parser glm47 --reasoning-parser glm45 --enable-auto-tool-choice "
         "--served-model-name glm-4.7-flash --port 8000\n",
     ),

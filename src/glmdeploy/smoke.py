@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, Field
 
+from glmdeploy.engines.kinds import ENGINE_KINDS as KNOWN_ENGINE_KINDS
 from glmdeploy.errors import SmokeFailed, UsageError
 from glmdeploy.sse import ChatStreamAssembly, SSEParser, StreamFormatError, ToolCallDraft, reasoning_text
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 JUNIT_SUITE = "glmdeploy.smoke"
 CHECK_NAMES: tuple[str, ...] = ("health", "auth", "models", "chat", "stream", "reasoning", "tools", "max_tokens")
-ENGINE_KINDS: tuple[str, ...] = ("sglang", "vllm", "lightllm")
+ENGINE_KINDS = KNOWN_ENGINE_KINDS  # engines/kinds.py: the one list
 DEFAULT_TIMEOUT_S = 120.0
 # SGLang's /health runs a generation and may take up to its own 20 s timeout to answer (engines.md §5 tip b).
 SGLANG_HEALTH_TIMEOUT_S = 25.0
@@ -248,9 +249,23 @@ def profile_skips(snapshot: Mapping[str, Any]) -> dict[str, str]:
     has_tool_parser = bool(engine.get("tool_call_parser")) or "--tool-call-parser" in extra
     if not has_tool_parser:
         skips["tools"] = f"profile {name} enables no tool-call parser: tool calls arrive as raw text"
-    elif kind == "vllm" and not engine.get("auto_tool_choice") and "--enable-auto-tool-choice" not in extra:
-        skips["tools"] = f"profile {name} does not set auto_tool_choice: vLLM refuses tool_choice auto"
+    elif (switch := _auto_tool_choice_flag(kind)) and not engine.get("auto_tool_choice") and switch not in extra:
+        skips["tools"] = f"profile {name} does not set auto_tool_choice: {_display(kind)} refuses tool_choice auto"
     return skips
+
+
+def _auto_tool_choice_flag(kind: object) -> str | None:
+    if kind not in ENGINE_KINDS:
+        return None
+    from glmdeploy.engines import get_engine
+
+    return get_engine(str(kind)).auto_tool_choice_flag
+
+
+def _display(kind: object) -> str:
+    from glmdeploy.engines import get_engine
+
+    return get_engine(str(kind)).display_name
 
 
 def select_checks(only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[str]:

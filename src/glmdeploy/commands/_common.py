@@ -47,6 +47,33 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def check_launch(profile: Any, *, force: bool | None) -> None:
+    """Refuse, before anything is rented, a launch the pinned engine would refuse (exit 2, one line).
+
+    ``force=None`` (plan, profiles validate): only refused flags stop it; an unknown version or an engine
+    that cannot load the model is a warning. ``force=False`` (up, ci): those refuse too. ``force=True``:
+    everything is a warning; the user rents knowing the engine may exit at launch.
+    """
+    from glmdeploy.engines.checks import check_launch as run_check
+    from glmdeploy.errors import UsageError
+
+    check = run_check(profile)
+    refusals: list[str] = []
+    warnings: list[str] = []
+    if check.flags_refusal:
+        refusals.append(check.flags_refusal)
+    for text in (check.model_refusal, None if check.image.floating else check.version_warning):
+        if text:
+            (warnings if force is None else refusals).append(text)
+    if check.image.floating and check.version_warning:
+        warnings.append(check.version_warning)
+    if refusals and not force:
+        tail = "; --force rents anyway" if force is False else ""
+        raise UsageError(refusals[0] + tail)
+    for text in [*refusals, *warnings]:
+        say(f"warning: {text}")
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
     sys.stdout.flush()

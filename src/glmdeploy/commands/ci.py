@@ -18,6 +18,7 @@ from glmdeploy.commands._common import (
     JsonOutput,
     ProfileRef,
     Sandbox,
+    check_launch,
     emit_json,
     handles_errors,
     say,
@@ -121,6 +122,7 @@ def ci(
     from glmdeploy.state import StateStore
 
     prof = load_profile(profile)
+    check_launch(prof, force=False)
     timeout_s = parse_duration(timeout, option="--timeout") if timeout else prof.readiness.timeout_s
     ttl_s = parse_duration(ttl, option="--ttl") if ttl else timeout_s + TTL_MARGIN_S
     if max_cost is not None and not max_cost > 0:

@@ -80,7 +80,9 @@ def show(
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Profile YAML files to check.")],
 ) -> None:
-    """Check profile files against the schema; exit 2 on the first invalid one."""
+    """Check profile files against the schema and their launch command against the pinned engine's flags;
+    exit 2 if any is invalid."""
+    from glmdeploy.engines.checks import check_launch
     from glmdeploy.errors import ProfileError
     from glmdeploy.profiles import load_file
 
@@ -91,8 +93,16 @@ def validate(
         except ProfileError as exc:
             failed.append(str(exc))
             say(f"invalid: {exc}")
-        else:
-            say(f"ok: {path} ({profile.name})")
+            continue
+        check = check_launch(profile)
+        if check.flags_refusal:
+            failed.append(check.flags_refusal)
+            say(f"invalid: {path}: {check.flags_refusal}")
+            continue
+        for warning in (check.model_refusal, check.version_warning):
+            if warning:
+                say(f"warning: {path}: {warning}")
+        say(f"ok: {path} ({profile.name})")
     if failed:
         raise typer.Exit(2)
 

@@ -12,6 +12,7 @@ from glmdeploy.commands._common import (
     JsonOutput,
     ProfileRef,
     Sandbox,
+    check_launch,
     emit_json,
     handles_errors,
     say,
@@ -41,7 +42,13 @@ def up(
     context_length: Annotated[int | None, typer.Option(help="Override the profile's context length.")] = None,
     image: Annotated[str | None, typer.Option(help="Override the profile's container image.")] = None,
     no_smoke: Annotated[bool, typer.Option("--no-smoke", help="Skip the smoke test.")] = False,
-    force: Annotated[bool, typer.Option(help="Rent even if the planner says it does not fit.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Rent even if the planner says it does not fit, or the image's version is not known, "
+            "cannot load the model or refuses a flag."
+        ),
+    ] = False,
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
@@ -56,6 +63,7 @@ def up(
     from glmdeploy.profiles.model import with_overrides
 
     prof = with_overrides(load_profile(profile), context_length=context_length, image=image)
+    check_launch(prof, force=force)
     ttl_s = parse_duration(ttl, option="--ttl") if ttl else None
     timeout_s = parse_duration(timeout, option="--timeout") if timeout else None
     interactive = sys.stdin.isatty() and not json_output

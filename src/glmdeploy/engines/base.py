@@ -8,6 +8,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from glmdeploy.engines.flags import FlagTable, Version, history, parse_version
+from glmdeploy.engines.images import ImageVersion, parse_image
+
 if TYPE_CHECKING:
     from glmdeploy.engines.health import HealthState
     from glmdeploy.engines.memory import MemoryModel
@@ -149,6 +152,15 @@ class Engine:
     reasoning_field: ClassVar[str] = "reasoning_content"
     tool_call_id_prefix: ClassVar[str] = "call_"
     native_auth: ClassVar[bool] = True
+    # How users and the engine itself name it ("vLLM 0.24.0").
+    display_name: ClassVar[str] = ""
+    # Image repositories that ship this engine, and tags that move (they exist but pin no version).
+    image_repos: ClassVar[tuple[str, ...]] = ()
+    floating_tags: ClassVar[frozenset[str]] = frozenset({"latest"})
+    # Tags that are not a release number but stand for a known build, e.g. SGLang's PR images.
+    tag_aliases: ClassVar[dict[str, Version]] = {}
+    # A flag that must come with the tool-call parser before tool_choice "auto" is served (vLLM's), if any.
+    auto_tool_choice_flag: ClassVar[str | None] = None
 
     def argv(
         self,
@@ -200,6 +212,48 @@ class Engine:
             return None
         number = next(g for g in match.groups() if g is not None)
         return int(number.replace(",", ""))
+
+    # ------------------------------------------------------------------ versions and flags
+
+    def tag_version(self, tag: str) -> Version | None:
+        """The release a tag of one of this engine's repositories pins (``v0.24.0`` -> (0, 24, 0))."""
+        if tag in self.tag_aliases:
+            return self.tag_aliases[tag]
+        return parse_version(tag)
+
+    def image_version(self, image: str) -> ImageVersion:
+        """What the image reference says: this engine's or not, which release, known to a registry or not."""
+        ref = parse_image(image)
+        if ref.repo not in self.image_repos:
+            return ImageVersion(image, None, None, floating=False, known=False)
+        if ref.tag is None or ref.tag in self.floating_tags:
+            # No tag means `latest` to docker; a digest alone pins a build whose version the name does not say.
+            floating = ref.tag is not None or ref.digest is None
+            return ImageVersion(image, self.kind, None, floating=floating, known=floating)
+        version = self.tag_version(ref.tag)
+        releases = history(self.kind).releases
+        known = version is not None and (ref.tag in self.tag_aliases or version in releases)
+        return ImageVersion(image, self.kind, version if known else None, floating=False, known=known)
+
+    def flag_table(self, image: str) -> FlagTable | None:
+        """The flags the image's engine accepts: its release's table, the newest one for a floating tag,
+        None when the version is not known or its flags were not read."""
+        info = self.image_version(image)
+        flags = history(self.kind)
+        if info.floating:
+            return flags.table(flags.newest)
+        if info.version is None:
+            return None
+        return flags.table(info.version)
+
+    def builder_table(self, image: str) -> FlagTable:
+        """The table a builder follows: the image's, else the newest (a build the tag does not pin is recent)."""
+        flags = history(self.kind)
+        return self.flag_table(image) or flags.table(flags.newest)  # type: ignore[return-value]
+
+    def model_support_error(self, model_arch: str, image: str) -> str | None:
+        """The log line the engine in ``image`` ends with when it cannot load ``model_arch``; None if it can."""
+        return None
 
 
 def flag(args: list[str], name: str, value: object | None) -> None:

@@ -29,6 +29,8 @@ from glmdeploy.sandbox.faults import DEFAULT_EXIT_ERROR, DEFAULT_PULL_ERROR, Fau
 # create; pulling a multi-GB serving image takes minutes).
 CREATED_S = 5.0
 LOADING_S = 120.0
+# A tag the registry does not have fails the pull at once (the manifest is the first thing fetched).
+PULL_FAIL_S = 5.0
 DEFAULT_TIME_SCALE = 0.005
 # Engine latency in real seconds. Real engines decode at ~50-200 tokens/s; the defaults keep streams
 # visibly incremental (what smoke's "stream" check looks for) while a 64-token answer takes ~0.15 s.
@@ -425,6 +427,10 @@ class World:
             return
         self._set_status(instance, "loading", f"Pulling image {instance.image}")
         instance.daemon_log.append(f"{_stamp(self.clock())} pulling {instance.image}")
+        pull_error = self._pull_error(instance)
+        if pull_error is not None:
+            await self._pull_fails(instance, pull_error)
+            return
         if instance.stuck_loading:
             return  # stays loading until destroyed
         if instance.loading_error is not None:
@@ -453,6 +459,30 @@ class World:
         self._set_status(instance, "running", f"success, running {instance.image}/ssh")
         instance.daemon_log.append(f"{_stamp(self.clock())} container started")
         self._start_engine(instance)
+
+    @staticmethod
+    def _pull_error(instance: Instance) -> str | None:
+        """The registry's answer when the image's tag does not exist (faults that decide the pull win)."""
+        # A fault that decides the pull wins (main's fail-fast faults keep theirs in `loading_error`).
+        if instance.exit_msg is not None or instance.stuck_loading or getattr(instance, "loading_error", None):
+            return None
+        try:
+            check = importlib.import_module("glmdeploy.sandbox.engines").pull_error
+        except (ImportError, AttributeError):
+            return None
+        result: str | None = check(instance.image)
+        return result
+
+    async def _pull_fails(self, instance: Instance, error: str) -> None:
+        """Vast shows the daemon's error in status_msg while the instance stays ``loading`` for good."""
+        await self._sleep_sim(PULL_FAIL_S)
+        if instance.destroyed_at is not None or instance.intended_status != "running":
+            return
+        instance.status_msg = error
+        instance.daemon_log.append(f"{_stamp(self.clock())} {error}")
+        if hasattr(instance, "first_sign_at"):
+            # When the first sign of this failure showed (the fail-fast bookkeeping, where the world keeps it).
+            instance.first_sign_at = self.clock()
 
     def _set_status(self, instance: Instance, status: str, msg: str | None) -> None:
         now = self.clock()

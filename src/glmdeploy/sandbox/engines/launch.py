@@ -12,15 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-KINDS = ("sglang", "vllm", "lightllm")
-
-# Image repositories that contain exactly one engine; a command for another engine fails there.
-_IMAGE_KINDS = (
-    ("lmsysorg/sglang", "sglang"),
-    ("vllm/vllm-openai", "vllm"),
-    ("ghcr.io/modeltc/lightllm", "lightllm"),
-    ("modeltc/lightllm", "lightllm"),
-)
+from glmdeploy.engines import ENGINES, image_version
 
 
 @dataclass(frozen=True)
@@ -203,14 +195,30 @@ def engine_kind(argv: Sequence[str]) -> str | None:
 
 
 def image_kind(image: str) -> str | None:
-    """The engine an image ships, from its repository name (tag and digest ignored)."""
+    """The engine an image ships, from its repository name (tag and digest ignored).
+
+    A repository of an engine, or one named like it (``vllm/vllm-openai-rocm``, ``.../lightllm/xyz``), ships
+    that engine; the repositories are the engine modules' own (``Engine.image_repos``).
+    """
     ref = image.split("@", 1)[0]
     head, _, last = ref.rpartition("/")
     repo = f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
-    for prefix, kind in _IMAGE_KINDS:
-        if repo == prefix or repo.startswith((prefix + "-", prefix + "/")):
-            return kind
+    for kind, engine in ENGINES.items():
+        for prefix in engine.image_repos:
+            if repo == prefix or repo.startswith((prefix + "-", prefix + "/")):
+                return kind
     return None
+
+
+def pull_error(image: str) -> str | None:
+    """What the registry answers a pull of ``image`` with, if it fails: a tag of an engine's repository that
+    names no published release (nor a moving tag). Images of other repositories are trusted."""
+    from glmdeploy.sandbox.faults import DEFAULT_PULL_ERROR
+
+    info = image_version(image)
+    if info.kind is None or info.known:
+        return None
+    return DEFAULT_PULL_ERROR.format(image=image)
 
 
 def option_values(argv: Sequence[str], *names: str) -> list[str]:

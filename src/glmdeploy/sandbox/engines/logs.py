@@ -588,4 +588,53 @@ PLANS: dict[str, Callable[[EngineConfig, Mapping[str, str | None], random.Random
 
 def startup_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.Random, pid: int) -> list[Step]:
     """The engine's startup; ``pid`` is the server process id its log lines name."""
+    from glmdeploy.sandbox.engines import argv
+
+    refused = argv.parse_error(cfg.kind, cfg.spec.image, cfg.spec.argv)
+    if refused is not None:
+        return _argparse_exit(cfg, refused)
+    unsupported = argv.model_error(cfg.kind, cfg.arch.key, cfg.spec.image)
+    if unsupported is not None:
+        return _cannot_load(cfg, unsupported, pid)
     return PLANS[cfg.kind](cfg, faults, rng, pid)
+
+
+def _banner(cfg: EngineConfig) -> Render:
+    return (lambda _ts: []) if "rocm" in cfg.spec.image else (lambda _ts: cuda_banner(_cuda_version(cfg)))
+
+
+def _argparse_exit(cfg: EngineConfig, lines: list[str]) -> list[Step]:
+    """argparse's refusal after the imports, then the process is gone: no port, no more log lines."""
+    from glmdeploy.sandbox.engines.argv import PARSE_AFTER_S
+
+    p = _Plan()
+    p.lines(_banner(cfg))
+    p.wait(PARSE_AFTER_S[cfg.kind])
+    p.lines(lambda _ts: list(lines))
+    p.milestone(Milestone.CRASH)
+    return p.steps
+
+
+def _cannot_load(cfg: EngineConfig, error: str, pid: int) -> list[Step]:
+    """An engine build too old for the model: it reads the model's config and stops there."""
+    p = _Plan()
+    p.lines(_banner(cfg))
+    if cfg.kind == "vllm":
+        # vLLM validates the model config in the API server, right after the argument summary (engines.md §1).
+        def api(msg: str, where: str) -> Callable[[datetime], str]:
+            return lambda ts: f"(APIServer pid={pid}) INFO {ts:%m-%d %H:%M:%S} [{where}] {msg}"
+
+        p.wait(6)
+        p.line(api(f"vLLM API server version {cfg.version_text}", "api_server.py:1896"))
+        p.line(api(f"non-default args: {_vllm_non_default(cfg)}", "utils.py:253"))
+        p.wait(2)
+        tail = [
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+            f"  Value error, {error}",
+        ]
+    else:
+        p.wait(5)
+        tail = [error if error.startswith("ValueError: ") else f"ValueError: {error}"]
+    p.lines(lambda _ts: ["Traceback (most recent call last):", *tail])
+    p.milestone(Milestone.CRASH)
+    return p.steps
