@@ -86,6 +86,20 @@ def test_logs_follow_ends_with_exit_0_and_one_line_when_the_instance_goes(
     assert sb.running() == []
 
 
+def test_logs_of_an_instance_destroyed_behind_our_back_is_one_line_not_a_raw_404(
+    cli: Cli, sandbox: StartSandbox
+) -> None:
+    sb = sandbox()
+    cli("up", "--profile", "4x3090", "--sandbox", "--yes", check_exit=0)
+    [instance] = sb.running()
+    headers = {"Authorization": f"Bearer {sb.api_key}"}
+    url = f"{sb.url}/api/v0/instances/{instance['id']}/"
+    assert httpx.request("DELETE", url, json={}, headers=headers, timeout=10).status_code == 200
+    proc = cli("logs", check_exit=2)
+    [line] = error_lines(proc.stderr)
+    assert "no longer exists" in line and "404" not in line
+
+
 def test_an_account_without_credit_exits_8_not_7(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox(faults="create_fail")
     proc = cli("up", "--profile", "4x3090", "--sandbox", "--yes", check_exit=8)

@@ -292,8 +292,15 @@ def logs(
             try:
                 text = conn.client.request_logs(d.instance_id, tail=tail)
             except NotFound:
-                if not follow or conn.client.show_instance(d.instance_id) is not None:
+                if conn.client.show_instance(d.instance_id) is not None:
                     raise
+                if not follow:
+                    from glmdeploy.errors import UsageError
+
+                    raise UsageError(
+                        f"deployment {d.name!r}: instance {d.instance_id} no longer exists (destroyed), so it has"
+                        " no logs", hint="'glmdeploy list' closes its record"
+                    ) from None
                 # Destroyed while we followed it (destroy in another terminal, the TTL watchdog):
                 # the logs have simply ended.
                 if follower.pending():
