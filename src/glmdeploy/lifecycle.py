@@ -81,7 +81,7 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
             if d.instance_id is None and d.status == "creating":
                 store.mark_destroyed(d.id, status="failed", error="interrupted before an instance was rented")
             else:
-                store.mark_destroyed(d.id, status="destroyed", error=d.error or "instance no longer exists on Vast.ai")
+                store.mark_destroyed(d.id, status="destroyed", error=d.error or _gone_reason(d))
             result.marked_gone.append(d.name)
             continue
         if d.status == "orphaned":
@@ -96,6 +96,16 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
         result.orphans.append(Orphan(inst.id, label, "no local record (another machine, or a lost state DB)",
                                      None, inst.dph_total))
     return result
+
+
+def _gone_reason(deployment: Deployment) -> str:
+    """Why an instance of an active record no longer exists, as far as this side can tell."""
+    from glmdeploy.state import utcnow
+
+    if deployment.expires_at is not None and utcnow() >= deployment.expires_at:
+        expired = deployment.expires_at.isoformat(timespec="seconds")
+        return f"its TTL expired at {expired}: the host watchdog destroyed it"
+    return "instance no longer exists on Vast.ai"
 
 
 def sandbox_gone(api_url: str | None) -> bool:

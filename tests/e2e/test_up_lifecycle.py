@@ -16,12 +16,16 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import GLMDEPLOY, Sandbox, events
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox, events
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
 
 pytestmark = pytest.mark.e2e
+
+# The sandbox's clock runs fast: at the default TTL (readiness timeout + 30m) its watchdog would destroy
+# a deployment within seconds of real time. Deployments these tests use after `up` get a long one.
+LONG_TTL = "1000h"
 
 
 def env_exports(cli: Cli, name: str | None = None) -> dict[str, str]:
@@ -39,7 +43,7 @@ def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
     cli: Cli, sandbox: StartSandbox, profile: str, engine: str
 ) -> None:
     sb = sandbox()
-    up = cli("up", "--profile", profile, "--sandbox", "--yes", check_exit=0)
+    up = cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, check_exit=0)
     assert "ready:" in up.stdout
     exports = env_exports(cli)
     base, key, model = exports["OPENAI_BASE_URL"], exports["OPENAI_API_KEY"], exports["MODEL"]
@@ -138,7 +142,7 @@ def test_max_attempts_moves_to_another_machine(cli: Cli, sandbox: StartSandbox) 
 
 def _start_up(cli_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", *args],
+        [*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "--ttl", LONG_TTL, *args],
         env=cli_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -34,6 +34,9 @@ from glmdeploy.sandbox.process import SandboxConfig, SandboxInfo, ThreadedSandbo
 GLMDEPLOY = [sys.executable, "-m", "glmdeploy"]
 # Real seconds per simulated second. 0.001 keeps a whole deployment well under a second of sandbox time.
 TIME_SCALE = 0.001
+# The sandbox's clock runs fast: at the default TTL (readiness timeout + 30m) its watchdog would destroy
+# a deployment within seconds of real time. Deployments a test uses after `up` get a long one.
+LONG_TTL = "1000h"
 STATUSES = {"creating", "starting", "loading", "ready", "failed", "destroying", "destroyed", "orphaned"}
 
 

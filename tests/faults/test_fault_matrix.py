@@ -28,6 +28,7 @@ import pytest
 
 from .conftest import (
     GLMDEPLOY,
+    LONG_TTL,
     Admin,
     InProcess,
     Outcome,
@@ -61,15 +62,16 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
     w: InProcess = in_process(faults=cell.fault if cell.command in ("up", "ci") else "")
     name = "cell"
     if cell.command == "up":
-        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, *cell.args)
+        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, "--ttl", LONG_TTL,
+                    *cell.args)
         evs = out.events()
         assert evs and evs[-1]["event"] == ("ready" if cell.exit == 0 else "failed"), out.describe()
         if cell.exit in (4, 5):
             assert evs[-1]["phase"] == cell.column, out.describe()
     elif cell.command == "ci":
-        out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, *cell.args)
+        out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, "--ttl", LONG_TTL, *cell.args)
     else:
-        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name)
+        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name, "--ttl", LONG_TTL)
         assert ready.exit_code == 0, ready.describe()
         w.admin.set_faults(cell.fault)
         if cell.command == "destroy":
@@ -147,7 +149,8 @@ def test_sandbox_killed_during_wait_ready_then_restarted(
     """
     (cell,) = PROCESS_CELLS
     admin = sandbox_process.start(faults=cell.fault)
-    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell"],
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell",
+                             "--ttl", LONG_TTL],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
     assert proc.stdout is not None
@@ -214,7 +217,7 @@ def test_a_sandbox_gone_for_good_closes_its_records(isolated_env: Path) -> None:
     with serve_in_thread(SandboxConfig(time_scale=0.001)) as first:
         register(first, isolated_env)
         w = InProcess(sb=first, admin=Admin(first.url, first.api_key), home=isolated_env)
-        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old").exit_code == 0
+        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old", "--ttl", LONG_TTL).exit_code == 0
         w.admin.close()
     with serve_in_thread(SandboxConfig(time_scale=0.001)) as second:
         register(second, isolated_env)
