@@ -23,10 +23,6 @@ StartSandbox = Callable[..., Sandbox]
 
 pytestmark = pytest.mark.e2e
 
-# The sandbox's clock runs fast: at the default TTL (readiness timeout + 30m) its watchdog would destroy
-# a deployment within seconds of real time. Deployments these tests use after `up` get a long one.
-LONG_TTL = "1000h"
-
 
 def env_exports(cli: Cli, name: str | None = None) -> dict[str, str]:
     out = cli("env", *([name] if name else []), check_exit=0).stdout
