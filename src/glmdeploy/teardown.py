@@ -156,8 +156,11 @@ class InterruptGuard:
         self._closing = False
         self._pending = False
         self._previous: dict[int, Any] = {}
+        # Which of stdin/stdout/stderr are a terminal, found out now: once it is hung up, isatty() says no.
+        self._terminal_fds: tuple[int, ...] = ()
 
     def __enter__(self) -> InterruptGuard:
+        self._terminal_fds = tuple(fd for fd in (0, 1, 2) if _isatty(fd))
         for sig in GUARDED:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -169,7 +172,7 @@ class InterruptGuard:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
-            _detach_terminal()
+            _detach_terminal(self._terminal_fds)
         # SIGHUP wins over the others: the terminal is gone, which is what the exit code must say.
         if self.received is None or signum == signal.SIGHUP:
             self.received = signum
@@ -207,18 +210,26 @@ class InterruptGuard:
         return kind(f"{what}: whatever was rented has been destroyed")
 
 
-def _detach_terminal() -> None:
-    """Point stdin/stdout/stderr that are a terminal at /dev/null: after a hang-up, writing to the
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _detach_terminal(fds: tuple[int, ...]) -> None:
+    """Point ``fds`` (those that were a terminal) at /dev/null: after a hang-up, writing to the
     terminal fails (EIO), and the teardown's progress lines must not stop the teardown."""
+    if not fds:
+        return
     try:
         devnull = os.open(os.devnull, os.O_RDWR)
     except OSError:
         return
     try:
-        for fd in (0, 1, 2):
+        for fd in fds:
             with contextlib.suppress(OSError):
-                if os.isatty(fd):
-                    os.dup2(devnull, fd)
+                os.dup2(devnull, fd)
     finally:
         os.close(devnull)
     for stream in (sys.stdout, sys.stderr):
