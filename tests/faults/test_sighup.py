@@ -128,8 +128,8 @@ def test_sighup_from_a_closed_terminal_still_destroys(world: InProcess, cli_env:
     # The pty is the controlling terminal of a new session, as a login shell's is: closing its master
     # side makes the kernel hang it up and send SIGHUP, exactly as a dropped SSH connection does.
     args = ["up", "-p", "4x3090", "--sandbox", "--yes", "--ttl", "none", "--timeout", "2h"]
-    proc = subprocess.Popen([*GLMDEPLOY, *args], env=cli_env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            preexec_fn=_take_controlling_terminal)
+    proc = subprocess.Popen([*GLMDEPLOY, *args], env=cli_env, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, preexec_fn=_take_controlling_terminal)
     os.close(slave)
     try:
         deadline = time.monotonic() + 60
