@@ -100,9 +100,14 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
 
 def _gone_reason(deployment: Deployment) -> str:
     """Why an instance of an active record no longer exists, as far as this side can tell."""
-    from glmdeploy.state import utcnow
+    from datetime import timedelta
 
-    if deployment.expires_at is not None and utcnow() >= deployment.expires_at:
+    from glmdeploy.state import utcnow
+    from glmdeploy.ttl import OVERDUE_GRACE_S, clock_scale
+
+    # The watchdog starts with the container, a poll before `up` saw it running and recorded expires_at.
+    early = timedelta(seconds=OVERDUE_GRACE_S * clock_scale(deployment.api_url))
+    if deployment.expires_at is not None and utcnow() >= deployment.expires_at - early:
         expired = deployment.expires_at.isoformat(timespec="seconds")
         return f"its TTL expired at {expired}: the host watchdog destroyed it"
     return "instance no longer exists on Vast.ai"
