@@ -53,10 +53,10 @@ def test_default_ttl_is_enforced_by_the_sandbox_and_status_says_so(cli: Cli, san
     assert armed["ttl_s"] == load_profile("4x3090").readiness.timeout_s + 30 * 60
     [gone] = _wait_ledger(sb, lambda rows: rows[0]["status"] == "destroyed")
     assert gone["destroyed_by"] == "watchdog"
-    status = cli("status", check_exit=0)
+    status = cli("status", deployment["name"], check_exit=0)
     assert f"{deployment['name']}: destroyed" in status.stdout
     assert "expired:" in status.stdout and "the TTL watchdog destroyed it" in status.stdout
-    view = json.loads(cli("status", "--json", check_exit=0).stdout)
+    view = json.loads(cli("status", deployment["name"], "--json", check_exit=0).stdout)
     assert view["status"] == "destroyed" and "TTL expired" in view["error"]
 
 
