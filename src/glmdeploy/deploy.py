@@ -212,6 +212,7 @@ class Deployer:
         profile = request.profile
         self._phase(Phase.PLAN_CHECK, None)
         plan = self._plan_check(profile, force=request.force)
+        self._check_key()
         cap = profile.hardware.max_price if request.max_price is None else request.max_price
         failed_machines: list[int] = []
         last_error: GlmdeployError | None = None
@@ -279,6 +280,24 @@ class Deployer:
                 )
             self.events.note(f"planner says it does not fit ({plan.reason}); continuing because of --force")
         return plan
+
+    def _check_key(self) -> None:
+        """One authenticated call before searching, which needs no key: a wrong key is reported now,
+        not after search and ranking, at the create. Only a refused key stops here; any other
+        trouble is the later calls' to report (the create authenticates anyway)."""
+        try:
+            next(iter(self.client.iter_instances()), None)
+        except AuthError as exc:
+            raise AuthError(
+                f"{exc}: nothing was rented",
+                status_code=exc.status_code,
+                error=exc.error,
+                msg=exc.msg,
+                operation=exc.operation,
+                hint=exc.hint,
+            ) from None
+        except VastError as exc:
+            self.events.note(f"could not check the API key before searching ({exc}); going on")
 
     def _search_and_rank(self, profile: Profile, cap: float, failed: list[int]) -> list[RankedOffer]:
         from glmdeploy.market import search_ranked

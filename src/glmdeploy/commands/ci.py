@@ -71,6 +71,9 @@ def ci(
     if junit is not None and not Path(junit).parent.is_dir():
         raise UsageError(f"--junit: folder {Path(junit).parent} does not exist")
 
+    if name is not None:  # before anything touches Vast.ai
+        with StateStore.open() as names:
+            names.check_name_free(name)
     conn = connect(api_key, api_url, sandbox)
     events: JsonEvents | TerminalEvents = JsonEvents() if json_output else TerminalEvents()
     store = StateStore.open()

@@ -68,14 +68,20 @@ def up(
     interactive = sys.stdin.isatty() and not json_output
     # The sandbox costs nothing, so there is nothing to confirm; real money always needs a yes.
     yes = yes or sandbox
-    if not yes and not interactive:
-        raise UsageError("refusing to rent without confirmation: no terminal to ask on", hint="pass --yes")
 
     from glmdeploy.connect import connect
     from glmdeploy.deploy import Deployer, StepFailed, UpRequest
     from glmdeploy.state import StateStore
 
+    # Before anything touches Vast.ai, in this order: a name clash, a missing key, a refused
+    # confirmation (then the Deployer checks the key itself with one call, before searching).
+    if name is not None:
+        with StateStore.open() as names:
+            names.check_name_free(name)
     conn = connect(api_key, api_url, sandbox)
+    if not yes and not interactive:
+        conn.client.close()
+        raise UsageError("refusing to rent without confirmation: no terminal to ask on", hint="pass --yes")
     if ttl_s is None:
         say(NO_TTL_WARNING)
     from glmdeploy.progress import JsonEvents, TerminalEvents
