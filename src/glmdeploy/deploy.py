@@ -19,9 +19,11 @@ display on a terminal, NDJSON with ``--json``). The rules that keep users' money
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -38,10 +40,10 @@ from glmdeploy.errors import (
     SmokeFailed,
     UsageError,
 )
-from glmdeploy.lifecycle import destroy_and_verify
 from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
 from glmdeploy.readiness import LaunchFailure, ReadyWait, instance_failure
 from glmdeploy.state import DeploymentReleased
+from glmdeploy.teardown import ORPHAN_HINT, orphan_hint, tear_down
 from glmdeploy.vast.errors import (
     AuthError,
     CreateOutcomeUnknown,
@@ -83,7 +85,6 @@ PHASE_STATUS: dict[Phase, str] = {
 }
 LOG_TAIL = 400
 UP_SMOKE_CHECKS = ("health", "auth", "models", "chat", "stream")
-ORPHAN_HINT = "an instance may still be billing: run 'glmdeploy destroy --orphans' once Vast.ai answers"
 OFFERS_TRIED = 5
 TOP_OFFERS_SHOWN = 5
 
@@ -104,7 +105,6 @@ class Pacing:
     logs_first: float = 5.0
     logs_max: float = 30.0
     factor: float = 1.6
-    destroy_check: float = 3.0
 
     def interval(self, attempt: int, first: float, cap: float) -> float:
         return min(cap, first * self.factor**attempt) * self.scale
@@ -126,6 +126,8 @@ class UpRequest:
     force: bool = False
     # The owner scope the instance's label carries (glmdeploy.ownership); None: the state dir's.
     owner: str | None = None
+    # Dollars the rented instance may cost (price x time rented) before the wait gives up and tears down.
+    max_cost: float | None = None
 
 
 class UpEvents(Protocol):
@@ -161,6 +163,12 @@ class StepFailed(DeploymentFailed):
         self.retry_elsewhere = retry_elsewhere
 
 
+class CostLimitReached(StepFailed):
+    """The accrued cost (dph_total x time rented) reached ``max_cost`` (``ci --max-cost``)."""
+
+    code = "cost_limit"
+
+
 class PlanRefused(UsageError):
     code = "plan_refused"
 
@@ -179,6 +187,8 @@ class _Attempt:
     rented_at: float | None = None
     # The KV pool the engine's own startup line reported (issue 11 §5: calibrates the planner).
     kv_tokens_reported: int | None = None
+    # Vast.ai refused the create outright (401/403): it is certain that nothing was rented.
+    nothing_rented: bool = False
 
 
 @dataclass
@@ -197,14 +207,23 @@ class Deployer:
     current: _Attempt | None = None
     # The phase reached last, so a failure that is not a StepFailed (an API error) still says where.
     phase_now: Phase | None = None
+    # Runs around every teardown: the command's InterruptGuard.shielded, so a signal cannot cut it short.
+    shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+    # What the last teardown left ("nothing", "kept" or "orphaned"): an interrupt during it reports this.
+    left: str = "nothing"
+    max_cost: float | None = None
+    # (dph_total, rented_at) of the instance rented last: what --max-cost counts.
+    rented: tuple[float | None, float] | None = None
 
     # ------------------------------------------------------------------ public
 
     def up(self, request: UpRequest) -> Deployment:
         self.started = self.clock()
+        self.max_cost = request.max_cost
         profile = request.profile
         self._phase(Phase.PLAN_CHECK, None)
         plan = self._plan_check(profile, force=request.force)
+        self._check_key()
         cap = profile.hardware.max_price if request.max_price is None else request.max_price
         failed_machines: list[int] = []
         last_error: GlmdeployError | None = None
@@ -215,6 +234,8 @@ class Deployer:
                 return self._attempt(request, plan, ranked, cap)
             except StepFailed as exc:
                 last_error = exc
+                if isinstance(exc, CostLimitReached):
+                    raise  # another machine would cost more, not less
                 if exc.machine_id is not None:
                     failed_machines.append(exc.machine_id)
                 if not exc.retry_elsewhere:
@@ -227,13 +248,36 @@ class Deployer:
         raise last_error
 
     def abort(self, reason: str) -> str:
-        """Clean up after an interrupt (Ctrl-C, SIGTERM): destroy whatever this run rented.
+        """Clean up after an interrupt (Ctrl-C, SIGTERM, SIGHUP): destroy whatever this run rented.
 
-        Returns what is left, as ``_cleanup`` does ("nothing" or "orphaned").
+        Returns what is left, as ``_cleanup`` does ("nothing" or "orphaned"); when the interrupt came
+        during a teardown already under way, what that teardown left.
         """
         if self.current is None:
-            return "nothing"
+            return self.left
         return self._cleanup(self.current, reason=reason, keep=False, status="failed")
+
+    def accrued_cost(self) -> float:
+        """Dollars the instance rented last has cost so far (price x provider time since it was rented)."""
+        if self.rented is None:
+            return 0.0
+        dph, since = self.rented
+        if dph is None:
+            return 0.0
+        return dph * (self.clock() - since) / self.pacing.scale / 3600
+
+    def check_cost(self) -> None:
+        """Raise ``CostLimitReached`` once the rented instance has cost ``max_cost``."""
+        if self.max_cost is None or self.rented is None:
+            return
+        cost = self.accrued_cost()
+        if cost >= self.max_cost:
+            raise CostLimitReached(
+                f"cost limit reached: ${cost:.3f} accrued at ${self.rented[0] or 0:.3f}/h (--max-cost "
+                f"${self.max_cost:.2f}); tearing down",
+                kind="cost_limit",
+                phase=self.phase_now or Phase.CREATE,
+            )
 
     # ------------------------------------------------------------------ phases
 
@@ -249,6 +293,24 @@ class Deployer:
                 )
             self.events.note(f"planner says it does not fit ({plan.reason}); continuing because of --force")
         return plan
+
+    def _check_key(self) -> None:
+        """One authenticated call before searching, which needs no key: a wrong key is reported now,
+        not after search and ranking, at the create. Only a refused key stops here; any other
+        trouble is the later calls' to report (the create authenticates anyway)."""
+        try:
+            next(iter(self.client.iter_instances()), None)
+        except AuthError as exc:
+            raise AuthError(
+                f"{exc}: nothing was rented",
+                status_code=exc.status_code,
+                error=exc.error,
+                msg=exc.msg,
+                operation=exc.operation,
+                hint=exc.hint,
+            ) from None
+        except VastError as exc:
+            self.events.note(f"could not check the API key before searching ({exc}); going on")
 
     def _search_and_rank(self, profile: Profile, cap: float, failed: list[int]) -> list[RankedOffer]:
         from glmdeploy.market import search_ranked
@@ -282,17 +344,12 @@ class Deployer:
         profile = request.profile
         engine = get_engine(profile.engine.kind)
         key = secrets.token_hex(32)
-        expires = None
-        if request.ttl_s:
-            from glmdeploy.state import utcnow
-
-            expires = utcnow() + timedelta(seconds=request.ttl_s)
         deployment = self.store.create(
             profile=profile.name,
             profile_snapshot=profile.model_dump(mode="json"),
             name=request.name,
             api_url=request.api_url,
-            expires_at=expires,
+            expires_at=self._expiry(request),
             endpoint_api_key=key,
             model=engine.reported_model_name(profile),
             phase=Phase.CREATE.value,
@@ -303,6 +360,9 @@ class Deployer:
         try:
             self._create(request, attempt, key)
             instance = self._wait_running(request, attempt)
+            if request.ttl_s:
+                # The watchdog starts with the container (onstart runs then): count from now.
+                self.store.update(deployment.id, expires_at=self._expiry(request))
             endpoint = self._wait_ready(request, attempt, instance, key)
             self._phase(Phase.RESOLVE_ENDPOINT, attempt)
             self._verify_endpoint(attempt, endpoint, key)
@@ -341,11 +401,18 @@ class Deployer:
             left = self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
             if left == "orphaned":
                 # The one line the user reads must say that something may still bill, and what to run.
-                exc.hint = ORPHAN_HINT if not exc.hint else f"{exc.hint}; then {ORPHAN_HINT}"
+                hint = orphan_hint(exc)
+                exc.hint = hint if not exc.hint else f"{exc.hint}; then {hint}"
             raise
         self._phase(Phase.DONE, None, endpoint=endpoint)
         self.current = None
         return done
+
+    def _expiry(self, request: UpRequest) -> Any:
+        """When the host watchdog destroys the instance (the wall clock; the sandbox's runs faster)."""
+        if not request.ttl_s:
+            return None
+        return _now() + timedelta(seconds=request.ttl_s * self.pacing.scale)
 
     @staticmethod
     def _released(deployment: Deployment) -> DeploymentFailed:
@@ -408,6 +475,17 @@ class Deployer:
                 raise
             except OfferUnavailable:
                 raise _OfferGone from None
+            except AuthError as exc:
+                # Refused before anything was created: say so, so no one goes looking for a billing instance.
+                attempt.nothing_rented = True
+                raise AuthError(
+                    f"{exc}: nothing was rented",
+                    status_code=exc.status_code,
+                    error=exc.error,
+                    msg=exc.msg,
+                    operation=exc.operation,
+                    hint=exc.hint,
+                ) from None
             if result.new_contract is None:
                 raise StepFailed(
                     "Vast.ai accepted the create but returned no instance id", kind="create", phase=Phase.CREATE
@@ -432,6 +510,7 @@ class Deployer:
         attempt.rented_at = self.clock()
         attempt.machine_id = machine_id
         offer = attempt.offer
+        self.rented = (offer.dph_total, attempt.rented_at)
         self.store.update(
             attempt.deployment.id,
             instance_id=instance_id,
@@ -586,10 +665,21 @@ class Deployer:
     # ------------------------------------------------------------------ cleanup
 
     def _cleanup(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> str:
-        """Destroy what this attempt rented; returns what is left: "nothing", "kept" or "orphaned"."""
+        """Destroy what this attempt rented; returns what is left: "nothing", "kept" or "orphaned".
+
+        Runs shielded: a signal that arrives meanwhile is acted on once the teardown is over.
+        """
+        with self.shield():
+            self.left = self._tear_down_attempt(attempt, reason=reason, keep=keep, status=status)
+        return self.left
+
+    def _tear_down_attempt(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> str:
         d = attempt.deployment
         self.current = None
         if attempt.instance_id is None:
+            if attempt.nothing_rented:
+                self._closing_write(d.id, status="failed", error=reason, destroyed=True)
+                return "nothing"
             # The row exists but nothing was rented, unless a create is in doubt: look by label.
             try:
                 found = self._find_by_label(d.label)
@@ -612,24 +702,18 @@ class Deployer:
                 f"run 'glmdeploy destroy {d.name}' when done"
             )
             return "kept"
-        self._closing_write(d.id, status="destroying", error=reason)
-        try:
-            destroy_and_verify(
-                self.client,
-                attempt.instance_id,
-                sleep=self.sleep,
-                pause=self.pacing.destroy_check * self.pacing.scale,
-            )
-        except GlmdeployError as exc:
-            self._closing_write(d.id, status="orphaned", error=f"{reason}; destroy failed: {exc}")
-            self.events.note(
-                f"could not destroy instance {attempt.instance_id} ({exc}); "
-                "it is recorded: run 'glmdeploy destroy --orphans'"
-            )
-            return "orphaned"
-        self._closing_write(d.id, status=status, error=reason, destroyed=True)
-        self.events.note(f"destroyed instance {attempt.instance_id}")
-        return "nothing"
+        result = tear_down(
+            self.client,
+            attempt.instance_id,
+            pacing=self.pacing,
+            store=self.store,
+            deployment=d,
+            reason=reason,
+            status="failed" if status == "failed" else "destroyed",
+            sleep=self.sleep,
+        )
+        self.events.note(result.message())
+        return result.left
 
     def _closing_write(self, deployment_id: str, *, destroyed: bool = False, **fields: Any) -> None:
         """A write made while tearing down. If another process already closed the row (``destroy`` in
@@ -655,6 +739,7 @@ class Deployer:
         self.events.phase(phase, round(self.clock() - self.started, 3), **detail)
 
     def _wait(self, seconds: float, deadline: float) -> None:
+        self.check_cost()
         self.sleep(max(0.0, min(seconds, deadline - self.clock())))
 
 
@@ -679,4 +764,15 @@ def _now() -> Any:
     return utcnow()
 
 
-__all__ = ["AuthError", "Deployer", "Pacing", "Phase", "PlanRefused", "StepFailed", "UpEvents", "UpRequest"]
+__all__ = [
+    "ORPHAN_HINT",
+    "AuthError",
+    "CostLimitReached",
+    "Deployer",
+    "Pacing",
+    "Phase",
+    "PlanRefused",
+    "StepFailed",
+    "UpEvents",
+    "UpRequest",
+]

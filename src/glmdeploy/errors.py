@@ -16,6 +16,7 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     │   ├── AuthError (6)         credentials refused
     │   └── InsufficientCredit (8) the account lacks credit / hit its spend limit
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
+        └── HungUp (129)          SIGHUP (terminal or SSH session gone), after cleanup
 
 Exit codes are part of the public surface (shared/spec/cli.md): never renumber.
 """
@@ -31,6 +32,7 @@ EXIT_SMOKE_FAILED = 5
 EXIT_AUTH = 6
 EXIT_UNREACHABLE = 7
 EXIT_NO_CREDIT = 8
+EXIT_HUNG_UP = 129
 EXIT_INTERRUPTED = 130
 
 
@@ -94,3 +96,10 @@ class Interrupted(GlmdeployError):
 
     exit_code = EXIT_INTERRUPTED
     code = "interrupted"
+
+
+class HungUp(Interrupted):
+    """The terminal went away (SIGHUP: a closed window, a dropped SSH session); cleaned up like Ctrl-C."""
+
+    exit_code = EXIT_HUNG_UP
+    code = "hung_up"

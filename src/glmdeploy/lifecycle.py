@@ -117,7 +117,7 @@ def reconcile(
             if d.instance_id is None and d.status == "creating":
                 store.mark_destroyed(d.id, status="failed", error="interrupted before an instance was rented")
             else:
-                store.mark_destroyed(d.id, status="destroyed", error=d.error or "instance no longer exists on Vast.ai")
+                store.mark_destroyed(d.id, status="destroyed", error=d.error or _gone_reason(d))
             result.marked_gone.append(d.name)
             continue
         if d.status == "orphaned":
@@ -138,6 +138,21 @@ def reconcile(
         else:
             result.foreign.append(Foreign(inst.id, label, owner, inst.dph_total, inst.actual_status, inst.start_date))
     return result
+
+
+def _gone_reason(deployment: Deployment) -> str:
+    """Why an instance of an active record no longer exists, as far as this side can tell."""
+    from datetime import timedelta
+
+    from glmdeploy.state import utcnow
+    from glmdeploy.ttl import OVERDUE_GRACE_S, clock_scale
+
+    # The watchdog starts with the container, a poll before `up` saw it running and recorded expires_at.
+    early = timedelta(seconds=OVERDUE_GRACE_S * clock_scale(deployment.api_url))
+    if deployment.expires_at is not None and utcnow() >= deployment.expires_at - early:
+        expired = deployment.expires_at.isoformat(timespec="seconds")
+        return f"its TTL expired at {expired}: the host watchdog destroyed it"
+    return "instance no longer exists on Vast.ai"
 
 
 def sandbox_gone(api_url: str | None) -> bool:

@@ -463,6 +463,16 @@ class StateStore:
         rows = self._rows("SELECT * FROM deployments WHERE id = ?", (ref,))
         return rows[0] if rows else None
 
+    def check_name_free(self, name: str) -> None:
+        """Raise the ``UsageError`` that ``create`` would, before anything is rented under that name."""
+        validate_name(name)
+        existing = self.find(name)
+        if existing is not None and existing.name == name and existing.is_active:
+            raise UsageError(
+                f"a deployment named {name!r} already exists",
+                hint=f"pick another --name, or run 'glmdeploy destroy {name}' first",
+            )
+
     def get(self, ref: str) -> Deployment:
         """Like ``find`` but an unknown name is a usage error listing the known ones."""
         found = self.find(ref)

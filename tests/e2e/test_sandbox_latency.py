@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from .conftest import Sandbox
+from .conftest import LONG_TTL, Sandbox
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ def test_configured_latency_reaches_the_engine(cli: Callable[..., subprocess.Com
     sandbox()
     cli("sandbox", "stop", check_exit=0)
     cli("sandbox", "start", "--time-scale", "0.002", "--ttft-ms", "150", "--tpot-ms", "30", check_exit=0)
-    cli("up", "-p", "2x5090", "--sandbox", "--no-smoke", check_exit=0)
+    cli("up", "-p", "2x5090", "--sandbox", "--no-smoke", "--ttl", LONG_TTL, check_exit=0)
     exports = dict(
         line.removeprefix("export ").split("=", 1) for line in cli("env", check_exit=0).stdout.splitlines()
     )

@@ -17,7 +17,7 @@ import pytest
 
 from waits import HANG_S, LONG_TIMEOUT, EventStream, wait_for_request
 
-from .conftest import GLMDEPLOY, Sandbox, events
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox, events
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -40,7 +40,7 @@ def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
     cli: Cli, sandbox: StartSandbox, profile: str, engine: str
 ) -> None:
     sb = sandbox()
-    up = cli("up", "--profile", profile, "--sandbox", "--yes", check_exit=0)
+    up = cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, check_exit=0)
     assert "ready:" in up.stdout
     exports = env_exports(cli)
     base, key, model = exports["OPENAI_BASE_URL"], exports["OPENAI_API_KEY"], exports["MODEL"]
@@ -140,7 +140,7 @@ def test_max_attempts_moves_to_another_machine(cli: Cli, sandbox: StartSandbox) 
 
 def _start_up(cli_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", *args],
+        [*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "--ttl", LONG_TTL, *args],
         env=cli_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

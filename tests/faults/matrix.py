@@ -211,6 +211,7 @@ def render_figures(summary: dict[str, int]) -> str:
         ("faults injected (429/5xx/drops answered, + 1 per lifecycle/engine fault)", str(summary["faults_injected"])),
         ("cells survived (all three assertions held)", str(summary["cells_survived"])),
         ("kill -9 points (`up` and `destroy`)", str(summary["kill9_points"])),
+        ("SIGHUP points (`up`; cleaned up by `up` itself, no `destroy` by hand)", str(summary.get("sighup_points", 0))),
         ("instances rented over the run", str(summary["instances_rented"])),
         ("**instances leaked**", f"**{summary['leaked']}**"),
     ]

@@ -29,6 +29,7 @@ from waits import LONG_TIMEOUT, EventStream
 
 from .conftest import (
     GLMDEPLOY,
+    LONG_TTL,
     Admin,
     InProcess,
     Outcome,
@@ -69,15 +70,16 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
     # box was busy. Only the cells about the timeout give their own --timeout.
     timeout = () if "--timeout" in cell.args else LONG_TIMEOUT
     if cell.command == "up":
-        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, *timeout, *cell.args)
+        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, *timeout,
+                    "--ttl", LONG_TTL, *cell.args)
         evs = out.events()
         assert evs and evs[-1]["event"] == ("ready" if cell.exit == 0 else "failed"), out.describe()
         if cell.exit in (4, 5):
             assert evs[-1]["phase"] == cell.column, out.describe()
     elif cell.command == "ci":
-        out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, *timeout, *cell.args)
+        out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, *timeout, "--ttl", LONG_TTL, *cell.args)
     else:
-        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name, *timeout)
+        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name, *timeout, "--ttl", LONG_TTL)
         assert ready.exit_code == 0, ready.describe()
         w.admin.set_faults(cell.fault)
         if cell.command == "destroy":
@@ -185,7 +187,7 @@ def test_sandbox_killed_during_wait_ready_then_restarted(
     admin = sandbox_process.start(faults=cell.fault)
     # The readiness timeout (4.8 real seconds at this time scale) must not fire before the kill does.
     proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell",
-                             *LONG_TIMEOUT],
+                             *LONG_TIMEOUT, "--ttl", LONG_TTL],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
     stream = EventStream(proc)
@@ -251,7 +253,7 @@ def test_a_sandbox_gone_for_good_closes_its_records(isolated_env: Path) -> None:
     with serve_in_thread(SandboxConfig(time_scale=0.001)) as first:
         register(first, isolated_env)
         w = InProcess(sb=first, admin=Admin(first.url, first.api_key), home=isolated_env)
-        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old").exit_code == 0
+        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old", "--ttl", LONG_TTL).exit_code == 0
         w.admin.close()
     with serve_in_thread(SandboxConfig(time_scale=0.001)) as second:
         register(second, isolated_env)

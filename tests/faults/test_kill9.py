@@ -26,7 +26,7 @@ import pytest
 
 from waits import HANG_S, LONG_TIMEOUT, EventStream, requests_matching, wait_for_request, wait_until, wait_until_quiet
 
-from .conftest import GLMDEPLOY, Admin, InProcess, Outcome, assert_consistent, state_rows
+from .conftest import GLMDEPLOY, LONG_TTL, Admin, InProcess, Outcome, assert_consistent, state_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -144,7 +144,8 @@ def test_kill_9_at_seeded_points_leaves_nothing_billing(
     rented_before = 0
     for n, point in enumerate(points):
         world.admin.set_faults(point.faults)
-        proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", f"k{n}", *point.args)
+        proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", f"k{n}",
+                      "--ttl", LONG_TTL, *point.args)
         reader = EventReader(proc)
         try:
             reached = reader.wait_phase(point.phase)
@@ -166,7 +167,7 @@ def test_kill_9_at_seeded_points_leaves_nothing_billing(
 def test_kill_9_of_destroy_leaves_a_retryable_record(world: InProcess, cli_env: dict[str, str],
                                                      fault_figures: dict[str, Any]) -> None:
     for n, refused in enumerate((1, 2)):
-        ready = world.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", f"d{n}")
+        ready = world.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", f"d{n}", "--ttl", LONG_TTL)
         assert ready.exit_code == 0, ready.describe()
         world.admin.set_faults("http5xx:destroy=2")  # the first two DELETEs get a 502: destroy retries
         deletes = len(requests_matching(world.admin.requests(), "DELETE"))
@@ -183,7 +184,7 @@ def test_kill_9_of_destroy_leaves_a_retryable_record(world: InProcess, cli_env: 
 def test_destroy_orphans_spares_an_up_that_is_still_running(world: InProcess, cli_env: dict[str, str]) -> None:
     """An in-flight ``up`` in another process is not an orphan; after kill -9 it is."""
     world.admin.set_faults("never_ready")
-    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", *LONG_TIMEOUT)
+    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", *LONG_TIMEOUT, "--ttl", LONG_TTL)
     try:
         EventReader(proc).expect_phase("wait_ready")
         sweep = world.glm("destroy", "--orphans", "--yes")
@@ -196,13 +197,13 @@ def test_destroy_orphans_spares_an_up_that_is_still_running(world: InProcess, cl
 
 
 def test_concurrent_ups_and_destroys_share_one_state_db(world: InProcess, cli_env: dict[str, str]) -> None:
-    first = [_spawn(cli_env, "up", "-p", p, "--sandbox", "--yes", "--name", n)
+    first = [_spawn(cli_env, "up", "-p", p, "--sandbox", "--yes", "--name", n, "--ttl", LONG_TTL)
              for p, n in (("4x3090", "a"), ("2x5090", "b"))]
     outs = [p.communicate(timeout=120) for p in first]
     assert [p.returncode for p in first] == [0, 0], outs
     # Two destroys and a third up at once, all writing the same state DB.
     second = [_spawn(cli_env, "destroy", "a", "--yes"), _spawn(cli_env, "destroy", "b", "--yes"),
-              _spawn(cli_env, "up", "-p", "h200", "--sandbox", "--yes", "--name", "c")]
+              _spawn(cli_env, "up", "-p", "h200", "--sandbox", "--yes", "--name", "c", "--ttl", LONG_TTL)]
     outs = [p.communicate(timeout=120) for p in second]
     assert [p.returncode for p in second] == [0, 0, 0], outs
     view = json.loads(world.glm("list", "--json").stdout)
@@ -225,7 +226,8 @@ def test_destroy_from_another_terminal_while_up_runs(world: InProcess, cli_env: 
     # create_timeout holds the create's answer back (until released): destroy finds no instance yet and
     # closes the row, then the create's answer is lost; up must find that instance and destroy it itself.
     world.admin.set_faults("create_timeout=1,delay=600" if phase == "create" else "never_ready")
-    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", *LONG_TIMEOUT, "--name", "x")
+    proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", *LONG_TIMEOUT, "--name", "x",
+                  "--ttl", LONG_TTL)
     stream = EventStream(proc)
     try:
         stream.expect_phase(phase)

@@ -261,7 +261,7 @@ def test_a_deployment_shows_neither_key_outside_env(
         cli("plan", "--profile", "4x3090", *json_flag)
         cli("offers", "--profile", "4x3090", *api, *json_flag)
     # --ttl puts the watchdog in the onstart script: it must use the instance's own key, never ours.
-    up = cli("up", "--profile", "4x3090", "--name", "audit", "--ttl", "2h", "--yes", "--json", *api, separate=True)
+    up = cli("up", "--profile", "4x3090", "--name", "audit", "--ttl", "1000h", "--yes", "--json", *api, separate=True)
     assert ndjson(up)[-1]["event"] == "ready"
 
     env = cli("env", separate=True)

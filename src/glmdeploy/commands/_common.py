@@ -84,7 +84,7 @@ def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from glmdeploy.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlmdeployError
+        from glmdeploy.errors import EXIT_HUNG_UP, EXIT_INTERNAL, EXIT_INTERRUPTED, GlmdeployError
 
         try:
             return func(*args, **kwargs)
@@ -95,9 +95,13 @@ def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
             if exc.hint:
                 say(f"hint: {exc.hint}")
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            say("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            # An InterruptGuard's SignalReceived carries the signal: a hang-up exits 129, the rest 130.
+            import signal
+
+            hung_up = getattr(exc, "signum", None) == signal.SIGHUP
+            say("hung up (SIGHUP)" if hung_up else "interrupted")
+            raise typer.Exit(EXIT_HUNG_UP if hung_up else EXIT_INTERRUPTED) from None
         except Exception as exc:
             if os.environ.get("GLMDEPLOY_DEBUG"):
                 raise

@@ -36,7 +36,9 @@ def _uptime_hours(d: Deployment) -> float:
 
 
 def _view(d: Deployment, *, live: str | None = None) -> dict[str, Any]:
+    from glmdeploy import ttl
     from glmdeploy.deployment_health import view_fields
+    from glmdeploy.state import utcnow
 
     hours = _uptime_hours(d)
     view = d.public()
@@ -46,6 +48,11 @@ def _view(d: Deployment, *, live: str | None = None) -> dict[str, Any]:
     view["cost_so_far"] = round((d.dph_total or 0.0) * hours, 4)
     if live is not None:
         view["instance_status"] = live
+    # Overdue: the host watchdog should have destroyed it, and Vast.ai still shows it.
+    still_there = d.is_active and live is not None and live != "gone"
+    view["ttl_overdue"] = ttl.overdue(d.expires_at, utcnow(), still_running=still_there,
+                                      scale=ttl.clock_scale(d.api_url))
+    view["expires"] = ttl.describe(d.expires_at, utcnow(), is_overdue=view["ttl_overdue"]) if d.is_active else None
     return view
 
 
@@ -153,7 +160,7 @@ def list_deployments(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "profile", "status", "instance", "$/h", "uptime", "cost", "endpoint")
+    table = Table("name", "profile", "status", "instance", "$/h", "uptime", "cost", "expires", "endpoint")
     for v in views:
         if not all_ and v["status"] in ("destroyed",) and v.get("destroyed_at"):
             continue
@@ -168,6 +175,7 @@ def list_deployments(
             f"{v['dph_total']:.3f}" if v["dph_total"] is not None else "-",
             f"{v['uptime_s'] / 3600:.2f}h",
             f"${v['cost_so_far']:.2f}",
+            v["expires"] or "-",
             v["endpoint"] or "-",
         )
     for r, f in foreign:
@@ -186,6 +194,10 @@ def list_deployments(
     if foreign:
         say(f"{len(foreign)} foreign instance(s): rented by other owners on this account; read-only here "
             "('destroy --include-foreign --instance ID' removes one on purpose)")
+    for v in views:
+        if v["ttl_overdue"]:
+            say(f"warning: {v['name']}: its TTL expired at {v['expires_at']} but instance {v['instance_id']} still "
+                f"runs (the watchdog did not destroy it): run 'glmdeploy destroy {v['name']}'")
     for o in orphans:
         say(
             f"orphan: instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: {o.reason}; "
@@ -247,8 +259,16 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
         f"  $/h:      {d.dph_total if d.dph_total is not None else '-'}; so far ${view['cost_so_far']:.2f}"
         f" over {view['uptime_s'] / 3600:.2f}h",
     ]
-    if d.expires_at:
-        lines.append(f"  expires:  {d.expires_at.isoformat(timespec='seconds')} (TTL watchdog)")
+    if d.expires_at and view["ttl_overdue"]:
+        lines.append(f"  expires:  OVERDUE: the TTL watchdog should have destroyed it at "
+                     f"{d.expires_at.isoformat(timespec='seconds')}, and it still runs: "
+                     f"run 'glmdeploy destroy {d.name}'")
+    elif d.expires_at and d.is_active:
+        lines.append(f"  expires:  {d.expires_at.isoformat(timespec='seconds')} ({view['expires']}; TTL watchdog)")
+    elif d.expires_at and d.destroyed_at is not None and d.destroyed_at >= d.expires_at:
+        lines.append(f"  expired:  {d.expires_at.isoformat(timespec='seconds')}: the TTL watchdog destroyed it")
+    elif d.is_active:
+        lines.append("  expires:  never (no TTL watchdog): destroy it yourself")
     if view["kv_capacity"] is not None:
         lines += calibration.render(view["kv_capacity"])
     if d.error and not reason:
@@ -421,12 +441,18 @@ def destroy(
     explicit_owner()  # a bad GLMDEPLOY_OWNER is bad input: say so before anything is looked at
     if not yes and not sys.stdin.isatty():
         raise UsageError("refusing to destroy without confirmation: no terminal to ask on", hint="pass --yes")
+    from glmdeploy.teardown import InterruptGuard
+
     results: list[dict[str, Any]] = []
     unchecked: list[GlmdeployError] = []
-    with StateStore.open() as store:
+    # A signal waits until the teardown under way is over (verified or recorded), then stops the rest.
+    guard = InterruptGuard()
+    with StateStore.open() as store, guard:
         if orphans:
             selection = OrphanSelection(set(instance or ()), min_age_s, include_foreign)
-            results, unchecked = _destroy_orphans(store, api_key, yes, selection, api_url=api_url, sandbox=sandbox)
+            with guard.shielded():
+                results, unchecked = _destroy_orphans(store, api_key, yes, selection, api_url=api_url,
+                                                      sandbox=sandbox)
         else:
             if all_:
                 targets = store.active()
@@ -446,7 +472,8 @@ def destroy(
             ):
                 raise typer.Exit(1)
             for d in targets:
-                results.append(_destroy_one(store, d, api_key))
+                with guard.shielded():
+                    results.append(_destroy_one(store, d, api_key))
     if not results and not orphans:
         say("nothing to destroy")
     if json_output:
@@ -474,8 +501,8 @@ def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[
 
     from glmdeploy.connect import connect_for
     from glmdeploy.errors import GlmdeployError
-    from glmdeploy.lifecycle import destroy_and_verify
     from glmdeploy.state import DeploymentReleased
+    from glmdeploy.teardown import orphan_hint, tear_down
 
     if d.instance_id is None:
         store.mark_destroyed(d.id, status="destroyed", error=d.error)
@@ -493,23 +520,19 @@ def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[
         pass
     try:
         conn = connect_for(d, api_key)
-        with conn.client:
-            now = destroy_and_verify(conn.client, d.instance_id, sleep=_scaled_sleep(conn))
     except GlmdeployError as exc:
         with contextlib.suppress(DeploymentReleased):
             store.update(d.id, status="orphaned", error=f"destroy failed: {exc}")
-        say(f"{d.name}: destroy of instance {d.instance_id} failed: {exc}; retry with 'glmdeploy destroy --orphans'")
+        say(f"{d.name}: could not destroy instance {d.instance_id} ({exc}); it is recorded as orphaned: "
+            f"{orphan_hint(exc)}")
         return {"name": d.name, "instance_id": d.instance_id, "result": "failed", "error": str(exc)}
-    if store.get(d.id).is_active:
-        store.mark_destroyed(d.id, status="destroyed")
-    say(f"{d.name}: instance {d.instance_id} " + ("destroyed" if now else "was already gone"))
-    return {"name": d.name, "instance_id": d.instance_id, "result": "destroyed" if now else "already gone"}
-
-
-def _scaled_sleep(conn: Connection) -> Any:
-    import time
-
-    return lambda seconds: time.sleep(seconds * conn.pacing.scale)
+    with conn.client:
+        result = tear_down(conn.client, d.instance_id, pacing=conn.pacing, store=store, deployment=d)
+    say(f"{d.name}: {result.message()}")
+    if result.outcome == "orphaned":
+        return {"name": d.name, "instance_id": d.instance_id, "result": "failed", "error": str(result.error)}
+    return {"name": d.name, "instance_id": d.instance_id,
+            "result": "destroyed" if result.outcome == "destroyed" else "already gone"}
 
 
 @dataclass(frozen=True)
@@ -548,7 +571,8 @@ def _destroy_orphans(
     """Destroy the selected orphans on every server; also returns the servers that could not be checked."""
     from glmdeploy.connect import connect_default, connect_for
     from glmdeploy.errors import GlmdeployError, MissingApiKey
-    from glmdeploy.lifecycle import destroy_and_verify, reconcile
+    from glmdeploy.lifecycle import reconcile
+    from glmdeploy.teardown import tear_down
 
     results: list[dict[str, Any]] = []
     unchecked: list[GlmdeployError] = []
@@ -611,22 +635,19 @@ def _destroy_orphans(
                     say("left alone: nothing destroyed")
                     raise typer.Exit(1)
             for o in picked:
-                try:
-                    destroy_and_verify(conn.client, o.instance_id, sleep=_scaled_sleep(conn))
-                except GlmdeployError as exc:
-                    say(f"orphan {o.instance_id}: destroy failed: {exc}")
+                result = tear_down(conn.client, o.instance_id, pacing=conn.pacing, store=store,
+                                   deployment=o.deployment, reason=f"orphan destroyed: {o.reason}")
+                if result.outcome == "orphaned":
+                    say(f"orphan {o.instance_id}: {result.message()}")
                     results.append({"instance_id": o.instance_id, "label": o.label, "result": "failed"})
                     continue
-                if o.deployment is not None:
-                    store.mark_destroyed(o.deployment.id, status="destroyed", error=f"orphan destroyed: {o.reason}")
                 say(f"orphan {o.instance_id} ({o.label}) destroyed: {o.reason}")
                 results.append({"instance_id": o.instance_id, "label": o.label, "result": "destroyed"})
             for f, _age in foreign:
                 view = {"instance_id": f.instance_id, "label": f.label, "owner": f.owner, "foreign": True}
-                try:
-                    destroy_and_verify(conn.client, f.instance_id, sleep=_scaled_sleep(conn))
-                except GlmdeployError as exc:
-                    say(f"foreign instance {f.instance_id}: destroy failed: {exc}")
+                result = tear_down(conn.client, f.instance_id, pacing=conn.pacing)
+                if result.outcome == "orphaned":
+                    say(f"foreign instance {f.instance_id}: {result.message()}")
                     results.append({**view, "result": "failed"})
                     continue
                 say(f"foreign instance {f.instance_id} ({f.label}) destroyed on request")

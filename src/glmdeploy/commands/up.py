@@ -32,7 +32,11 @@ def up(
     json_output: JsonOutput = False,
     max_price: Annotated[float | None, typer.Option(help="Price cap in $/h (default: the profile's).")] = None,
     ttl: Annotated[
-        str | None, typer.Option(help="Destroy the instance from inside after this long, e.g. 2h.")
+        str | None,
+        typer.Option(
+            help="Host watchdog: the instance destroys itself after this long, e.g. 2h (default: the readiness "
+            "timeout + 30m; 'none' to opt out)."
+        ),
     ] = None,
     timeout: Annotated[str | None, typer.Option(help="Give up if not ready after this long, e.g. 45m.")] = None,
     max_attempts: Annotated[int, typer.Option(min=1, max=10, help="Machines to try before giving up.")] = 1,
@@ -45,8 +49,8 @@ def up(
     force: Annotated[
         bool,
         typer.Option(
-            help="Rent even if the planner says it does not fit, or the image's version is not known, "
-            "cannot load the model or refuses a flag."
+            help="Rent even if the planner says it does not fit, the image's version is not known, cannot load "
+            "the model or refuses a flag, or with a --ttl below the timeout."
         ),
     ] = False,
     api_key: ApiKey = None,
@@ -54,30 +58,39 @@ def up(
     sandbox: Sandbox = False,
 ) -> None:
     """Rent, start, verify and print a ready GLM endpoint."""
-    import signal
     import sys
 
     from glmdeploy.durations import parse_duration
-    from glmdeploy.errors import GlmdeployError, Interrupted, UsageError
+    from glmdeploy.errors import GlmdeployError, UsageError
     from glmdeploy.profiles import load_profile
     from glmdeploy.profiles.model import with_overrides
 
     prof = with_overrides(load_profile(profile), context_length=context_length, image=image)
     check_launch(prof, force=force)
-    ttl_s = parse_duration(ttl, option="--ttl") if ttl else None
     timeout_s = parse_duration(timeout, option="--timeout") if timeout else None
+    from glmdeploy.ttl import NO_TTL_WARNING, resolve_ttl
+
+    ttl_s = resolve_ttl(ttl, timeout_s=timeout_s or prof.readiness.timeout_s, force=force)
     interactive = sys.stdin.isatty() and not json_output
     # The sandbox costs nothing, so there is nothing to confirm; real money always needs a yes.
     yes = yes or sandbox
-    if not yes and not interactive:
-        raise UsageError("refusing to rent without confirmation: no terminal to ask on", hint="pass --yes")
 
     from glmdeploy.connect import connect
     from glmdeploy.deploy import Deployer, StepFailed, UpRequest
     from glmdeploy.ownership import rental_owner
     from glmdeploy.state import StateStore
 
+    # Before anything touches Vast.ai, in this order: a name clash, a missing key, a refused
+    # confirmation (then the Deployer checks the key itself with one call, before searching).
+    if name is not None:
+        with StateStore.open() as names:
+            names.check_name_free(name)
     conn = connect(api_key, api_url, sandbox)
+    if not yes and not interactive:
+        conn.client.close()
+        raise UsageError("refusing to rent without confirmation: no terminal to ask on", hint="pass --yes")
+    if ttl_s is None:
+        say(NO_TTL_WARNING)
     from glmdeploy.progress import JsonEvents, TerminalEvents
 
     events: JsonEvents | TerminalEvents = JsonEvents() if json_output else TerminalEvents()
@@ -93,10 +106,8 @@ def up(
             events.status.start()
         return answer
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    from glmdeploy.teardown import InterruptGuard
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     store = StateStore.open()
     deployer = Deployer(client=conn.client, store=store, events=events, confirm=confirm, pacing=conn.pacing)
     request = UpRequest(
@@ -112,22 +123,22 @@ def up(
         force=force,
         owner=rental_owner(store.path.parent),
     )
+    guard = InterruptGuard()
+    deployer.shield = guard.shielded
     try:
-        deployment = deployer.up(request)
-    except KeyboardInterrupt:
-        # A second Ctrl-C must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        left = deployer.abort("interrupted")
-        if json_output:
-            emit_json({"event": "failed", "error": "interrupted", "phase": "interrupted", "code": "interrupted"})
-        if left == "orphaned":
-            from glmdeploy.deploy import ORPHAN_HINT
-
-            raise Interrupted("interrupted: the instance could not be destroyed", hint=ORPHAN_HINT) from None
-        raise Interrupted("interrupted: whatever was rented has been destroyed") from None
+        with guard:
+            try:
+                deployment = deployer.up(request)
+            except KeyboardInterrupt:
+                # Ctrl-C, SIGTERM or SIGHUP: destroy what was rented; a second signal must not cut that short.
+                guard.closing()
+                interrupted = guard.error(deployer.abort("interrupted" if not guard.hung_up else "hung up (SIGHUP)"))
+                if json_output:
+                    emit_json({"event": "failed", "error": interrupted.code, "phase": "interrupted",
+                               "code": interrupted.code})
+                raise interrupted from None
     except GlmdeployError as exc:
-        if json_output:
+        if json_output and not guard.received:
             where = exc.phase if isinstance(exc, StepFailed) else deployer.phase_now
             phase = where.value if where is not None else None
             emit_json({"event": "failed", "error": str(exc), "phase": phase, "code": exc.code})
@@ -135,7 +146,6 @@ def up(
             say("log excerpt:\n" + "\n".join(f"  | {line}" for line in exc.excerpt))
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if isinstance(events, TerminalEvents):
             events.close()
         store.close()
@@ -152,6 +162,11 @@ def up(
     kv = calibration.kv_capacity(deployment)
     if kv is not None:
         print("\n".join(calibration.render(kv)))
+    if deployment.expires_at is not None:
+        print(f"  expires:  {deployment.expires_at.isoformat(timespec='seconds')} (the host watchdog destroys it"
+              " then; --ttl to change)")
+    else:
+        print("  expires:  never (--ttl none): destroy it yourself")
     print("  use it:")
     print(f"    eval \"$(glmdeploy env {deployment.name})\"")
     print('    curl "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \\')

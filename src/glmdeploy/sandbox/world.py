@@ -36,6 +36,10 @@ DEFAULT_TIME_SCALE = 0.005
 # visibly incremental (what smoke's "stream" check looks for) while a 64-token answer takes ~0.15 s.
 DEFAULT_TTFT_S = 0.02
 DEFAULT_TPOT_S = 0.002
+# glmdeploy's TTL watchdog in an onstart script (glmdeploy.onstart.watchdog_snippet): a function that
+# sleeps TTL seconds and then destroys the instance with its own key, started in the background.
+WATCHDOG_SLEEP = re.compile(r"^glmdeploy_watchdog\(\) \{\n\s*sleep (\d+)\n", re.MULTILINE)
+WATCHDOG_START = re.compile(r"^glmdeploy_watchdog\b[^\n]*&\s*$", re.MULTILINE)
 PORT_ENV = re.compile(r"^-p\s+(?:(\d+):)?(\d+)(?:/(tcp|udp))?$")
 RUNTYPE_TOKENS = frozenset({
     "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter", "jupyter_proxy", "jupyter_direc",
@@ -131,6 +135,10 @@ class Instance:
     engine: Any = None
     engine_task: asyncio.Task[None] | None = None
     lifecycle: asyncio.Task[None] | None = None
+    # The onstart's TTL watchdog, once the container runs it; and who destroyed the instance.
+    watchdog: asyncio.Task[None] | None = None
+    watchdog_ttl_s: float | None = None
+    destroyed_by: str | None = None
 
     @property
     def dph_total(self) -> float:
@@ -458,6 +466,7 @@ class World:
             return
         self._set_status(instance, "running", f"success, running {instance.image}/ssh")
         instance.daemon_log.append(f"{_stamp(self.clock())} container started")
+        self._arm_watchdog(instance)
         self._start_engine(instance)
 
     @staticmethod
@@ -483,6 +492,23 @@ class World:
         if hasattr(instance, "first_sign_at"):
             # When the first sign of this failure showed (the fail-fast bookkeeping, where the world keeps it).
             instance.first_sign_at = self.clock()
+    def _arm_watchdog(self, instance: Instance) -> None:
+        """Run the onstart's TTL watchdog as the host would: it starts with the container, sleeps its
+        TTL on the sandbox's clock, then destroys the instance (the real one does it with the
+        instance's own key; a destroy by the container itself, whatever code path, is what counts)."""
+        ttl = watchdog_ttl(instance.onstart)
+        if ttl is None or instance.watchdog is not None:
+            return
+        instance.watchdog_ttl_s = ttl
+        instance.daemon_log.append(f"{_stamp(self.clock())} onstart: TTL watchdog armed for {ttl:g}s")
+
+        async def fire() -> None:
+            await self._sleep_sim(ttl)
+            if instance.destroyed_at is None:
+                instance.daemon_log.append(f"{_stamp(self.clock())} TTL watchdog: destroying instance {instance.id}")
+                await self.destroy(instance.id, by="watchdog")
+
+        instance.watchdog = asyncio.get_running_loop().create_task(fire())
 
     def _set_status(self, instance: Instance, status: str, msg: str | None) -> None:
         now = self.clock()
@@ -601,7 +627,8 @@ class World:
 
     # ---------- change ----------
 
-    async def destroy(self, instance_id: int) -> None:
+    async def destroy(self, instance_id: int, *, by: str = "api") -> None:
+        """``by``: "api" (a DELETE) or "watchdog" (the instance's own TTL watchdog), kept in the ledger."""
         instance = self.get(instance_id)
         if instance is None:
             # Vast documents two codes for this 404 (vast-api.md §6): alternate, so clients are
@@ -613,6 +640,10 @@ class World:
         now = self.clock()
         instance.bill(now)
         instance.destroyed_at = now
+        instance.destroyed_by = by
+        watchdog = instance.watchdog
+        if watchdog is not None and watchdog is not asyncio.current_task() and not watchdog.done():
+            watchdog.cancel()
         instance.cur_state = "unloaded"
         instance.intended_status = "stopped"
         self.revoked_keys.add(instance.api_key)
@@ -642,8 +673,11 @@ class World:
             raise ApiError(404, "no_such_instance", f"Instance {instance_id} not found.")
         if state == "stopped":
             instance.intended_status = "stopped"
-            if instance.lifecycle is not None and not instance.lifecycle.done():
-                instance.lifecycle.cancel()
+            # Stopping the container ends its processes, the onstart's watchdog with them.
+            for task in (instance.lifecycle, instance.watchdog):
+                if task is not None and not task.done():
+                    task.cancel()
+            instance.watchdog = None
             await self._stop_engine(instance)
             self._set_status(instance, "stopped", "stopped by user")
             instance.cur_state = "stopped"
@@ -706,6 +740,8 @@ class World:
                 "cost": round(instance.cost_at(now), 6),
                 "created_at": instance.created_at,
                 "destroyed_at": instance.destroyed_at,
+                "destroyed_by": instance.destroyed_by,
+                "ttl_s": instance.watchdog_ttl_s,
                 "machine_id": instance.offer["machine_id"],
                 "offer_id": instance.offer["id"],
                 "engine": getattr(instance.engine, "state", None),
@@ -728,9 +764,18 @@ class World:
     async def shutdown(self) -> None:
         """Stop every engine and lifecycle task (instances stay recorded)."""
         for instance in self.instances.values():
-            if instance.lifecycle is not None and not instance.lifecycle.done():
-                instance.lifecycle.cancel()
+            for task in (instance.lifecycle, instance.watchdog):
+                if task is not None and not task.done():
+                    task.cancel()
             await self._stop_engine(instance)
+
+
+def watchdog_ttl(onstart: str | None) -> float | None:
+    """The TTL of the watchdog an onstart script starts in the background, if it has one."""
+    if not onstart or not WATCHDOG_START.search(onstart):
+        return None
+    match = WATCHDOG_SLEEP.search(onstart)
+    return float(match.group(1)) if match else None
 
 
 def _stamp(now: float) -> str:
