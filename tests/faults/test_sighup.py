@@ -177,3 +177,20 @@ def _drain_pty(fd: int) -> None:
                 return
         except OSError:
             return
+
+
+def test_sighup_of_ci_destroys_and_exits_129(world: InProcess, cli_env: dict[str, str]) -> None:
+    """`ci` shares the guard: a hang-up of the runner's session tears its instance down too."""
+    world.admin.set_faults("never_ready")
+    proc = _spawn(cli_env, "ci", "-p", "4x3090", "--sandbox", "--json", "--timeout", "2h")
+    reader = EventReader(proc)
+    try:
+        assert reader.wait_phase("wait_ready")
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=90)
+    finally:
+        _kill9(proc)
+    outcome = reader.drain()[-1]
+    assert proc.returncode == 129, outcome
+    assert outcome["event"] == "ci" and outcome["code"] == "hung_up" and outcome["passed"] is False
+    _check_nothing_left(world)
