@@ -168,6 +168,18 @@ class _OfferGone(Exception):
     """The offer was rented by someone else between search and create: nothing exists, try the next."""
 
 
+def _nothing_rented(exc: AuthError) -> AuthError:
+    """The same refusal, saying what it means for the user's money: a refused key rents nothing."""
+    return AuthError(
+        f"{exc}: nothing was rented",
+        status_code=exc.status_code,
+        error=exc.error,
+        msg=exc.msg,
+        operation=exc.operation,
+        hint=exc.hint,
+    )
+
+
 @dataclass
 class _Attempt:
     offer: Offer
@@ -710,18 +722,6 @@ class Deployer:
     def _wait(self, seconds: float, deadline: float) -> None:
         self.check_cost()
         self.sleep(max(0.0, min(seconds, deadline - self.clock())))
-
-
-def _nothing_rented(exc: AuthError) -> AuthError:
-    """The same refusal, saying what it means for the user's money: a refused key rents nothing."""
-    return AuthError(
-        f"{exc}: nothing was rented",
-        status_code=exc.status_code,
-        error=exc.error,
-        msg=exc.msg,
-        operation=exc.operation,
-        hint=exc.hint,
-    )
 
 
 def _masked(text: str, key: str) -> str:
