@@ -177,6 +177,18 @@ class _OfferGone(Exception):
     """The offer was rented by someone else between search and create: nothing exists, try the next."""
 
 
+def _nothing_rented(exc: AuthError) -> AuthError:
+    """The same refusal, saying what it means for the user's money: a refused key rents nothing."""
+    return AuthError(
+        f"{exc}: nothing was rented",
+        status_code=exc.status_code,
+        error=exc.error,
+        msg=exc.msg,
+        operation=exc.operation,
+        hint=exc.hint,
+    )
+
+
 @dataclass
 class _Attempt:
     offer: Offer
@@ -301,14 +313,7 @@ class Deployer:
         try:
             next(iter(self.client.iter_instances()), None)
         except AuthError as exc:
-            raise AuthError(
-                f"{exc}: nothing was rented",
-                status_code=exc.status_code,
-                error=exc.error,
-                msg=exc.msg,
-                operation=exc.operation,
-                hint=exc.hint,
-            ) from None
+            raise _nothing_rented(exc) from None
         except VastError as exc:
             self.events.note(f"could not check the API key before searching ({exc}); going on")
 
@@ -478,14 +483,7 @@ class Deployer:
             except AuthError as exc:
                 # Refused before anything was created: say so, so no one goes looking for a billing instance.
                 attempt.nothing_rented = True
-                raise AuthError(
-                    f"{exc}: nothing was rented",
-                    status_code=exc.status_code,
-                    error=exc.error,
-                    msg=exc.msg,
-                    operation=exc.operation,
-                    hint=exc.hint,
-                ) from None
+                raise _nothing_rented(exc) from None
             if result.new_contract is None:
                 raise StepFailed(
                     "Vast.ai accepted the create but returned no instance id", kind="create", phase=Phase.CREATE

@@ -177,3 +177,37 @@ def _drain_pty(fd: int) -> None:
                 return
         except OSError:
             return
+
+
+def test_sighup_of_ci_destroys_and_exits_129(world: InProcess, cli_env: dict[str, str]) -> None:
+    """`ci` shares the guard: a hang-up of the runner's session tears its instance down too."""
+    world.admin.set_faults("never_ready")
+    proc = _spawn(cli_env, "ci", "-p", "4x3090", "--sandbox", "--json", "--timeout", "2h")
+    reader = EventReader(proc)
+    try:
+        assert reader.wait_phase("wait_ready")
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=90)
+    finally:
+        _kill9(proc)
+    outcome = reader.drain()[-1]
+    assert proc.returncode == 129, outcome
+    assert outcome["event"] == "ci" and outcome["code"] == "hung_up" and outcome["passed"] is False
+    _check_nothing_left(world)
+
+
+def test_sighup_during_destroy_finishes_the_teardown_then_exits_129(world: InProcess, cli_env: dict[str, str]) -> None:
+    """`destroy` shares the guard: a hang-up while it waits out a 429 does not cut the destroy short."""
+    ready = world.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "bye", "--ttl", "none")
+    assert ready.exit_code == 0, ready.describe()
+    world.admin.set_faults("http429:destroy=1,retry_after=1")
+    since = len(world.admin.requests())
+    proc = _spawn(cli_env, "destroy", "bye", "--yes")
+    try:
+        _wait_request(world, "DELETE /api/v0/instances/", since)
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=90)
+    finally:
+        _kill9(proc)
+    assert proc.returncode == 129
+    _check_nothing_left(world)

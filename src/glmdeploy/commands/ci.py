@@ -1,6 +1,6 @@
 """``glmdeploy ci``: the one-shot CI job — up, smoke, optional bench, and always destroy (issue 5).
 
-Whatever happens (a failed phase, a timeout, SIGTERM from the CI runner, the cost limit), the
+Whatever happens (a failed phase, a timeout, SIGTERM or SIGHUP from the CI runner, the cost limit), the
 instance is destroyed before the command exits, and a TTL watchdog armed on the host destroys it
 even if this process is killed with -9. The exit code is the failing phase's (shared/spec/cli.md).
 """
@@ -41,7 +41,8 @@ def ci(
     max_price: Annotated[float | None, typer.Option(help="Price cap in $/h (default: the profile's).")] = None,
     timeout: Annotated[str | None, typer.Option(help="Give up if not ready after this long, e.g. 45m.")] = None,
     ttl: Annotated[
-        str | None, typer.Option(help="Host watchdog lifetime (default: the readiness timeout + 30m).")
+        str | None,
+        typer.Option(help="Host watchdog lifetime (default: the readiness timeout + 30m; not shorter, never 'none')."),
     ] = None,
     max_attempts: Annotated[int, typer.Option(min=1, max=10, help="Machines to try before giving up.")] = 1,
     json_output: JsonOutput = False,

@@ -101,12 +101,18 @@ def up(
         if isinstance(events, TerminalEvents):
             events.status.stop()
         o: Any = candidate.offer
-        answer = typer.confirm(f"Rent offer {o.id} ({o.num_gpus}x {o.gpu_name}) at ${o.dph_total:.3f}/h?")
+        try:
+            answer = typer.confirm(f"Rent offer {o.id} ({o.num_gpus}x {o.gpu_name}) at ${o.dph_total:.3f}/h?")
+        except typer.Abort:
+            # click turns Ctrl-C (and the guard's signals) at a prompt into Abort: nothing was rented.
+            if guard.received is not None:
+                raise SignalReceived(guard.received) from None
+            raise KeyboardInterrupt from None
         if isinstance(events, TerminalEvents):
             events.status.start()
         return answer
 
-    from glmdeploy.teardown import InterruptGuard
+    from glmdeploy.teardown import InterruptGuard, SignalReceived
 
     store = StateStore.open()
     deployer = Deployer(client=conn.client, store=store, events=events, confirm=confirm, pacing=conn.pacing)
