@@ -89,7 +89,7 @@ def test_up_json_emits_phase_events_and_ends_with_the_deployment(cli: Cli, sandb
     [
         ("engine_oom", [], "wait_ready", "cuda_oom"),
         ("exited=1", [], "wait_running", "exited"),
-        ("ports_null", ["--timeout", "10m"], "wait_ready", "port was never mapped"),
+        ("ports_null", ["--timeout", "10m"], "wait_ready", "no_ports: instance"),
         ("stuck_loading", ["--timeout", "10m"], "wait_running", "still 'loading'"),
     ],
 )
