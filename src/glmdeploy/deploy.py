@@ -14,7 +14,9 @@ display on a terminal, NDJSON with ``--json``). The rules that keep users' money
   ``--keep-on-failure``, keeps it and says how to destroy it); if the destroy itself fails the row
   is marked ``orphaned`` so ``destroy --orphans`` retries it;
 - "running" is not "ready": readiness needs the engine's ready marker in the logs and its health
-  endpoint answering, and a failure signature in the logs ends the wait at once.
+  endpoint answering. What each poll's logs, instance and health probe mean is the ready-wait rule,
+  ``readiness.ReadyWait``: a failure signature, an error status_msg, a dead state, a port never mapped
+  or an engine that exited ends the wait within two polls; this module only does the polling.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ deployment's ``status`` stays ``ready`` (the statuses are fixed by shared/spec/c
 still exists and bills, which is what ``status`` tracks; ``health`` says whether it serves.
 
 A later healthy probe clears the mark.
+
+Limit: LightLLM keeps its HTTP server, and ``/health`` 200, for a long time after its router died (4
+failed background checks of 100-400 s each, lightllm/utils/health_check.py @fc72ffab), so ``status``
+calls it healthy meanwhile; ``smoke``'s chat check is what finds it (it times out).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import GLMDEPLOY, Sandbox
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -78,7 +78,7 @@ def test_machine_b_never_destroys_machine_a_live_deployment(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, isolated_env: Path, tmp_path: Path
 ) -> None:
     sb = sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "team-a", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "team-a", "--ttl", LONG_TTL, check_exit=0)
     a_owner = (isolated_env / "owner-id").read_text().strip()
     [(instance_id, label)] = live_labels(sb).items()
     assert label.startswith(f"glmdeploy:{a_owner}:")
@@ -135,7 +135,7 @@ def test_older_than_selects_foreign_instances_by_age(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, isolated_env: Path, tmp_path: Path
 ) -> None:
     sb = sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--ttl", LONG_TTL, check_exit=0)
     [instance_id] = live_labels(sb)
     b = machine(cli_env, tmp_path / "machine-b", isolated_env)
     # On the sandbox's clock (500x) the instance has been up for far more than a simulated second.
@@ -150,12 +150,13 @@ def test_a_shared_ci_scope_sweep_cleans_up_a_killed_runner_but_not_a_teammate(
 ) -> None:
     sb = sandbox(faults="never_ready")
     # A teammate's deployment, live and tracked on machine A (kept although it never got ready).
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--keep-on-failure", "--timeout", "2m", check_exit=4)
+    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--keep-on-failure", "--timeout", "2m", "--ttl", LONG_TTL,
+        check_exit=4)
     [(teammate_id, _)] = live_labels(sb).items()
     # CI runner 1 in the shared scope is killed with -9 while its `ci` waits for readiness.
     runner1 = machine(cli_env, tmp_path / "runner-1", isolated_env, GLMDEPLOY_OWNER="acme-ci")
     env1: dict[str, str] = runner1.env  # type: ignore[attr-defined]
-    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--json"], env=env1,
+    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--json", "--ttl", LONG_TTL], env=env1,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         _wait_for_phase(proc, "wait_ready")
@@ -184,8 +185,8 @@ def test_older_than_never_spares_an_orphan_this_state_dir_recorded(
 ) -> None:
     """The age guard is for instances other machines may run; our own dead `up`'s instance is ours."""
     sb = sandbox(faults="never_ready")
-    proc = subprocess.Popen([*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "-p", "4x3090"], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "-p", "4x3090", "--ttl", LONG_TTL],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         _wait_for_phase(proc, "wait_ready")
     finally:

@@ -112,6 +112,8 @@ CELLS: tuple[Cell, ...] = (
     Cell("ports null", "wait_ready", "ports_null", 4, FAILED, args=T, reason="no_ports", polls=2),
     Cell("argparse error (a removed flag)", "wait_ready", "argparse_error", 4, FAILED, reason="argparse_error",
          polls=2),
+    Cell("argparse error, --keep-on-failure", "wait_ready", "argparse_error", 4, "kept; `destroy` removes it",
+         args=("--keep-on-failure",), live_after=1, recover="destroy", reason="argparse_error"),
     Cell("No module named", "wait_ready", "no_module", 4, FAILED, reason="no_module", polls=2),
     Cell("command not found", "wait_ready", "command_not_found", 4, FAILED, reason="command_not_found", polls=2),
     Cell("engine exit (the log stops, the port refuses)", "wait_ready", "engine_exit", 4, FAILED,

@@ -76,6 +76,8 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
         assert evs and evs[-1]["event"] == ("ready" if cell.exit == 0 else "failed"), out.describe()
         if cell.exit in (4, 5):
             assert evs[-1]["phase"] == cell.column, out.describe()
+        if cell.reason:
+            assert evs[-1]["failure"] == cell.reason, out.describe()
     elif cell.command == "ci":
         out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, *timeout, "--ttl", LONG_TTL, *cell.args)
     else:

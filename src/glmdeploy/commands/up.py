@@ -147,7 +147,10 @@ def up(
         if json_output and not guard.received:
             where = exc.phase if isinstance(exc, StepFailed) else deployer.phase_now
             phase = where.value if where is not None else None
-            emit_json({"event": "failed", "error": str(exc), "phase": phase, "code": exc.code})
+            failed = {"event": "failed", "error": str(exc), "phase": phase, "code": exc.code}
+            if isinstance(exc, StepFailed):
+                failed["failure"] = exc.kind  # the failure's name: argparse_error, manifest_unknown, ...
+            emit_json(failed)
         if isinstance(exc, StepFailed) and exc.excerpt:
             say("log excerpt:\n" + "\n".join(f"  | {line}" for line in exc.excerpt))
         raise

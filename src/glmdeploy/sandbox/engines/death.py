@@ -12,8 +12,10 @@ The N-th generation request after ready (the fault's value, default 1) finds the
   SIGQUIT to the main process, whose handler logs ``Received sigquit from a child process. It usually
   means the child failed.`` and kills the whole process tree (engines.md §2.4, sgl59
   ``entrypoints/engine.py``; the running-phase handler is ``SignalHandler.running_phase_sigquit_handler``
-  in ``srt/managers/tokenizer_manager.py``, read in the search index's copy, whose commit the index does
-  not give). So the port refuses at once and the request in flight drops.
+  in ``srt/managers/tokenizer_manager.py``, read in the search index's copies, whose commit the index does
+  not give; newer copies word it ``SIGQUIT received. signum=..., frame=.... It usually means one child
+  failed.``, the sandbox prints the sgl59 wording of engines.md). So the port refuses at once and the
+  request in flight drops. Nothing in glmdeploy keys on this wording: a dead engine is a refused port.
 - **LightLLM** (source reading, ModelTC/lightllm @fc72ffab, ``lightllm/utils/health_check.py`` and
   ``lightllm/server/api_http.py``): nothing kills the HTTP server when the router dies (only the opt-in
   ``--health_monitor`` would). Generation requests never complete. ``/health`` keeps answering 200 from
