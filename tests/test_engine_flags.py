@@ -178,3 +178,15 @@ def test_a_moving_tag_warns_and_is_checked_against_the_newest_table(tmp_path: Pa
         f"checked against the newest known, {newest}"
     )
     assert check.rejected == ()
+
+
+def test_profiles_show_names_the_engine_version_and_the_check(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["profiles", "show", "mi300x"])
+    assert shown.exit_code == 0
+    assert "engine:   vLLM 0.27.1, every flag of the command accepted" in shown.stdout
+    detail = json.loads(runner.invoke(app, ["profiles", "show", "2x5090", "--json"]).stdout)
+    assert detail["engine_check"] == {
+        "engine": "vLLM 0.24.0", "version": "0.24.0", "version_known": True, "rejected": [], "problems": [],
+    }
+    swapped = json.loads(runner.invoke(app, ["profiles", "show", str(_user_profile(tmp_path)), "--json"]).stdout)
+    assert swapped["engine_check"]["rejected"] == [{"flag": "--swap-space", "reason": "removed in 0.18.0"}]
