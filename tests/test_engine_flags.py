@@ -88,6 +88,7 @@ def test_extra_args_are_checked_too(tmp_path: Path) -> None:
     ("image", "known", "floating"),
     [
         ("vllm/vllm-openai:v0.24.0", True, False),
+        ("docker.io/vllm/vllm-openai:v0.24.0", True, False),
         ("vllm/vllm-openai:v9.9.9", False, False),
         ("vllm/vllm-openai:latest", True, True),
         ("lmsysorg/sglang:v0.5.9-cu129", True, False),
@@ -97,7 +98,7 @@ def test_extra_args_are_checked_too(tmp_path: Path) -> None:
     ],
 )
 def test_image_catalogue(image: str, known: bool, floating: bool) -> None:
-    kind = {"vllm": "vllm", "lmsysorg": "sglang", "ghcr.io": "lightllm"}[image.split("/")[0]]
+    kind = {"vllm": "vllm", "lmsysorg": "sglang", "ghcr.io": "lightllm"}[image.removeprefix("docker.io/").split("/")[0]]
     info = get_engine(kind).image_version(image)
     assert (info.known, info.floating) == (known, floating)
 
