@@ -191,3 +191,22 @@ def test_profiles_show_names_the_engine_version_and_the_check(tmp_path: Path) ->
     }
     swapped = json.loads(runner.invoke(app, ["profiles", "show", str(_user_profile(tmp_path)), "--json"]).stdout)
     assert swapped["engine_check"]["rejected"] == [{"flag": "--swap-space", "reason": "removed in 0.18.0"}]
+
+
+def test_an_image_of_another_engine_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLMDEPLOY_HOME", str(tmp_path / "home"))
+    refused = runner.invoke(app, ["up", "-p", "2x5090-nvfp4", "--image", "lmsysorg/sglang:v0.5.23", "--yes"])
+    assert refused.exit_code == 2
+    assert "image lmsysorg/sglang:v0.5.23 ships SGLang, not vLLM: the launch would fail" in refused.stderr
+
+
+def test_the_tables_are_consistent() -> None:
+    for kind in ("vllm", "sglang", "lightllm"):
+        flags = history(kind)
+        assert list(flags.versions) == sorted(flags.versions) and set(flags.versions) <= set(flags.releases)
+        for name, (since, until) in flags.spans.items():
+            assert name.startswith("-") and since in flags.versions, name
+            assert until is None or (until in flags.versions and since < until), name
+    # engines.md §4.1: LightLLM has no API-key option at all; vLLM and SGLang do.
+    assert not history("lightllm").table((1, 2, 0)).accepts("--api-key")  # type: ignore[union-attr]
+    assert history("sglang").table((0, 5, 8)).accepts("--api-key")  # type: ignore[union-attr]
