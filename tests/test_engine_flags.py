@@ -55,7 +55,8 @@ def test_vllm_table_matches_the_recorded_acceptance() -> None:
     assert not table.accepts("--swap-space") and not table.accepts("--disable-log-requests")
     assert table.why_not("--swap-space") == "removed in 0.18.0"
     assert table.why_not("--disable-log-requests") == "removed in 0.17.0"
-    for accepted in ("--no-enable-prefix-caching", "--speculative-config.method", "--max_model_len", "--port=8000"):
+    for accepted in ("--no-enable-prefix-caching", "--speculative-config.method", "--max_model_len", "--port=8000",
+                     "-O3", "-tp"):
         assert table.accepts(accepted), accepted
     older = history("vllm").table((0, 15, 1))
     assert older is not None and older.accepts("--swap-space") and older.accepts("--disable-log-requests")
