@@ -55,7 +55,8 @@ def test_vllm_table_matches_the_recorded_acceptance() -> None:
     assert not table.accepts("--swap-space") and not table.accepts("--disable-log-requests")
     assert table.why_not("--swap-space") == "removed in 0.18.0"
     assert table.why_not("--disable-log-requests") == "removed in 0.17.0"
-    for accepted in ("--no-enable-prefix-caching", "--speculative-config.method", "--max_model_len", "--port=8000"):
+    for accepted in ("--no-enable-prefix-caching", "--speculative-config.method", "--max_model_len", "--port=8000",
+                     "-O3", "-tp"):
         assert table.accepts(accepted), accepted
     older = history("vllm").table((0, 15, 1))
     assert older is not None and older.accepts("--swap-space") and older.accepts("--disable-log-requests")
@@ -88,6 +89,7 @@ def test_extra_args_are_checked_too(tmp_path: Path) -> None:
     ("image", "known", "floating"),
     [
         ("vllm/vllm-openai:v0.24.0", True, False),
+        ("docker.io/vllm/vllm-openai:v0.24.0", True, False),
         ("vllm/vllm-openai:v9.9.9", False, False),
         ("vllm/vllm-openai:latest", True, True),
         ("lmsysorg/sglang:v0.5.9-cu129", True, False),
@@ -97,7 +99,7 @@ def test_extra_args_are_checked_too(tmp_path: Path) -> None:
     ],
 )
 def test_image_catalogue(image: str, known: bool, floating: bool) -> None:
-    kind = {"vllm": "vllm", "lmsysorg": "sglang", "ghcr.io": "lightllm"}[image.split("/")[0]]
+    kind = {"vllm": "vllm", "lmsysorg": "sglang", "ghcr.io": "lightllm"}[image.removeprefix("docker.io/").split("/")[0]]
     info = get_engine(kind).image_version(image)
     assert (info.known, info.floating) == (known, floating)
 
@@ -178,3 +180,34 @@ def test_a_moving_tag_warns_and_is_checked_against_the_newest_table(tmp_path: Pa
         f"checked against the newest known, {newest}"
     )
     assert check.rejected == ()
+
+
+def test_profiles_show_names_the_engine_version_and_the_check(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["profiles", "show", "mi300x"])
+    assert shown.exit_code == 0
+    assert "engine:   vLLM 0.27.1, every flag of the command accepted" in shown.stdout
+    detail = json.loads(runner.invoke(app, ["profiles", "show", "2x5090", "--json"]).stdout)
+    assert detail["engine_check"] == {
+        "engine": "vLLM 0.24.0", "version": "0.24.0", "version_known": True, "rejected": [], "problems": [],
+    }
+    swapped = json.loads(runner.invoke(app, ["profiles", "show", str(_user_profile(tmp_path)), "--json"]).stdout)
+    assert swapped["engine_check"]["rejected"] == [{"flag": "--swap-space", "reason": "removed in 0.18.0"}]
+
+
+def test_an_image_of_another_engine_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLMDEPLOY_HOME", str(tmp_path / "home"))
+    refused = runner.invoke(app, ["up", "-p", "2x5090-nvfp4", "--image", "lmsysorg/sglang:v0.5.23", "--yes"])
+    assert refused.exit_code == 2
+    assert "image lmsysorg/sglang:v0.5.23 ships SGLang, not vLLM: the launch would fail" in refused.stderr
+
+
+def test_the_tables_are_consistent() -> None:
+    for kind in ("vllm", "sglang", "lightllm"):
+        flags = history(kind)
+        assert list(flags.versions) == sorted(flags.versions) and set(flags.versions) <= set(flags.releases)
+        for name, (since, until) in flags.spans.items():
+            assert name.startswith("-") and since in flags.versions, name
+            assert until is None or (until in flags.versions and since < until), name
+    # engines.md §4.1: LightLLM has no API-key option at all; vLLM and SGLang do.
+    assert not history("lightllm").table((1, 2, 0)).accepts("--api-key")  # type: ignore[union-attr]
+    assert history("sglang").table((0, 5, 8)).accepts("--api-key")  # type: ignore[union-attr]

@@ -27,6 +27,7 @@ class LaunchCheck:
     table: FlagTable | None
     rejected: tuple[Rejected, ...]
     model_error: str | None
+    other_engine: str | None = None  # the engine whose repository the image is from, when not this one
 
     @property
     def engine_label(self) -> str:
@@ -56,6 +57,8 @@ class LaunchCheck:
     def version_warning(self) -> str | None:
         """Why the flags could not be checked, when they could not."""
         info = self.image
+        if info.kind is None and self.other_engine is not None:
+            return f"image {info.image} ships {self.other_engine}, not {self.display_name}: the launch would fail"
         if info.kind is None:
             return f"image {info.image} is not a known {self.display_name} image: its version and flags are not known"
         if not info.known:
@@ -83,11 +86,12 @@ class LaunchCheck:
 
 def check_launch(profile: Profile) -> LaunchCheck:
     """Check ``profile``'s launch command against its image's engine version (pure, no I/O)."""
-    from glmdeploy.engines import get_engine
+    from glmdeploy.engines import get_engine, image_version
 
     engine = get_engine(profile.engine.kind)
     image = profile.engine.image
     info = engine.image_version(image)
+    owner = image_version(image).kind if info.kind is None else None
     if info.kind is None:
         # An image of another repository (a custom build): nothing to check the flags against.
         table = None
@@ -102,6 +106,7 @@ def check_launch(profile: Profile) -> LaunchCheck:
         table=table,
         rejected=rejected,
         model_error=engine.model_support_error(profile.model.arch, image),
+        other_engine=get_engine(owner).display_name if owner is not None else None,
     )
 
 

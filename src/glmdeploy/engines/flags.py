@@ -59,6 +59,9 @@ class FlagTable:
         if self.underscores_are_dashes and name.startswith("--"):
             # FlexibleArgumentParser: '_' reads as '-' up to the first '.', and '--json-flag.key' is '--json-flag'.
             name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
+        elif self.underscores_are_dashes and name.startswith("-O"):
+            # It also rewrites -O, -O3, -O=3 to --optimization-level (vllm/utils/argparse_utils.py, 0.24.0).
+            name = "--optimization-level"
         return name
 
     def accepts(self, option: str) -> bool:

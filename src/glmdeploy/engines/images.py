@@ -26,6 +26,11 @@ def parse_image(image: str) -> ImageRef:
     head, slash, last = ref.rpartition("/")
     name, colon, tag = last.partition(":")
     repo = f"{head}{slash}{name}"
+    # Docker Hub's explicit spellings name the same repository: docker.io/vllm/vllm-openai is vllm/vllm-openai.
+    for hub in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if repo.startswith(hub):
+            repo = repo[len(hub) :]
+            break
     return ImageRef(image=image, repo=repo, tag=tag if colon else None, digest=digest or None)
 
 
