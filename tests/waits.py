@@ -159,3 +159,24 @@ def wait_until_quiet(fetch: Callable[[], dict[str, Any]], timeout: float = HANG_
     admin request, a request that was sent before it has at least begun and shows as in flight.
     """
     wait_until(lambda: not fetch().get("in_flight"), "the sandbox to finish the requests in flight", timeout)
+
+
+# Put in a subprocess's environment so that ``wait_exit`` can show where it hangs.
+FAULTHANDLER_ENV = {"PYTHONFAULTHANDLER": "1"}
+
+
+def wait_exit(proc: subprocess.Popen[str], timeout: float = HANG_S) -> int:
+    """Wait for ``proc`` to exit and return its code. If it hangs, fail with every thread's traceback.
+
+    The traceback needs ``FAULTHANDLER_ENV`` in the process's environment: SIGABRT then makes
+    Python's faulthandler dump the stacks to stderr before the process dies.
+    """
+    import signal
+
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        stderr = proc.stderr.read() if proc.stderr is not None else ""
+        raise AssertionError(f"{proc.args} still running after {timeout:.0f}s; its stacks:\n{stderr[-8000:]}") from None

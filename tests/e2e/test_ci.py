@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from waits import HANG_S, LONG_TIMEOUT, EventStream
+from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, wait_exit
 
 from .conftest import GLMDEPLOY, Sandbox
 
@@ -78,13 +78,13 @@ def test_ci_aborts_and_tears_down_when_the_cost_limit_is_reached(cli: Cli, sandb
 def test_ci_destroys_on_sigterm(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox(faults="never_ready")
     # The readiness timeout must not fire before the signal, however long this test takes to send it.
-    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--json", *LONG_TIMEOUT], env=cli_env,
+    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--json", *LONG_TIMEOUT],
+                            env={**cli_env, **FAULTHANDLER_ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     stream = EventStream(proc)
     stream.expect_phase("wait_ready")  # rented, and waiting for the engine
     assert len(sb.running()) == 1
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=HANG_S)
-    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+    assert wait_exit(proc) == 130, proc.stderr.read() if proc.stderr else ""
     assert stream.drain()[-1]["passed"] is False
     assert sb.running() == []

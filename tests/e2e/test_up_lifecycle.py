@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from waits import HANG_S, LONG_TIMEOUT, EventStream, wait_for_request
+from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, wait_exit, wait_for_request
 
 from .conftest import GLMDEPLOY, LONG_TTL, Sandbox, events
 
@@ -163,14 +163,13 @@ def test_interrupt_during_wait_ready_destroys_and_exits_130(
     sb = sandbox(faults="never_ready")
     # The profile's 40 min readiness timeout is 4.8 real seconds here: it must not be able to fire
     # before the signal does, however slowly this test gets to send it.
-    proc = _start_up(cli_env, "-p", "4x3090", *LONG_TIMEOUT)
+    proc = _start_up({**cli_env, **FAULTHANDLER_ENV}, "-p", "4x3090", *LONG_TIMEOUT)
     stream = EventStream(proc)
     stream.expect_phase("wait_ready")
     # Inside the readiness loop: the engine's logs have been asked for at least once.
     wait_for_request(lambda: _sandbox_requests(sb), "PUT", "/request_logs/")
     proc.send_signal(sig)
-    proc.wait(timeout=HANG_S)
-    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+    assert wait_exit(proc) == 130, proc.stderr.read() if proc.stderr else ""
     assert stream.drain()[-1]["event"] == "failed"
     assert sb.running() == []
     assert json.loads(cli("list", "--json", check_exit=0).stdout)["orphans"] == []
