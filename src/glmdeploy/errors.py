@@ -16,6 +16,8 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     │   └── AuthError (6)         credentials refused
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
 
+A closed stdout or stderr (EPIPE) ends a command quietly with 141, like a tool killed by SIGPIPE.
+
 Exit codes are part of the public surface (shared/spec/cli.md): never renumber.
 """
 
@@ -30,6 +32,8 @@ EXIT_SMOKE_FAILED = 5
 EXIT_AUTH = 6
 EXIT_UNREACHABLE = 7
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE, what a shell reports for a tool that a closed pipe ended (`yes | head -1`).
+EXIT_OUTPUT_CLOSED = 141
 
 
 class GlmdeployError(Exception):

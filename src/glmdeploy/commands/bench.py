@@ -136,12 +136,12 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
 
 
 def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from glmdeploy.bench import RequestOutcome, run_bench
+    from glmdeploy.commands._common import console as make_console
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     failed = 0
     with Progress(
         TextColumn("bench"),

@@ -101,8 +101,9 @@ def list_deployments(
             }
         )
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from glmdeploy.commands._common import console
 
     table = Table("name", "profile", "status", "instance", "$/h", "uptime", "cost", "endpoint")
     for v in views:
@@ -120,7 +121,7 @@ def list_deployments(
             f"${v['cost_so_far']:.2f}",
             v["endpoint"] or "-",
         )
-    Console().print(table)
+    console().print(table)
     for o in orphans:
         say(
             f"orphan: instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: {o.reason}; "

@@ -63,8 +63,10 @@ def offers(
 def _print_table(rows: list[Any]) -> None:
     import sys
 
-    from rich.console import Console, JustifyMethod
+    from rich.console import JustifyMethod
     from rich.table import Table
+
+    from glmdeploy.commands._common import console
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
@@ -92,4 +94,4 @@ def _print_table(rows: list[Any]) -> None:
             row.geolocation or "-",
             str(row.id),
         )
-    Console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)
+    console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)

@@ -165,9 +165,9 @@ class _Progress:
     def __init__(self, *, live: bool) -> None:
         self.status = None
         if live:
-            from rich.console import Console
+            from glmdeploy.commands._common import console
 
-            self.status = Console(stderr=True).status("")
+            self.status = console(stderr=True).status("")
             self.status.start()
 
     def start(self, name: str) -> None:
@@ -184,9 +184,10 @@ class _Progress:
 
 
 def _print_table(report: SmokeReport) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from glmdeploy.commands._common import console
 
     # Text, not markup: details quote server output and "[DONE]".
     table = Table(title=Text(f"smoke: {report.target}"), title_justify="left")
@@ -198,4 +199,4 @@ def _print_table(report: SmokeReport) -> None:
         table.add_row(
             Text(c.name), Text(_MARK[c.status], style=_STYLE[c.status]), f"{c.duration_ms:.0f} ms", Text(c.detail)
         )
-    Console(soft_wrap=False).print(table)
+    console(soft_wrap=False).print(table)
