@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,56 @@ def test_an_unusable_state_directory_is_one_line_and_exit_2(
     assert proc.returncode == EXIT_USAGE, proc.stderr
     line = one_error_line(proc)
     assert "GLMDEPLOY_HOME" in line and str(tmp_path) in line
+
+
+# ----------------------------------------------------------------------------------- numbers and ports
+# In-process (CliRunner goes through the same root group), so the matrix stays fast; each case is refused
+# while parsing, before a sandbox is started or Vast.ai is asked.
+
+BAD_NUMBERS = [
+    *[(["up", "-p", "h200", "--sandbox", "--yes", "--max-price", v], "--max-price") for v in ("0", "-1", "nan", "inf")],
+    *[(["ci", "-p", "h200", "--sandbox", "--max-price", v], "--max-price") for v in ("0", "-1", "nan", "inf")],
+    (["offers", "-p", "h200", "--sandbox", "--max-price", "nan"], "--max-price"),
+    (["up", "-p", "h200", "--sandbox", "--yes", "--max-price", "1000"], "--max-price"),  # absurd: refused
+    (["offers", "-p", "h200", "--sandbox", "--max-price", "1e308"], "--max-price"),
+    *[(["ci", "-p", "h200", "--sandbox", "--max-cost", v], "--max-cost") for v in ("0", "-1", "nan", "inf")],
+    *[(["smoke", "--url", "http://127.0.0.1:9/v1", "--timeout", v], "--timeout") for v in ("0", "-1", "nan", "inf")],
+    *[(["bench", "--url", "http://127.0.0.1:9/v1", "--model", "m", "--timeout", v], "--timeout")
+      for v in ("0", "nan", "inf")],
+    (["up", "-p", "h200", "--sandbox", "--yes", "--timeout", "99999999999999999999d"], "--timeout"),
+    (["up", "-p", "h200", "--sandbox", "--yes", "--ttl", "99999999999999999999d"], "--ttl"),
+    (["sandbox", "start", "--time-scale", "inf"], "--time-scale"),
+    (["sandbox", "start", "--time-scale", "0"], "--time-scale"),
+    (["sandbox", "start", "--ttft-ms", "inf"], "--ttft-ms"),
+    (["sandbox", "start", "--tpot-ms", "-1"], "--tpot-ms"),
+    (["sandbox", "start", "--port", "65536"], "--port"),
+    *[(["smoke", "--url", f"http://127.0.0.1:{port}/v1"], "--url") for port in ("0", "65536", "99999")],
+    *[(["bench", "--url", f"http://127.0.0.1:{port}/v1", "--model", "m"], "--url") for port in ("0", "99999")],
+    *[(["offers", "-p", "h200", "--api-url", f"http://127.0.0.1:{port}", "--api-key", "k"], "--api-url")
+      for port in ("0", "70000")],
+]
+
+
+@pytest.fixture
+def no_sandbox_left() -> Iterator[None]:
+    """Should a case get past the check and start a sandbox, stop it: a regression must not leak processes."""
+    yield
+    from glmdeploy.sandbox import process
+
+    process.stop()
+
+
+@pytest.mark.usefixtures("no_sandbox_left")
+@pytest.mark.parametrize(("args", "option"), BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
+def test_a_bad_number_or_port_is_one_error_line_and_exit_2(args: list[str], option: str) -> None:
+    from typer.testing import CliRunner
+
+    from glmdeploy.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert option in lines[0]
+    assert "internal error" not in result.output
+    assert result.stdout == ""

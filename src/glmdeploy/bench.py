@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from glmdeploy.errors import UsageError
+from glmdeploy.urls import check_port
 
 BACKEND = "openai-chat"
 MAX_ERRORS_KEPT = 10
@@ -433,6 +434,7 @@ def chat_url(base_url: str) -> str:
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--url must look like http(s)://HOST[:PORT]/v1, got {base_url!r}")
+    check_port(base, option="--url")
     if not parts.path:
         base += "/v1"
     return f"{base}/chat/completions"

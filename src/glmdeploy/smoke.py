@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from glmdeploy.errors import SmokeFailed, UsageError
 from glmdeploy.sse import ChatStreamAssembly, SSEParser, StreamFormatError, ToolCallDraft, reasoning_text
+from glmdeploy.urls import check_port
 
 if TYPE_CHECKING:
     from glmdeploy.junit import Suite
@@ -217,6 +218,7 @@ def normalise_base_url(url: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"not an http(s) URL: {url!r} (give the server root or its base URL ending in /v1)")
+    check_port(text, option="--url")
     if parts.query or parts.fragment:
         # Not repeated whole: a query is where a key would sit (?api_key=...).
         bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -214,3 +215,62 @@ def usage_message(exc: typer.TyperException) -> str:
     if ctx is not None:
         message += f"; see '{ctx.command_path} --help'"
     return message
+
+
+# ----------------------------------------------------------------------------------- number options
+# Typer callbacks: a bad number is refused while the command line is parsed, before anything runs, as one
+# `error: Invalid value for '--X': ...` line and exit 2. Without them nan, inf, 0 or -1 got as far as the
+# price filter or the ranking and came out as "internal error".
+
+
+def _refuse(value: float, rule: str) -> typer.BadParameter:
+    return typer.BadParameter(f"must be {rule}, got {value:g}")
+
+
+def price_cap(value: float | None) -> float | None:
+    """``--max-price``: a positive, finite $/h, and not absurd (see ``ranking.MAX_PRICE_CAP``)."""
+    if value is None:
+        return None
+    from glmdeploy.ranking import MAX_PRICE_CAP
+
+    if not (math.isfinite(value) and value > 0):
+        raise _refuse(value, "a positive number of $/h")
+    if value > MAX_PRICE_CAP:
+        raise _refuse(value, f"at most ${MAX_PRICE_CAP:g}/h, Vast.ai's upper limit for an hourly bid")
+    return value
+
+
+def positive_dollars(value: float | None) -> float | None:
+    """``--max-cost``: a positive, finite amount of $."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise _refuse(value, "a positive number of $")
+    return value
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """``--timeout SECONDS``: positive and finite (inf would wait forever, which a timeout exists to prevent)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise _refuse(value, "a positive number of seconds")
+    return value
+
+
+def positive_number(value: float | None) -> float | None:
+    """A positive, finite factor (``--time-scale``)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise _refuse(value, "a positive number")
+    return value
+
+
+def non_negative_ms(value: float | None) -> float | None:
+    """A finite, non-negative number of milliseconds (``--ttft-ms``, ``--tpot-ms``)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise _refuse(value, "a number of milliseconds, 0 or more")
+    return value
+
+
+MaxPrice = Annotated[
+    float | None,
+    typer.Option(
+        "--max-price", callback=price_cap, help="Price cap in $/h for the whole instance (default: the profile's)."
+    ),
+]

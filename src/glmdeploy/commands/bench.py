@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, positive_seconds, say
 
 if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
@@ -58,7 +58,10 @@ def bench(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the prompts and the arrival times.")] = 0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.001, help="Seconds one request may take before it counts as failed.")
+        float,
+        typer.Option(
+            "--timeout", callback=positive_seconds, help="Seconds one request may take before it counts as failed."
+        ),
     ] = 600.0,
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)

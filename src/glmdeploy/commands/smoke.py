@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, positive_seconds, say
 
 if TYPE_CHECKING:
     from glmdeploy.smoke import CheckResult, SmokeReport, Target
@@ -58,7 +58,14 @@ Only = Annotated[
     typer.Option("--only", metavar="CHECK", help="Run only this check (repeatable, or comma-separated)."),
 ]
 Timeout = Annotated[
-    float, typer.Option("--timeout", metavar="SECONDS", help="Seconds each request may take.", show_default=True)
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=positive_seconds,
+        help="Seconds each check may take in all: connecting, waiting and reading, over all its requests.",
+        show_default=True,
+    ),
 ]
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
