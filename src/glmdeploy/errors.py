@@ -12,6 +12,7 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     ├── NoOfferError (3)          nothing matches the profile and price cap
     ├── DeploymentFailed (4)      failed before ready; instance destroyed or kept
     ├── SmokeFailed (5)           smoke checks failed
+    ├── EndpointUnreachable (7)   smoke/bench target cannot be reached or never answers
     ├── VastError (7)             API failures (see glmdeploy.vast.errors)
     │   └── AuthError (6)         credentials refused
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
@@ -89,6 +90,13 @@ class SmokeFailed(GlmdeployError):
 
     exit_code = EXIT_SMOKE_FAILED
     code = "smoke_failed"
+
+
+class EndpointUnreachable(GlmdeployError):
+    """The endpoint given to smoke or bench cannot be connected to, or accepts and never answers."""
+
+    exit_code = EXIT_UNREACHABLE
+    code = "endpoint_unreachable"
 
 
 class Interrupted(GlmdeployError):

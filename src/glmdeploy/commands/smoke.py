@@ -114,11 +114,13 @@ def smoke(
 ) -> None:
     """Run the smoke checks against a deployment or any OpenAI-compatible URL.
 
-    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails.
+    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails, or if the
+    target is not an OpenAI-compatible server; exit 7 if it cannot be reached or never answers (the other
+    checks are then not run).
     """
     import sys
 
-    from glmdeploy.errors import SmokeFailed
+    from glmdeploy.errors import EndpointUnreachable, SmokeFailed
     from glmdeploy.smoke import run_smoke, select_checks
 
     only_names, skip_names = _names(only), _names(skip)
@@ -126,8 +128,10 @@ def smoke(
     if junit is not None:
         _check_writable(junit)
     target = _target(name, url, api_key, model, engine)
-    say(f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})")
-    progress = _Progress(live=sys.stderr.isatty() and not json_output)
+    progress = _Progress(
+        live=sys.stderr.isatty() and not json_output,
+        header=f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})",
+    )
     try:
         report = run_smoke(
             target, only=only_names, skip=skip_names, timeout=timeout,
@@ -141,7 +145,11 @@ def smoke(
         junit_xml.write(junit, [report.junit_suite()])
     if json_output:
         emit_json(report.to_json())
-    else:
+    if report.unreachable:  # one line, not a table of checks that were never run
+        raise EndpointUnreachable(f"cannot smoke {report.target}: {report.unreachable}")
+    if report.not_openai:
+        raise SmokeFailed(f"cannot smoke {report.target}: {report.not_openai}")
+    if not json_output:
         _print_table(report)
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
@@ -167,10 +175,15 @@ def _check_writable(path: Path) -> None:
 
 
 class _Progress:
-    """On a terminal, a spinner naming the running check; elsewhere one line per finished check."""
+    """On a terminal, a spinner naming the running check; elsewhere one line per finished check.
 
-    def __init__(self, *, live: bool) -> None:
+    The header (the target) comes before the first line; a run stopped by its first check (a wrong
+    target) prints neither, so that it ends as one error line.
+    """
+
+    def __init__(self, *, live: bool, header: str) -> None:
         self.status = None
+        self.header: str | None = header
         if live:
             from glmdeploy.commands._common import console
 
@@ -182,8 +195,12 @@ class _Progress:
             self.status.update(f"checking {name}…")  # check names are fixed identifiers, safe as markup
 
     def done(self, result: CheckResult) -> None:
-        if self.status is None:
-            say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
+        if self.status is not None or "stopped" in result.info or result.detail.startswith("not run: "):
+            return
+        if self.header is not None:
+            say(self.header)
+            self.header = None
+        say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
 
     def stop(self) -> None:
         if self.status is not None:
