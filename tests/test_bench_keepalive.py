@@ -78,7 +78,8 @@ def _sse_answer(request: bytes) -> bytes:
                {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": max_tokens,
                                          "total_tokens": 8 + max_tokens}}]
     chunks = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
-    out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    out = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+           b"Connection: keep-alive\r\n\r\n")
     for c in chunks:
         out += b"%x\r\n%s\r\n" % (len(c), c)
     return out + b"0\r\n\r\n"
