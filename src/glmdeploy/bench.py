@@ -689,6 +689,10 @@ def first_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
         response.raise_for_status()
         data = response.json()["data"]
         return str(data[0]["id"])
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        from glmdeploy.errors import EndpointUnreachable
+
+        raise EndpointUnreachable(f"cannot reach {base}: {_describe(exc)}") from None
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
         reason = type(exc).__name__
         raise UsageError(f"could not read the model name from {base}/models ({reason}); pass --model") from None

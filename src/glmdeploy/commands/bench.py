@@ -2,7 +2,8 @@
 
 The load generator and the metrics live in ``glmdeploy.bench``; this module resolves the target, shows
 progress on stderr and prints the result block (or JSON). Exit codes: 0 when the run completed (failed
-requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded.
+requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded, 7 when not a
+single request could even connect.
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ def bench(
         label=label,
     )
     result = _run_with_progress(target, key, model, options)
+    if result.completed == 0 and result.errors and all(e.startswith(_CANNOT_CONNECT) for e in result.errors):
+        from glmdeploy.errors import EndpointUnreachable
+
+        # One line, not a result block of zeros and ten copies of the same connection error.
+        raise EndpointUnreachable(f"cannot reach {target}: {result.errors[0]}")
 
     from glmdeploy.bench import format_summary
 
@@ -124,6 +130,9 @@ def bench(
     if result.completed == 0:
         first = result.errors[0] if result.errors else "no request was sent"
         raise SmokeFailed(f"every request failed ({first})")
+
+
+_CANNOT_CONNECT = ("ConnectError", "ConnectTimeout")
 
 
 def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
@@ -154,6 +163,7 @@ def _run_with_progress(url: str, key: str | None, model: str, options: BenchOpti
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a bar in a CI log is noise (and a stray blank line)
     ) as progress:
         task = progress.add_task("bench", total=options.num_prompts, failed=0)
 
