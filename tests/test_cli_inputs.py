@@ -182,3 +182,22 @@ def test_a_bad_number_or_port_is_one_error_line_and_exit_2(args: list[str], opti
     assert option in lines[0]
     assert "internal error" not in result.output
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("price", [".inf", ".nan", "1000", "0"])
+def test_a_profile_with_an_absurd_price_cap_is_refused(price: str, tmp_path: Path) -> None:
+    """The profile's cap is also the ranking's price scale: inf, nan or $1000/h would break both."""
+    import yaml
+
+    from glmdeploy.profiles import load_profile
+
+    data = load_profile("h200").model_dump(mode="json", exclude={"source"})
+    data["name"] = "absurd"
+    path = tmp_path / "absurd.yaml"
+    text = yaml.safe_dump(data).replace(f"max_price: {data['hardware']['max_price']}", f"max_price: {price}")
+    assert f"max_price: {price}" in text
+    path.write_text(text)
+    proc = run("profiles", "validate", str(path))
+    assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
+    assert "max_price" in proc.stdout + proc.stderr
+    assert "internal error" not in proc.stderr
