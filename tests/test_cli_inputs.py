@@ -156,6 +156,11 @@ BAD_NUMBERS = [
     *[(["bench", "--url", f"http://127.0.0.1:{port}/v1", "--model", "m"], "--url") for port in ("0", "99999")],
     *[(["offers", "-p", "h200", "--api-url", f"http://127.0.0.1:{port}", "--api-key", "k"], "--api-url")
       for port in ("0", "70000")],
+    # Built in memory before the first send: these would end as a MemoryError.
+    (["bench", "--url", "http://127.0.0.1:9/v1", "--model", "m", "--num-prompts", "1000000000"], "--num-prompts"),
+    (["bench", "--url", "http://127.0.0.1:9/v1", "--model", "m", "--input-len", "1000000000"], "--input-len"),
+    (["bench", "--url", "http://127.0.0.1:9/v1", "--model", "m", "--output-len", "1000000000"], "--output-len"),
+    (["ci", "-p", "h200", "--sandbox", "--bench-prompts", "1000000000"], "--bench-prompts"),
 ]
 
 

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
 
 Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+# The workload is built in memory before the first send: a billion prompts, or prompts of a billion words,
+# would end as a MemoryError. No model here takes more than 202,752 tokens of context (catalog.py).
+MAX_PROMPTS = 100_000
+MAX_LEN_TOKENS = 262_144
 
 
 @handles_errors
@@ -40,12 +44,23 @@ def bench(
     model: Annotated[
         str | None, typer.Option("--model", help="Model name to request (default: the deployment's, or /models).")
     ] = None,
-    num_prompts: Annotated[int, typer.Option("--num-prompts", min=1, help="Requests to send.")] = 100,
+    num_prompts: Annotated[
+        int, typer.Option("--num-prompts", min=1, max=MAX_PROMPTS, help="Requests to send.")
+    ] = 100,
     input_len: Annotated[
-        int, typer.Option("--input-len", min=1, help="Prompt length in words (about one token each).")
+        int,
+        typer.Option(
+            "--input-len", min=1, max=MAX_LEN_TOKENS, help="Prompt length in words (about one token each)."
+        ),
     ] = 1024,
     output_len: Annotated[
-        int, typer.Option("--output-len", min=1, help="Tokens to generate per request (max_tokens, ignore_eos).")
+        int,
+        typer.Option(
+            "--output-len",
+            min=1,
+            max=MAX_LEN_TOKENS,
+            help="Tokens to generate per request (max_tokens, ignore_eos).",
+        ),
     ] = 128,
     request_rate: Annotated[
         str, typer.Option("--request-rate", help="Requests per second, or 'inf' to send all at once.")
@@ -55,7 +70,8 @@ def bench(
         typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 = Poisson, <1 burstier, >1 steadier."),
     ] = 1.0,
     max_concurrency: Annotated[
-        int | None, typer.Option("--max-concurrency", min=1, help="Cap on requests in flight.")
+        int | None,
+        typer.Option("--max-concurrency", min=1, max=MAX_PROMPTS, help="Cap on requests in flight."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the prompts and the arrival times.")] = 0,
     timeout: Annotated[

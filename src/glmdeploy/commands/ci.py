@@ -87,7 +87,7 @@ def ci(
     ] = None,
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report here.")] = None,
     bench: Annotated[bool, typer.Option("--bench", help="Run a short benchmark after the smoke checks.")] = False,
-    bench_prompts: Annotated[int, typer.Option(min=1, help="Requests the benchmark sends.")] = 20,
+    bench_prompts: Annotated[int, typer.Option(min=1, max=100_000, help="Requests the benchmark sends.")] = 20,
     name: Annotated[str | None, typer.Option(help="Deployment name.")] = None,
     max_price: MaxPrice = None,
     timeout: Annotated[str | None, typer.Option(help="Give up if not ready after this long, e.g. 45m.")] = None,
