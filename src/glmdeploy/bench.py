@@ -454,6 +454,19 @@ def chat_url(base_url: str) -> str:
     return f"{base}/chat/completions"
 
 
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: no user:password@, query or fragment (a key may sit in any of them)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 def _is_local(url: str) -> bool:
     return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
@@ -692,7 +705,7 @@ def first_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         from glmdeploy.errors import EndpointUnreachable
 
-        raise EndpointUnreachable(f"cannot reach {base}: {_describe(exc)}") from None
+        raise EndpointUnreachable(f"cannot reach {shown_url(base)}: {_describe(exc)}") from None
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
         reason = type(exc).__name__
         raise UsageError(f"could not read the model name from {base}/models ({reason}); pass --model") from None

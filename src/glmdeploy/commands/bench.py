@@ -123,10 +123,11 @@ def bench(
     )
     result = _run_with_progress(target, key, model, options)
     if result.completed == 0 and result.errors and all(e.startswith(_CANNOT_CONNECT) for e in result.errors):
+        from glmdeploy.bench import shown_url
         from glmdeploy.errors import EndpointUnreachable
 
         # One line, not a result block of zeros and ten copies of the same connection error.
-        raise EndpointUnreachable(f"cannot reach {target}: {result.errors[0]}")
+        raise EndpointUnreachable(f"cannot reach {shown_url(target)}: {result.errors[0]}")
 
     from glmdeploy.bench import format_summary
 
