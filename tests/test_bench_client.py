@@ -351,11 +351,11 @@ def test_cli_prints_the_result_block_and_lists_failures() -> None:
     assert "failed request: HTTP 500: boom" in result.stderr
 
 
-def test_cli_exits_5_when_no_request_succeeds() -> None:
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+def test_cli_exits_7_when_no_request_can_connect() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: unreachable (7), not "failed" (5)
     result = runner.invoke(app, ["bench", "--url", url, "--model", "m", "--num-prompts", "2", "--timeout", "5"])
-    assert result.exit_code == 5
-    assert "every request failed" in result.stderr
+    assert result.exit_code == 7
+    assert "cannot reach" in result.stderr
     assert "Traceback" not in result.stderr
 
 

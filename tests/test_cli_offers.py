@@ -166,8 +166,8 @@ def test_api_url_option_picks_the_server(vast: respx.MockRouter) -> None:
     ("args", "message"),
     [
         (["--profile", "nope"], "unknown profile 'nope'"),
-        (["--profile", "h200", "--max-price", "0"], "--max-price must be a positive"),
-        (["--profile", "h200", "--max-price", "inf"], "--max-price must be a positive"),
+        (["--profile", "h200", "--max-price", "0"], "'--max-price': must be a positive"),
+        (["--profile", "h200", "--max-price", "inf"], "'--max-price': must be a positive"),
         (["--profile", "h200", "--limit", "0"], "--limit"),
     ],
 )

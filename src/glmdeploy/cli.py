@@ -8,9 +8,11 @@ import typer
 
 from glmdeploy import __version__
 from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, smoke, up
+from glmdeploy.commands._common import OneLineErrors
 
 app = typer.Typer(
     name="glmdeploy",
+    cls=OneLineErrors,
     help="Serve GLM-4.7-Flash on rented Vast.ai GPUs: tested, secured, and torn down when you say so.",
     no_args_is_help=True,
     add_completion=False,
@@ -50,4 +52,4 @@ app.add_typer(sandbox.sandbox_app, name="sandbox")
 
 
 def main() -> None:
-    app()
+    app(prog_name="glmdeploy")  # not "python -m glmdeploy" in messages that say what to run

@@ -8,6 +8,8 @@ from glmdeploy.errors import UsageError
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# No timeout or TTL of a rented GPU needs more than a year; beyond it lie dates that overflow (9999999999d).
+MAX_DURATION_S = 366 * 86400.0
 
 
 def parse_duration(text: str | int | float, *, option: str = "duration") -> float:
@@ -30,8 +32,10 @@ def parse_duration(text: str | int | float, *, option: str = "duration") -> floa
                 pos = match.end()
             if pos != len(raw) or not raw:
                 raise UsageError(f"{option}: expected a duration like 90s, 45m or 2h, got {text!r}")
-    if seconds <= 0:
+    if not seconds > 0:  # also nan, from a float argument
         raise UsageError(f"{option}: must be positive, got {text!r}")
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"{option}: {text!r} is longer than {MAX_DURATION_S / 86400:g} days")
     return seconds
 
 

@@ -12,11 +12,14 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     ├── NoOfferError (3)          nothing matches the profile and price cap
     ├── DeploymentFailed (4)      failed before ready; instance destroyed or kept
     ├── SmokeFailed (5)           smoke checks failed
+    ├── EndpointUnreachable (7)   smoke/bench target cannot be reached or never answers
     ├── VastError (7)             API failures (see glmdeploy.vast.errors)
     │   ├── AuthError (6)         credentials refused
     │   └── InsufficientCredit (8) the account lacks credit / hit its spend limit
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
         └── HungUp (129)          SIGHUP (terminal or SSH session gone), after cleanup
+
+A closed stdout or stderr (EPIPE) ends a command quietly with 141, like a tool killed by SIGPIPE.
 
 Exit codes are part of the public surface (shared/spec/cli.md): never renumber.
 """
@@ -34,6 +37,8 @@ EXIT_UNREACHABLE = 7
 EXIT_NO_CREDIT = 8
 EXIT_HUNG_UP = 129
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE, what a shell reports for a tool that a closed pipe ended (`yes | head -1`).
+EXIT_OUTPUT_CLOSED = 141
 
 
 class GlmdeployError(Exception):
@@ -89,6 +94,13 @@ class SmokeFailed(GlmdeployError):
 
     exit_code = EXIT_SMOKE_FAILED
     code = "smoke_failed"
+
+
+class EndpointUnreachable(GlmdeployError):
+    """The endpoint given to smoke or bench cannot be connected to, or accepts and never answers."""
+
+    exit_code = EXIT_UNREACHABLE
+    code = "endpoint_unreachable"
 
 
 class Interrupted(GlmdeployError):

@@ -28,9 +28,9 @@ class TerminalEvents:
     """Human progress on stderr: a line per phase and a spinner on the current one."""
 
     def __init__(self) -> None:
-        from rich.console import Console
+        from glmdeploy.commands._common import console
 
-        self.console = Console(stderr=True)
+        self.console = console(stderr=True)
         self.status = self.console.status("starting")
         self.status.start()
 

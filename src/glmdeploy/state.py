@@ -38,7 +38,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from glmdeploy.errors import GlmdeployError, UsageError
-from glmdeploy.paths import ensure_home
+from glmdeploy.paths import ensure_home, unusable_state
 
 DB_FILENAME = "state.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -267,9 +267,12 @@ class StateStore:
     def open(cls, path: Path | None = None) -> StateStore:
         """Open (creating and migrating if needed) the store; default ``<home>/state.db``."""
         db_path = default_path() if path is None else Path(path)
-        if path is not None:
-            db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _create_private(db_path)
+        try:
+            if path is not None:
+                db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(db_path)
+        except OSError as exc:  # a directory or a broken link where the database should be, ...
+            raise unusable_state(db_path, exc) from None
         conn = sqlite3.connect(
             db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )

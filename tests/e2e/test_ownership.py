@@ -185,7 +185,8 @@ def test_older_than_never_spares_an_orphan_this_state_dir_recorded(
 ) -> None:
     """The age guard is for instances other machines may run; our own dead `up`'s instance is ours."""
     sb = sandbox(faults="never_ready")
-    proc = subprocess.Popen([*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "-p", "4x3090", "--ttl", LONG_TTL],
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "-p", "4x3090",
+                             "--ttl", LONG_TTL],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         _wait_for_phase(proc, "wait_ready")

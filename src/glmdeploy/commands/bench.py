@@ -2,7 +2,8 @@
 
 The load generator and the metrics live in ``glmdeploy.bench``; this module resolves the target, shows
 progress on stderr and prints the result block (or JSON). Exit codes: 0 when the run completed (failed
-requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded.
+requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded, 7 when not a
+single request could even connect.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, positive_seconds, say
 
 if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
 
 Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+# The workload is built in memory before the first send: a billion prompts, or prompts of a billion words,
+# would end as a MemoryError. No model here takes more than 202,752 tokens of context (catalog.py).
+MAX_PROMPTS = 100_000
+MAX_LEN_TOKENS = 262_144
 
 
 @handles_errors
@@ -39,12 +44,23 @@ def bench(
     model: Annotated[
         str | None, typer.Option("--model", help="Model name to request (default: the deployment's, or /models).")
     ] = None,
-    num_prompts: Annotated[int, typer.Option("--num-prompts", min=1, help="Requests to send.")] = 100,
+    num_prompts: Annotated[
+        int, typer.Option("--num-prompts", min=1, max=MAX_PROMPTS, help="Requests to send.")
+    ] = 100,
     input_len: Annotated[
-        int, typer.Option("--input-len", min=1, help="Prompt length in words (about one token each).")
+        int,
+        typer.Option(
+            "--input-len", min=1, max=MAX_LEN_TOKENS, help="Prompt length in words (about one token each)."
+        ),
     ] = 1024,
     output_len: Annotated[
-        int, typer.Option("--output-len", min=1, help="Tokens to generate per request (max_tokens, ignore_eos).")
+        int,
+        typer.Option(
+            "--output-len",
+            min=1,
+            max=MAX_LEN_TOKENS,
+            help="Tokens to generate per request (max_tokens, ignore_eos).",
+        ),
     ] = 128,
     request_rate: Annotated[
         str, typer.Option("--request-rate", help="Requests per second, or 'inf' to send all at once.")
@@ -54,11 +70,15 @@ def bench(
         typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 = Poisson, <1 burstier, >1 steadier."),
     ] = 1.0,
     max_concurrency: Annotated[
-        int | None, typer.Option("--max-concurrency", min=1, help="Cap on requests in flight.")
+        int | None,
+        typer.Option("--max-concurrency", min=1, max=MAX_PROMPTS, help="Cap on requests in flight."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the prompts and the arrival times.")] = 0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.001, help="Seconds one request may take before it counts as failed.")
+        float,
+        typer.Option(
+            "--timeout", callback=positive_seconds, help="Seconds one request may take before it counts as failed."
+        ),
     ] = 600.0,
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)
@@ -102,6 +122,12 @@ def bench(
         label=label,
     )
     result = _run_with_progress(target, key, model, options)
+    if result.completed == 0 and result.errors and all(e.startswith(_CANNOT_CONNECT) for e in result.errors):
+        from glmdeploy.bench import shown_url
+        from glmdeploy.errors import EndpointUnreachable
+
+        # One line, not a result block of zeros and ten copies of the same connection error.
+        raise EndpointUnreachable(f"cannot reach {shown_url(target)}: {result.errors[0]}")
 
     from glmdeploy.bench import format_summary
 
@@ -123,6 +149,9 @@ def bench(
         raise SmokeFailed(f"every request failed ({first})")
 
 
+_CANNOT_CONNECT = ("ConnectError", "ConnectTimeout")
+
+
 def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
     """(endpoint, key, served model, deployment name) of the named or only active deployment."""
     from glmdeploy.errors import UsageError
@@ -136,12 +165,12 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
 
 
 def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from glmdeploy.bench import RequestOutcome, run_bench
+    from glmdeploy.commands._common import console as make_console
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     failed = 0
     with Progress(
         TextColumn("bench"),
@@ -151,6 +180,7 @@ def _run_with_progress(url: str, key: str | None, model: str, options: BenchOpti
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a bar in a CI log is noise (and a stray blank line)
     ) as progress:
         task = progress.add_task("bench", total=options.num_prompts, failed=0)
 

@@ -16,11 +16,13 @@ from glmdeploy.commands._common import (
     ApiKey,
     ApiUrl,
     JsonOutput,
+    MaxPrice,
     ProfileRef,
     Sandbox,
     check_launch,
     emit_json,
     handles_errors,
+    positive_dollars,
     say,
 )
 
@@ -32,13 +34,16 @@ if TYPE_CHECKING:
 def ci(
     profile: ProfileRef,
     max_cost: Annotated[
-        float | None, typer.Option(help="Abort and tear down once the rented instance has cost this many $.")
+        float | None,
+        typer.Option(
+            callback=positive_dollars, help="Abort and tear down once the rented instance has cost this many $."
+        ),
     ] = None,
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report here.")] = None,
     bench: Annotated[bool, typer.Option("--bench", help="Run a short benchmark after the smoke checks.")] = False,
-    bench_prompts: Annotated[int, typer.Option(min=1, help="Requests the benchmark sends.")] = 20,
+    bench_prompts: Annotated[int, typer.Option(min=1, max=100_000, help="Requests the benchmark sends.")] = 20,
     name: Annotated[str | None, typer.Option(help="Deployment name.")] = None,
-    max_price: Annotated[float | None, typer.Option(help="Price cap in $/h (default: the profile's).")] = None,
+    max_price: MaxPrice = None,
     timeout: Annotated[str | None, typer.Option(help="Give up if not ready after this long, e.g. 45m.")] = None,
     ttl: Annotated[
         str | None,

@@ -157,8 +157,9 @@ def list_deployments(
             }
         )
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from glmdeploy.commands._common import console
 
     table = Table("name", "profile", "status", "instance", "$/h", "uptime", "cost", "expires", "endpoint")
     for v in views:
@@ -190,7 +191,7 @@ def list_deployments(
             "-",
             "-",
         )
-    Console().print(table)
+    console().print(table)
     if foreign:
         say(f"{len(foreign)} foreign instance(s): rented by other owners on this account; read-only here "
             "('destroy --include-foreign --instance ID' removes one on purpose)")

@@ -6,7 +6,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, ProfileRef, Sandbox, emit_json, handles_errors, say
+from glmdeploy.commands._common import (
+    ApiKey,
+    ApiUrl,
+    JsonOutput,
+    MaxPrice,
+    ProfileRef,
+    Sandbox,
+    emit_json,
+    handles_errors,
+    say,
+)
 
 if TYPE_CHECKING:
     pass
@@ -15,9 +25,7 @@ if TYPE_CHECKING:
 def offers(
     profile: ProfileRef,
     limit: Annotated[int, typer.Option(min=1, help="How many offers to show.")] = 10,
-    max_price: Annotated[
-        float | None, typer.Option(help="Price cap in $/h for the whole instance (default: the profile's).")
-    ] = None,
+    max_price: MaxPrice = None,
     json_output: JsonOutput = False,
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
@@ -29,14 +37,10 @@ def offers(
     host's speed (time that is billed too); offers above the price cap are left out. Exit 3 when
     no offer matches.
     """
-    import math
-
-    from glmdeploy.errors import NoOfferError, UsageError
+    from glmdeploy.errors import NoOfferError
     from glmdeploy.profiles import load_profile
     from glmdeploy.ranking import OfferSummary
 
-    if max_price is not None and not (max_price > 0 and math.isfinite(max_price)):
-        raise UsageError(f"--max-price must be a positive number of $/h, got {max_price:g}")
     loaded = load_profile(profile)
     cap = loaded.hardware.max_price if max_price is None else max_price
     from glmdeploy.connect import connect
@@ -63,8 +67,10 @@ def offers(
 def _print_table(rows: list[Any]) -> None:
     import sys
 
-    from rich.console import Console, JustifyMethod
+    from rich.console import JustifyMethod
     from rich.table import Table
+
+    from glmdeploy.commands._common import console
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
@@ -92,4 +98,4 @@ def _print_table(rows: list[Any]) -> None:
             row.geolocation or "-",
             str(row.id),
         )
-    Console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)
+    console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)

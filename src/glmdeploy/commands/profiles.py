@@ -23,8 +23,9 @@ def list_profiles(json_output: JsonOutput = False) -> None:
     if json_output:
         emit_json(rows)
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from glmdeploy.commands._common import console
 
     table = Table("name", "engine", "model", "gpus", "context", "source")
     for r in rows:
@@ -36,7 +37,7 @@ def list_profiles(json_output: JsonOutput = False) -> None:
             str(r["context_length"] or "model max"),
             r["source"],
         )
-    Console().print(table)
+    console().print(table)
 
 
 @app.command("show")

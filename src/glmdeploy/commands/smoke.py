@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, positive_seconds, say
 
 if TYPE_CHECKING:
     from glmdeploy.smoke import CheckResult, SmokeReport, Target
@@ -58,7 +58,14 @@ Only = Annotated[
     typer.Option("--only", metavar="CHECK", help="Run only this check (repeatable, or comma-separated)."),
 ]
 Timeout = Annotated[
-    float, typer.Option("--timeout", metavar="SECONDS", help="Seconds each request may take.", show_default=True)
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=positive_seconds,
+        help="Seconds each check may take in all: connecting, waiting and reading, over all its requests.",
+        show_default=True,
+    ),
 ]
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
@@ -129,11 +136,13 @@ def smoke(
 ) -> None:
     """Run the smoke checks against a deployment or any OpenAI-compatible URL.
 
-    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails.
+    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails, or if the
+    target is not an OpenAI-compatible server; exit 7 if it cannot be reached or never answers (the other
+    checks are then not run).
     """
     import sys
 
-    from glmdeploy.errors import SmokeFailed
+    from glmdeploy.errors import EndpointUnreachable, SmokeFailed
     from glmdeploy.smoke import run_smoke, select_checks
 
     only_names, skip_names = _names(only), _names(skip)
@@ -141,8 +150,10 @@ def smoke(
     if junit is not None:
         _check_writable(junit)
     target = _target(name, url, api_key, model, engine)
-    say(f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})")
-    progress = _Progress(live=sys.stderr.isatty() and not json_output)
+    progress = _Progress(
+        live=sys.stderr.isatty() and not json_output,
+        header=f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})",
+    )
     try:
         report = run_smoke(
             target, only=only_names, skip=skip_names, timeout=timeout,
@@ -161,7 +172,11 @@ def smoke(
             data["health"] = "unhealthy" if unhealthy else ("healthy" if report.passed else None)
             data["health_reason"] = unhealthy
         emit_json(data)
-    else:
+    if report.unreachable:  # one line, not a table of checks that were never run
+        raise EndpointUnreachable(f"cannot smoke {report.target}: {report.unreachable}")
+    if report.not_openai:
+        raise SmokeFailed(f"cannot smoke {report.target}: {report.not_openai}")
+    if not json_output:
         _print_table(report)
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
@@ -189,14 +204,19 @@ def _check_writable(path: Path) -> None:
 
 
 class _Progress:
-    """On a terminal, a spinner naming the running check; elsewhere one line per finished check."""
+    """On a terminal, a spinner naming the running check; elsewhere one line per finished check.
 
-    def __init__(self, *, live: bool) -> None:
+    The header (the target) comes before the first line; a run stopped by its first check (a wrong
+    target) prints neither, so that it ends as one error line.
+    """
+
+    def __init__(self, *, live: bool, header: str) -> None:
         self.status = None
+        self.header: str | None = header
         if live:
-            from rich.console import Console
+            from glmdeploy.commands._common import console
 
-            self.status = Console(stderr=True).status("")
+            self.status = console(stderr=True).status("")
             self.status.start()
 
     def start(self, name: str) -> None:
@@ -204,8 +224,12 @@ class _Progress:
             self.status.update(f"checking {name}…")  # check names are fixed identifiers, safe as markup
 
     def done(self, result: CheckResult) -> None:
-        if self.status is None:
-            say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
+        if self.status is not None or "stopped" in result.info or result.detail.startswith("not run: "):
+            return
+        if self.header is not None:
+            say(self.header)
+            self.header = None
+        say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
 
     def stop(self) -> None:
         if self.status is not None:
@@ -213,9 +237,10 @@ class _Progress:
 
 
 def _print_table(report: SmokeReport) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from glmdeploy.commands._common import console
 
     # Text, not markup: details quote server output and "[DONE]".
     table = Table(title=Text(f"smoke: {report.target}"), title_justify="left")
@@ -227,4 +252,4 @@ def _print_table(report: SmokeReport) -> None:
         table.add_row(
             Text(c.name), Text(_MARK[c.status], style=_STYLE[c.status]), f"{c.duration_ms:.0f} ms", Text(c.detail)
         )
-    Console(soft_wrap=False).print(table)
+    console(soft_wrap=False).print(table)

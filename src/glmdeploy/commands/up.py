@@ -10,6 +10,7 @@ from glmdeploy.commands._common import (
     ApiKey,
     ApiUrl,
     JsonOutput,
+    MaxPrice,
     ProfileRef,
     Sandbox,
     check_launch,
@@ -30,7 +31,7 @@ def up(
         bool, typer.Option("--yes", "-y", help="Rent the chosen offer without asking (implied by --sandbox).")
     ] = False,
     json_output: JsonOutput = False,
-    max_price: Annotated[float | None, typer.Option(help="Price cap in $/h (default: the profile's).")] = None,
+    max_price: MaxPrice = None,
     ttl: Annotated[
         str | None,
         typer.Option(

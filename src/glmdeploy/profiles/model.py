@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from glmdeploy.catalog import MODEL_ARCHS
 from glmdeploy.engines.kinds import EngineKind
+from glmdeploy.ranking import MAX_PRICE_CAP
 
 Quant = Literal["bf16", "fp16", "fp8", "nvfp4", "awq"]
 
@@ -88,7 +89,12 @@ class Hardware(StrictModel):
     min_inet_down: float = Field(default=200.0, ge=0, description="Minimum download speed, Mbit/s.")
     min_reliability: float = Field(default=0.95, ge=0, le=1)
     direct_port: bool = Field(default=True, description="Require a directly mapped port.")
-    max_price: float = Field(gt=0, description="Default price cap in $/h for the whole instance.")
+    max_price: float = Field(
+        gt=0,
+        le=MAX_PRICE_CAP,
+        allow_inf_nan=False,
+        description="Default price cap in $/h for the whole instance; also the scale of the ranking's cost term.",
+    )
     verified: bool = Field(default=True, description="Only verified machines.")
 
     @model_validator(mode="after")

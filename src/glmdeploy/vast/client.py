@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from glmdeploy import __version__
 from glmdeploy.errors import UsageError
+from glmdeploy.urls import check_port
 from glmdeploy.vast.errors import (
     ApiError,
     ApiUnreachable,
@@ -118,6 +119,7 @@ def resolve_base_url(api_url: str | None = None, environ: Mapping[str, str] | No
         raise UsageError(f"invalid Vast.ai API URL {raw!r}: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise UsageError(f"invalid Vast.ai API URL {raw!r}: expected http(s)://host[:port]")
+    check_port(raw, option="--api-url" if (api_url or "").strip() else "VAST_URL")
     return raw.rstrip("/")
 
 
