@@ -187,7 +187,8 @@ def test_older_than_never_spares_an_orphan_this_state_dir_recorded(
     sb = sandbox(faults="never_ready")
     proc = subprocess.Popen([*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "-p", "4x3090",
                              "--ttl", LONG_TTL],
-                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
     try:
         _wait_for_phase(proc, "wait_ready")
     finally:
