@@ -102,8 +102,8 @@ def reconcile(
     }
     result.instances = dict(live)
     for d in store.list(include_destroyed=True):
-        if d.api_url != api_url:
-            continue
+        if d.api_url != api_url or d.is_group:
+            continue  # a replica group rents nothing itself: its replicas are rows of their own
         inst = live.pop(d.label, None)
         if not d.is_active:
             if inst is not None:

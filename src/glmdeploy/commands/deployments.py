@@ -109,7 +109,7 @@ def _close_sandbox_records(store: StateStore, api_url: str | None) -> list[str]:
 
     if not sandbox_gone(api_url):
         return []
-    closed = [d.name for d in store.active() if d.api_url == api_url and close_if_sandbox_gone(store, d)]
+    closed = [d.name for d in store.list() if d.api_url == api_url and close_if_sandbox_gone(store, d)]
     for name in closed:
         say(f"{name}: its sandbox at {api_url} has stopped, and its instance with it; record closed")
     return closed
