@@ -181,6 +181,10 @@ def close_if_sandbox_gone(store: StateStore, deployment: Deployment) -> bool:
     """Close the record of a deployment whose sandbox has stopped; True if it did."""
     if not deployment.is_active or not sandbox_gone(deployment.api_url):
         return False
+    if deployment.is_group and deployment.gateway_url is not None:
+        from glmdeploy.replicas import attach
+
+        attach(deployment).stop()  # its replicas ended with the sandbox: the gateway has nothing to route to
     store.mark_destroyed(deployment.id, status="destroyed",
                          error=deployment.error or "its sandbox stopped; the instance ended with it")
     return True

@@ -129,7 +129,11 @@ class Deployment(BaseModel):
         return None if self.gateway_api_key is None else self.gateway_api_key.get_secret_value()
 
     def endpoint_key(self) -> str | None:
-        """The endpoint's API key in clear, for ``glmdeploy env`` and the smoke client only."""
+        """The endpoint's API key in clear, for ``glmdeploy env`` and the smoke client only.
+
+        A replica group's endpoint is its gateway, so its key is the gateway's (never a replica's)."""
+        if self.is_group:
+            return self.gateway_key()
         return None if self.endpoint_api_key is None else self.endpoint_api_key.get_secret_value()
 
     def public(self, *, snapshots: bool = False) -> dict[str, Any]:

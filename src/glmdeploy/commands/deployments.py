@@ -387,7 +387,7 @@ def env(name: Name = None) -> None:
 
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
     # A replica group: the gateway's URL and the gateway's own key (never a replica's).
-    key = d.gateway_key() if d.is_group else d.endpoint_key()
+    key = d.endpoint_key()
     print(f"export OPENAI_BASE_URL={shlex.quote(d.endpoint)}")
     print(f"export OPENAI_API_KEY={shlex.quote(key or '')}")
     print(f"export MODEL={shlex.quote(d.model or '')}")
