@@ -232,6 +232,25 @@ class SmgGateway:
         raise GatewayError(f"the gateway still routes to worker {worker_id}")
 
 
+def request_counts(gateway: SmgGateway) -> dict[str, int]:
+    """Requests SMG sent to each worker URL so far (``smg_worker_requests_total{worker=...}`` on its
+    Prometheus port, 127.0.0.1 only); empty when the gateway or its metrics do not answer."""
+    import re
+
+    info = gateway.identity()
+    port = info.get("metrics_port") if info else None
+    if not isinstance(port, int):
+        return {}
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0, trust_env=False).text
+    except httpx.HTTPError:
+        return {}
+    counts: dict[str, int] = {}
+    for m in re.finditer(r'^smg_worker_requests_total\{[^}]*worker="([^"]+)"[^}]*\} ([0-9.e+]+)$', text, re.M):
+        counts[m.group(1)] = counts.get(m.group(1), 0) + int(float(m.group(2)))
+    return counts
+
+
 def _is_our_guard(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     sock.listen(128)
     smg_port = free_port()
-    proc = subprocess.Popen(smg_argv(smg, port=smg_port, policy=args.policy, prometheus_port=free_port()),
+    metrics_port = free_port()
+    proc = subprocess.Popen(smg_argv(smg, port=smg_port, policy=args.policy, prometheus_port=metrics_port),
                             stdin=subprocess.DEVNULL)
     try:
         upstream = f"http://127.0.0.1:{smg_port}"
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: smg did not answer /health in time", file=sys.stderr)
                 return 4
             time.sleep(0.1)
-        info = {"pid": os.getpid(), "token": args.token, "smg_pid": proc.pid, "policy": args.policy}
+        info = {"pid": os.getpid(), "token": args.token, "smg_pid": proc.pid, "policy": args.policy,
+                "metrics_port": metrics_port}
         config = uvicorn.Config(_app(upstream, key, info), log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)

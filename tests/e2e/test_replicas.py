@@ -146,6 +146,14 @@ def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sa
     spread = {k: after[k] - before[k] for k in after}
     assert all(v > 0 for v in spread.values()) and sum(spread.values()) >= 20, spread
 
+    # bench and smoke work against the gateway unchanged; bench reads per-replica counts from SMG's metrics.
+    bench = cli("bench", name, "--num-prompts", "6", "--input-len", "8", "--output-len", "4", "--json", timeout=120)
+    assert bench.returncode == 0, bench.stderr
+    per_replica = json.loads(bench.stdout)["per_replica"]
+    assert sorted(per_replica) == sorted(r["name"] for r in replicas)
+    assert sum(per_replica.values()) == 6 and all(v > 0 for v in per_replica.values()), per_replica
+    cli("smoke", name, check_exit=0, timeout=120)
+
     # Lose replica 0 out of band, with the official vastai CLI.
     vastai = subprocess.run(
         [str(VASTAI), "--url", box.url, "--api-key", box.api_key, "--retry", "1", "destroy", "instance",
