@@ -142,3 +142,32 @@ def test_kill9_during_scale_leaks_nothing(cli: Any, cli_env: dict[str, str], san
     cli("destroy", "--orphans", "--yes", timeout=120)
     assert box.running() == []
     assert not _port_open(gateway["url"]) and not _guard_alive(gateway["pid"])
+
+
+def _second_wait_running(stream: EventStream) -> bool:
+    def second(e: dict[str, Any]) -> bool:
+        return e.get("phase") == "wait_running" and sum(x.get("phase") == "wait_running" for x in stream.seen) >= 2
+
+    return stream.wait_for(second, "replica 1's wait_running")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_a_signal_while_renting_replica_1_destroys_every_replica_and_the_gateway(
+        cli_env: dict[str, str], sandbox: Any, no_gateway_left: None, signum: int) -> None:
+    box = sandbox()
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "--profile", "4x3090", "--replicas", "2", "--sandbox", "--yes",
+                             "--json", "--ttl", LONG_TTL], env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    stream = EventStream(proc)
+    try:
+        assert _second_wait_running(stream), stream.seen
+        assert len(box.running()) == 2  # replica 0 ready and registered, replica 1 rented
+        proc.send_signal(signum)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == (129 if signum == signal.SIGHUP else 130)
+    assert box.running() == []
+    assert any("gateway stopped" in str(e.get("message")) for e in stream.drain()), stream.seen
