@@ -160,8 +160,10 @@ def finish(store: StateStore, group_id: str) -> Deployment:
 
     live = [r for r in store.replicas_of(group_id) if r.is_active]
     total = sum(r.dph_total or 0.0 for r in live)
+    # The group ends with its last replica's watchdog: the latest expiry stands for the set.
+    expiries = [r.expires_at for r in live if r.expires_at is not None]
     return store.update(group_id, status="ready", phase="done", ready_at=utcnow(), dph_total=round(total, 4),
-                        error=None)
+                        error=None, expires_at=max(expiries) if expiries and len(expiries) == len(live) else None)
 
 
 def destroy_group(
