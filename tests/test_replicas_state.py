@@ -102,3 +102,24 @@ def test_missing_smg_from_the_cli_exits_2_before_renting(monkeypatch: pytest.Mon
                                       "--api-key", "k", "--api-url", "http://127.0.0.1:9"])
     assert result.exit_code == 2
     assert "glmdeploy[gateway]" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("found", "allow_fewer", "expected"), [(3, False, 3), (5, False, 3), (2, True, 2),
+                                                               (2, False, None), (0, True, None)])
+def test_fewer_machines_than_replicas_is_exit_3_unless_allow_fewer(
+        monkeypatch: pytest.MonkeyPatch, found: int, allow_fewer: bool, expected: int | None) -> None:
+    from types import SimpleNamespace
+
+    from glmdeploy import replicas
+    from glmdeploy.errors import NoOfferError
+
+    monkeypatch.setattr(replicas, "count_machines", lambda _client, _request: found)
+    request: Any = SimpleNamespace(profile=SimpleNamespace(name="4x3090"))
+    spec = replicas.GroupSpec(replicas=3, allow_fewer=allow_fewer)
+    if expected is None:
+        with pytest.raises(NoOfferError) as caught:
+            replicas.check_offers(None, request, spec)  # type: ignore[arg-type]
+        assert caught.value.exit_code == 3 and f"{found} matching offer(s)" in str(caught.value)
+        assert "nothing was rented" in str(caught.value)
+    else:
+        assert replicas.check_offers(None, request, spec) == expected  # type: ignore[arg-type]
