@@ -121,7 +121,9 @@ class SmgGateway:
         token = secrets.token_hex(8)
         env = {**os.environ, "GLMDEPLOY_GATEWAY_KEY": key, "PATH": f"{Path(sys.executable).parent}:"
                + os.environ.get("PATH", "")}
-        log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+        # Owner-only, like every file under the state dir (SMG's log names worker URLs).
+        log = (os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+               if log_path is not None else subprocess.DEVNULL)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "glmdeploy.gateway_guard", "--host", host, "--port", str(port),

@@ -94,7 +94,7 @@ def stop_gateways(cli: Cli) -> Any:
             pass
 
 
-def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sandbox: Any,
+def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sandbox: Any, cli_env: dict[str, str],
                                                                     stop_gateways: list[int]) -> None:
     box = sandbox()
     up = cli("up", "--profile", "4x3090", "--replicas", "2", "--sandbox", "--yes", "--json", "--ttl", LONG_TTL,
@@ -179,6 +179,12 @@ def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sa
     assert [r["status"] for r in restored] == ["ready", "ready"] and all(r["healthy"] for r in restored)
     assert [r["index"] for r in restored] == [1, 2]
     assert _chats(env["OPENAI_BASE_URL"], gateway_key, env["MODEL"], 4) == 4
+
+    # Secrets: the gateway's log is owner-only and holds no key; --json never prints the gateway key.
+    log = Path(cli_env["GLMDEPLOY_HOME"]) / f"gateway-{group['id']}.log"
+    assert log.exists() and log.stat().st_mode & 0o777 == 0o600
+    assert gateway_key not in log.read_text() and r0["OPENAI_API_KEY"] not in log.read_text()
+    assert gateway_key not in json.dumps(_status(cli, name)) + up.stdout + scaled.stdout
 
     destroyed = cli("destroy", name, "--yes", "--json", timeout=120)
     assert destroyed.returncode == 0, destroyed.stderr
