@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from glmdeploy import __version__
-from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, smoke, up
+from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, scale, smoke, up
 from glmdeploy.commands._common import OneLineErrors
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ app.command("status")(deployments.status)
 app.command("logs")(deployments.logs)
 app.command("env")(deployments.env)
 app.command("destroy")(deployments.destroy)
+app.command("scale")(scale.scale)
 app.command("smoke")(smoke.smoke)
 app.command("bench")(bench.bench)
 app.command("ci")(ci.ci)

@@ -130,6 +130,11 @@ class UpRequest:
     owner: str | None = None
     # Dollars the rented instance may cost (price x time rented) before the wait gives up and tears down.
     max_cost: float | None = None
+    # A replica of a group (issue 12, glmdeploy.replicas): its row is a child of ``parent`` and its
+    # label the group's plus ``-r<replica_index>``; ``exclude_machines`` keeps replicas on different machines.
+    parent: Deployment | None = None
+    replica_index: int | None = None
+    exclude_machines: tuple[int, ...] = ()
 
 
 class UpEvents(Protocol):
@@ -239,7 +244,7 @@ class Deployer:
         plan = self._plan_check(profile, force=request.force)
         self._check_key()
         cap = profile.hardware.max_price if request.max_price is None else request.max_price
-        failed_machines: list[int] = []
+        failed_machines: list[int] = list(request.exclude_machines)
         last_error: GlmdeployError | None = None
         for attempt_no in range(1, max(1, request.max_attempts) + 1):
             self._phase(Phase.SEARCH, None, try_number=attempt_no)
@@ -361,6 +366,8 @@ class Deployer:
             model=engine.reported_model_name(profile),
             phase=Phase.CREATE.value,
             owner=request.owner,
+            parent=request.parent,
+            replica_index=request.replica_index,
         )
         attempt = _Attempt(offer=offer, deployment=deployment)
         self.current = attempt

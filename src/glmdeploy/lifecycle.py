@@ -102,8 +102,8 @@ def reconcile(
     }
     result.instances = dict(live)
     for d in store.list(include_destroyed=True):
-        if d.api_url != api_url:
-            continue
+        if d.api_url != api_url or d.is_group:
+            continue  # a replica group rents nothing itself: its replicas are rows of their own
         inst = live.pop(d.label, None)
         if not d.is_active:
             if inst is not None:
@@ -181,6 +181,10 @@ def close_if_sandbox_gone(store: StateStore, deployment: Deployment) -> bool:
     """Close the record of a deployment whose sandbox has stopped; True if it did."""
     if not deployment.is_active or not sandbox_gone(deployment.api_url):
         return False
+    if deployment.is_group and deployment.gateway_url is not None:
+        from glmdeploy.replicas import attach
+
+        attach(deployment).stop()  # its replicas ended with the sandbox: the gateway has nothing to route to
     store.mark_destroyed(deployment.id, status="destroyed",
                          error=deployment.error or "its sandbox stopped; the instance ended with it")
     return True

@@ -8,6 +8,7 @@ single request could even connect.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -121,6 +122,8 @@ def bench(
         timeout_s=timeout,
         label=label,
     )
+    counted = _replica_counter(label) if url is None else None
+    before = counted() if counted is not None else {}
     result = _run_with_progress(target, key, model, options)
     if result.completed == 0 and result.errors and all(e.startswith(_CANNOT_CONNECT) for e in result.errors):
         from glmdeploy.bench import shown_url
@@ -132,11 +135,15 @@ def bench(
     from glmdeploy.bench import format_summary
 
     summary = format_summary(result)
+    per_replica = ({k: v - before.get(k, 0) for k, v in counted().items()} if counted is not None else None)
     if json_output:
         say(summary)
-        emit_json(result.model_dump(mode="json"))
+        emit_json({**result.model_dump(mode="json"), **({"per_replica": per_replica} if per_replica else {})})
     else:
         print(summary, flush=True)
+        if per_replica:
+            print("requests per replica (SMG metrics): "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(per_replica.items())), flush=True)
     for error in result.errors:
         say(f"failed request: {error}")
     if output is not None:
@@ -162,6 +169,27 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
     if not d.endpoint or not d.is_active:
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
     return d.endpoint, d.endpoint_key(), d.model or "", d.name
+
+
+def _replica_counter(name: str | None) -> Callable[[], dict[str, int]] | None:
+    """For a replica group: a function reading SMG's per-replica request counts, by replica name."""
+    if name is None:
+        return None
+    from glmdeploy.gateway import request_counts
+    from glmdeploy.replicas import attach, worker_url
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        group = store.get(name)
+        if not group.is_group:
+            return None
+        names = {worker_url(r.endpoint): r.name for r in store.replicas_of(group.id) if r.endpoint}
+    gateway = attach(group)
+
+    def read() -> dict[str, int]:
+        return {names.get(url, url): n for url, n in request_counts(gateway).items()}
+
+    return read
 
 
 def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:

@@ -109,7 +109,7 @@ def _close_sandbox_records(store: StateStore, api_url: str | None) -> list[str]:
 
     if not sandbox_gone(api_url):
         return []
-    closed = [d.name for d in store.active() if d.api_url == api_url and close_if_sandbox_gone(store, d)]
+    closed = [d.name for d in store.list() if d.api_url == api_url and close_if_sandbox_gone(store, d)]
     for name in closed:
         say(f"{name}: its sandbox at {api_url} has stopped, and its instance with it; record closed")
     return closed
@@ -140,10 +140,14 @@ def list_deployments(
         for r in reconciled:
             for label, inst in r.instances.items():
                 live[label] = inst.actual_status or "provisioning"
-        rows = store.list(include_destroyed=True)
+        rows = store.list(include_destroyed=True, replicas=False)
+        groups = {d.id: _group_summary(store, d) for d in rows if d.is_group}
     for p in problems:
         say(f"warning: {p}")
     views = [_view(d, live=live.get(d.label)) for d in rows]
+    for v in views:
+        if v["id"] in groups:
+            v.update(groups[v["id"]])
     if json_output:
         emit_json(
             {
@@ -171,8 +175,11 @@ def list_deployments(
             v["name"],
             v["profile"],
             v["status"] + (f" ({v['instance_status']})" if v.get("instance_status") else "")
-            + (f", unhealthy: {v['health_reason']}" if v.get("health") == "unhealthy" else ""),
-            str(v["instance_id"] or "-"),
+            + (f", unhealthy: {v['health_reason']}" if v.get("health") == "unhealthy" else "")
+            + (f" ({v['replicas_healthy']}/{v['replicas_wanted']} healthy"
+               + (f", {v['replicas_lost']} lost" if v.get("replicas_lost") else "") + ")"
+               if v.get("replicas_wanted") is not None and v.get("replicas_healthy") is not None else ""),
+            str(v["instance_id"] or "-") if not v.get("replicas") else f"{len(v['replicas'])} replicas",
             f"{v['dph_total']:.3f}" if v["dph_total"] is not None else "-",
             f"{v['uptime_s'] / 3600:.2f}h",
             f"${v['cost_so_far']:.2f}",
@@ -223,6 +230,9 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
 
     with StateStore.open() as store:
         d = store.resolve(name)
+        if d.is_group:
+            _group_status(store, d, json_output, api_key)
+            return
         live = None
         health = None
         reason = None
@@ -377,8 +387,10 @@ def env(name: Name = None) -> None:
         from glmdeploy.errors import UsageError
 
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
+    # A replica group: the gateway's URL and the gateway's own key (never a replica's).
+    key = d.endpoint_key()
     print(f"export OPENAI_BASE_URL={shlex.quote(d.endpoint)}")
-    print(f"export OPENAI_API_KEY={shlex.quote(d.endpoint_key() or '')}")
+    print(f"export OPENAI_API_KEY={shlex.quote(key or '')}")
     print(f"export MODEL={shlex.quote(d.model or '')}")
 
 
@@ -499,6 +511,9 @@ def destroy(
 def _destroy_one(store: StateStore, d: Deployment, api_key: str | None) -> dict[str, Any]:
     import contextlib
     import os
+
+    if d.is_group:
+        return _destroy_group(store, d, api_key)
 
     from glmdeploy.connect import connect_for
     from glmdeploy.errors import GlmdeployError
@@ -656,3 +671,68 @@ def _destroy_orphans(
     if not results and not unchecked:
         say("nothing to destroy: no orphaned instances")
     return results, unchecked
+
+
+# ----------------------------------------------------------------------------- replica groups (issue 12)
+
+
+def _group_summary(store: StateStore, group: Deployment) -> dict[str, Any]:
+    """What ``list`` shows of a replica group: N/M healthy and the total $/h of the live replicas."""
+    from glmdeploy.replicas import replica_views
+
+    views = replica_views(store, group) if group.is_active else []
+    live = [v for v in views if v["status"] != "lost"]
+    return {
+        "replicas": views,
+        "replicas_healthy": sum(1 for v in views if v["healthy"]) if group.is_active else None,
+        "replicas_lost": sum(1 for v in views if v["status"] == "lost"),
+        "dph_total": round(sum(v["dph_total"] or 0.0 for v in live), 4) if group.is_active else group.dph_total,
+    }
+
+
+def _group_status(store: StateStore, group: Deployment, json_output: bool, api_key: str | None) -> None:
+    from glmdeploy.connect import connect_for
+    from glmdeploy.lifecycle import reconcile
+    from glmdeploy.replicas import attach, gateway_view, replica_views
+
+    if group.is_active:
+        conn = connect_for(group, api_key)
+        with conn.client:
+            reconcile(store, conn.client, conn.api_url)  # a replica whose instance vanished becomes lost
+    gateway = attach(group) if group.is_active and group.gateway_url else None
+    replicas = replica_views(store, group, gateway)
+    view = _view(group)
+    view.update({"replicas": replicas, "gateway": gateway_view(group, gateway),
+                 "replicas_healthy": sum(1 for r in replicas if r["healthy"])})
+    view["dph_total"] = round(sum(r["dph_total"] or 0.0 for r in replicas if r["status"] != "lost"), 4)
+    if json_output:
+        emit_json(view)
+        return
+    gw = view["gateway"]
+    lines = [
+        f"{group.name}: {group.status} ({view['replicas_healthy']}/{group.replicas_wanted} replicas healthy)",
+        f"  profile:  {group.profile}",
+        f"  endpoint: {group.endpoint or '-'}  [gateway pid {gw['pid']}, {gw['policy']}, "
+        f"{'up' if gw['alive'] else 'DOWN'}]",
+        f"  model:    {group.model or '-'}",
+        f"  $/h:      {view['dph_total']:.3f} in all",
+    ]
+    for r in replicas:
+        lines.append(f"  replica {r['index']}: {r['status']}{' (healthy)' if r['healthy'] else ''}, instance "
+                     f"{r['instance_id']}, {r['endpoint'] or '-'}")
+    if any(r["status"] == "lost" for r in replicas):
+        lines.append(f"  a replica is lost: 'glmdeploy scale {group.name} --replicas {group.replicas_wanted}' "
+                     "rents a replacement")
+    print("\n".join(lines))
+
+
+def _destroy_group(store: StateStore, group: Deployment, api_key: str | None) -> dict[str, Any]:
+    from glmdeploy.connect import connect_for
+    from glmdeploy.replicas import destroy_group
+
+    conn = connect_for(group, api_key)
+    with conn.client:
+        results = destroy_group(store, conn.client, conn.pacing, group, note=say)
+    failed = [r for r in results if r["result"] == "failed"]
+    return {"name": group.name, "instance_id": None, "replicas": results,
+            "result": "failed" if failed else "destroyed"}

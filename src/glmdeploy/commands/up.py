@@ -57,6 +57,19 @@ def up(
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
+    replicas: Annotated[
+        int,
+        typer.Option(min=1, help="Replicas on separate machines behind one SMG gateway (needs glmdeploy[gateway])."),
+    ] = 1,
+    allow_fewer: Annotated[
+        bool, typer.Option(help="With --replicas: start with as many replicas as there are machines.")
+    ] = False,
+    gateway_host: Annotated[
+        str, typer.Option(help="With --replicas: address the gateway listens on (0.0.0.0 exposes it).")
+    ] = "127.0.0.1",
+    gateway_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="With --replicas: the gateway's port (default: a free one).")
+    ] = None,
 ) -> None:
     """Rent, start, verify and print a ready GLM endpoint."""
     import sys
@@ -66,6 +79,16 @@ def up(
     from glmdeploy.profiles import load_profile
     from glmdeploy.profiles.model import with_overrides
 
+    group_spec = None
+    if replicas > 1:
+        from glmdeploy.gateway import check_port_free, smg_binary
+        from glmdeploy.replicas import GroupSpec
+
+        smg_binary()  # a missing gateway is one line naming the install command, before anything else
+        if gateway_port is not None:
+            check_port_free(gateway_host, gateway_port)
+        group_spec = GroupSpec(replicas=replicas, allow_fewer=allow_fewer, gateway_host=gateway_host,
+                               gateway_port=gateway_port)
     prof = with_overrides(load_profile(profile), context_length=context_length, image=image)
     check_launch(prof, force=force)
     timeout_s = parse_duration(timeout, option="--timeout") if timeout else None
@@ -135,7 +158,12 @@ def up(
     try:
         with guard:
             try:
-                deployment = deployer.up(request)
+                if group_spec is None:
+                    deployment = deployer.up(request)
+                else:
+                    from glmdeploy.replicas import up_group
+
+                    deployment = up_group(deployer, request, group_spec, log_dir=store.path.parent)
             except KeyboardInterrupt:
                 # Ctrl-C, SIGTERM or SIGHUP: destroy what was rented; a second signal must not cut that short.
                 guard.closing()
@@ -160,6 +188,9 @@ def up(
             events.close()
         store.close()
         conn.client.close()
+    if group_spec is not None:
+        _print_group(deployment, json_output)
+        return
     if json_output:
         emit_json({"event": "ready", "deployment": deployment.public()})
         return
@@ -182,3 +213,23 @@ def up(
     print('    curl "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \\')
     print('      -H "Content-Type: application/json" \\')
     print(f'      -d \'{{"model": "{deployment.model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'')
+
+
+def _print_group(group: Any, json_output: bool) -> None:
+    """The ready report of a replica group (issue 12): one endpoint, the gateway's."""
+    from glmdeploy.replicas import replica_views
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        views = replica_views(store, group)
+    if json_output:
+        emit_json({"event": "ready", "deployment": {**group.public(), "replicas": views}})
+        return
+    print(f"ready: {group.name} ({len(views)} replicas behind the SMG gateway)")
+    print(f"  endpoint: {group.endpoint}")
+    print(f"  model:    {group.model}")
+    for v in views:
+        print(f"  replica {v['index']}: instance {v['instance_id']} at {v['endpoint']} (${v['dph_total'] or 0:.3f}/h)")
+    print(f"  cost:     ${group.dph_total or 0:.3f}/h in all until 'glmdeploy destroy {group.name}'")
+    print("  use it:")
+    print(f"    eval \"$(glmdeploy env {group.name})\"")
