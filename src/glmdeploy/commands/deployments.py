@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -363,11 +364,27 @@ def _gone(d: Deployment) -> Exception:
     return UsageError(f"deployment {d.name!r} has no running instance (status {d.status})")
 
 
+InsecureHttp = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-http",
+        help="Export a plain http:// base URL and no CA bundle (the key then travels in clear: "
+        "only for a transport you secure yourself, e.g. an SSH tunnel).",
+    ),
+]
+
+
 @handles_errors
-def env(name: Name = None) -> None:
-    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY and MODEL (for eval)."""
+def env(name: Name = None, insecure_http: InsecureHttp = False) -> None:
+    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY, MODEL and the CA bundle (for eval).
+
+    The base URL is https://; SSL_CERT_FILE (httpx, openai), REQUESTS_CA_BUNDLE (requests) and
+    CURL_CA_BUNDLE (curl) name a per-deployment bundle: the system CAs plus the endpoint's pinned
+    certificate, so the OpenAI SDK and curl verify the endpoint with no flags.
+    """
     import shlex
 
+    from glmdeploy.ca_bundle import write_bundle
     from glmdeploy.state import StateStore
 
     with StateStore.open() as store:
@@ -376,9 +393,20 @@ def env(name: Name = None) -> None:
         from glmdeploy.errors import UsageError
 
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
-    print(f"export OPENAI_BASE_URL={shlex.quote(d.endpoint)}")
+    endpoint = d.endpoint
+    lines = []
+    if insecure_http:
+        endpoint = "http://" + endpoint.removeprefix("https://").removeprefix("http://")
+        print("warning: --insecure-http: the key and every prompt travel in clear text", file=sys.stderr)
+    elif endpoint.startswith("https://") and d.tls_certificate:
+        bundle = shlex.quote(str(write_bundle(d)))
+        lines = [f"export SSL_CERT_FILE={bundle}", f"export REQUESTS_CA_BUNDLE={bundle}",
+                 f"export CURL_CA_BUNDLE={bundle}"]
+    print(f"export OPENAI_BASE_URL={shlex.quote(endpoint)}")
     print(f"export OPENAI_API_KEY={shlex.quote(d.endpoint_key() or '')}")
     print(f"export MODEL={shlex.quote(d.model or '')}")
+    for line in lines:
+        print(line)
 
 
 @handles_errors
