@@ -32,6 +32,8 @@ from glmdeploy.errors import EXIT_TLS_REFUSED, GlmdeployError, UsageError
 if TYPE_CHECKING:
     import httpx
 
+    from glmdeploy.state import Deployment
+
 # The one marked line the host prints (onstart.py); the fingerprint is public, nothing secret is on it.
 FINGERPRINT_MARKER = "glmdeploy-tls: certificate sha256 fingerprint"
 _LINE = re.compile(re.escape(FINGERPRINT_MARKER) + r"[ =]+((?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2})\s*$")
@@ -151,6 +153,13 @@ def pinned_context(certificate_pem: str) -> ssl.SSLContext:
     return ctx
 
 
+def _trusts_nothing() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 @dataclass(frozen=True)
 class EndpointTrust:
     """How a client trusts one endpoint: a pin (and the certificate once seen), a CA file, or plain http."""
@@ -164,7 +173,12 @@ class EndpointTrust:
         if not url.startswith("https://"):
             return True  # plain http: only --url targets and `env --insecure-http` users get here
         if self.fingerprint is not None:
-            pem = pin_certificate(url, self.fingerprint, timeout_s=timeout_s)
+            try:
+                pem = pin_certificate(url, self.fingerprint, timeout_s=timeout_s)
+            except OSError:
+                # Nothing answers (refused, timed out): the request that follows reports it. It may only
+                # ever complete against the pinned certificate; with none seen yet, against nothing.
+                return pinned_context(self.certificate_pem) if self.certificate_pem else _trusts_nothing()
             if self.certificate_pem is not None and self.certificate_pem.strip() != pem.strip():
                 raise CertificateMismatch(MISMATCH_MESSAGE)  # same hash, different bytes: cannot happen
             return pinned_context(pem)
@@ -172,6 +186,11 @@ class EndpointTrust:
             ctx = ssl.create_default_context(cafile=self.ca_file)
             return ctx
         return True
+
+
+def deployment_trust(d: Deployment) -> EndpointTrust:
+    """A deployment's pin as recorded by ``up`` (an older plain-http row has none)."""
+    return EndpointTrust(fingerprint=d.tls_fingerprint, certificate_pem=d.tls_certificate)
 
 
 def pinned_client(url: str, trust: EndpointTrust, *, timeout: httpx.Timeout | float = 30.0) -> httpx.Client:

@@ -8,11 +8,11 @@ requests are reported, not fatal), 2 for bad options, 5 when not a single reques
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import CaCert, JsonOutput, Pin, emit_json, endpoint_trust, handles_errors, say
 
 if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
@@ -63,6 +63,8 @@ def bench(
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)
     ] = None,
+    ca_cert: CaCert = None,
+    pin: Pin = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput).
@@ -83,13 +85,18 @@ def bench(
     if name is not None and url is not None:
         raise UsageError("give a deployment NAME or --url, not both")
     label: str | None = None
+    trust = endpoint_trust(url, ca_cert, pin)
     if url is not None:
         chat_url(url)  # a malformed URL is a usage error before anything is sent
         target, key = url, api_key
-        model = model or first_model(url, key)
     else:
-        target, key, served, label = _deployment_target(name)
+        target, key, served, label, trust = _deployment_target(name)
         model = model or served
+    # The pin is checked with one handshake before any request (CertificateMismatch: exit 9).
+    context = trust.context(target) if trust is not None else None
+    verify = context if not isinstance(context, bool) else None
+    if url is not None:
+        model = model or first_model(url, key, verify=verify)
     options = BenchOptions(
         num_prompts=num_prompts,
         input_len=input_len,
@@ -101,7 +108,8 @@ def bench(
         timeout_s=timeout,
         label=label,
     )
-    result = _run_with_progress(target, key, model, options)
+    assert model is not None
+    result = _run_with_progress(target, key, model, options, verify)
 
     from glmdeploy.bench import format_summary
 
@@ -123,8 +131,8 @@ def bench(
         raise SmokeFailed(f"every request failed ({first})")
 
 
-def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
-    """(endpoint, key, served model, deployment name) of the named or only active deployment."""
+def _deployment_target(name: str | None) -> tuple[str, str | None, str, str, Any]:
+    """(endpoint, key, served model, deployment name, TLS trust) of the named or only active deployment."""
     from glmdeploy.errors import UsageError
     from glmdeploy.state import StateStore
 
@@ -132,10 +140,14 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
         d = store.resolve(name)
     if not d.endpoint or not d.is_active:
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
-    return d.endpoint, d.endpoint_key(), d.model or "", d.name
+    from glmdeploy.tls import EndpointTrust
+
+    trust = EndpointTrust(fingerprint=d.tls_fingerprint, certificate_pem=d.tls_certificate)
+    return d.endpoint, d.endpoint_key(), d.model or "", d.name, trust
 
 
-def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:
+def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions,
+                       verify: Any = None) -> BenchResult:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -159,4 +171,4 @@ def _run_with_progress(url: str, key: str | None, model: str, options: BenchOpti
             failed += 0 if outcome.success else 1
             progress.update(task, advance=1, failed=failed)
 
-        return run_bench(url, key, model, options, on_done=done)
+        return run_bench(url, key, model, options, on_done=done, verify=verify)

@@ -213,7 +213,6 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
     A ready deployment whose engine died is reported ``unhealthy`` with the reason (and ``list``
     remembers it); the instance still bills until it is destroyed.
     """
-    import httpx
 
     from glmdeploy import deployment_health
     from glmdeploy.connect import connect_for
@@ -234,7 +233,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
                 live = (inst.actual_status or "provisioning") if inst else "gone"
             d = store.get(d.id)
             if d.endpoint and d.is_active:
-                with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+                with deployment_health.endpoint_client(d) as http:
                     reading = deployment_health.probe_deployment(d, http)
                 if reading.state is HealthState.UNREACHABLE:
                     health, reason = "unreachable", reading.describe()
