@@ -79,6 +79,14 @@ def needs_proxy(profile: Profile, options: OnstartOptions | None = None) -> bool
     return True
 
 
+# The fallback SAN: the address Vast reports for this instance, asked with the instance's own key (vast-api.md §9).
+ASK_VAST_IP = (
+    'import json,os,urllib.request as u;r=u.Request(os.environ["' + VAST_URL_ENV + '"].rstrip("/")'
+    '+"/api/v0/instances/"+os.environ["CONTAINER_ID"]+"/",headers={"Authorization":"Bearer "'
+    '+os.environ["CONTAINER_API_KEY"]});print(json.load(u.urlopen(r,timeout=20))["instances"]["public_ipaddr"])'
+)
+
+
 def tls_snippet(cert: str = TLS_CERT, key: str = TLS_KEY) -> str:
     """Generate the proxy's EC key pair and self-signed certificate on the host, print its fingerprint.
 
@@ -86,15 +94,10 @@ def tls_snippet(cert: str = TLS_CERT, key: str = TLS_KEY) -> str:
     for this instance (asked with the instance's own ``CONTAINER_API_KEY``). The private key stays in
     ``TLS_DIR`` (0700/0600); the log line carries only the public fingerprint.
     """
-    ask_vast = (
-        'import json,os,urllib.request as u;r=u.Request(os.environ["' + VAST_URL_ENV + '"].rstrip("/")'
-        '+"/api/v0/instances/"+os.environ["CONTAINER_ID"]+"/",headers={"Authorization":"Bearer "'
-        '+os.environ["CONTAINER_API_KEY"]});print(json.load(u.urlopen(r,timeout=20))["instances"]["public_ipaddr"])'
-    )
     return "\n".join([
         f"mkdir -p -m 700 {shlex.quote(TLS_DIR)}",
         'glmdeploy_ip="${PUBLIC_IPADDR:-}"',
-        f'[ -n "$glmdeploy_ip" ] || glmdeploy_ip="$(python3 -c {shlex.quote(ask_vast)} 2>/dev/null)"',
+        f'[ -n "$glmdeploy_ip" ] || glmdeploy_ip="$(python3 -c {shlex.quote(ASK_VAST_IP)} 2>/dev/null)"',
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 397"
         f" -subj /CN=glmdeploy -keyout {shlex.quote(key)} -out {shlex.quote(cert)}"
         ' -addext "subjectAltName=IP:${glmdeploy_ip:-127.0.0.1}" -addext basicConstraints=critical,CA:FALSE'
