@@ -118,7 +118,7 @@ class Deployment(BaseModel):
 
     def public(self, *, snapshots: bool = False) -> dict[str, Any]:
         """The JSON view for ``--json`` output; the snapshots are bulky, so only on request."""
-        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot"}
+        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot", "tls_certificate"}
         return self.model_dump(mode="json", exclude=exclude)
 
 

@@ -242,6 +242,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
                     health = "unhealthy" if reason else "healthy"
                     d = deployment_health.record(store, d, reason)
     from glmdeploy import calibration
+    from glmdeploy.tls import colon_form
 
     view = _view(d, live=live)
     view["health"] = health
@@ -255,6 +256,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
         f"  profile:  {d.profile}",
         f"  endpoint: {d.endpoint or '-'}" + (f"  [{health}]" if health else ""),
         *([f"  health:   {health}: {reason}"] if health and reason else []),
+        *([f"  tls:      pinned, sha256 {colon_form(d.tls_fingerprint)}"] if d.tls_fingerprint else []),
         f"  model:    {d.model or '-'}",
         f"  $/h:      {d.dph_total if d.dph_total is not None else '-'}; so far ${view['cost_so_far']:.2f}"
         f" over {view['uptime_s'] / 3600:.2f}h",
