@@ -398,7 +398,9 @@ def env(name: Name = None, insecure_http: InsecureHttp = False) -> None:
     lines = []
     if insecure_http:
         endpoint = "http://" + endpoint.removeprefix("https://").removeprefix("http://")
-        print("warning: --insecure-http: the key and every prompt travel in clear text", file=sys.stderr)
+        print("warning: --insecure-http: the key and every prompt travel in clear text"
+              + ("; this deployment's proxy speaks TLS only, so the http:// URL works only through a tunnel "
+                 "of yours that terminates it" if d.tls_fingerprint else ""), file=sys.stderr)
     elif endpoint.startswith("https://") and d.tls_certificate:
         bundle = shlex.quote(str(write_bundle(d)))
         lines = [f"export SSL_CERT_FILE={bundle}", f"export REQUESTS_CA_BUNDLE={bundle}",
