@@ -50,8 +50,13 @@ class Recorder(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that drops the connection at the handshake (the point of several tests)
+
+
 def serve(cert: HostCertificate | None) -> Iterator[tuple[str, list[str]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server = QuietServer(("127.0.0.1", 0), Recorder)
     server.seen = []  # type: ignore[attr-defined]
     if cert is not None:
         ctx = cert.server_context()
@@ -165,3 +170,13 @@ def test_the_certificate_verifies_the_ordinary_way_for_its_ip(tls_host: tuple[st
     host, port = url.removeprefix("https://").split(":")
     with socket.create_connection((host, int(port))) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_a_proxy_that_cannot_start_is_a_launch_failure_not_a_timeout() -> None:
+    from glmdeploy.engines import get_engine
+
+    for line in ("glmdeploy: openssl could not generate the TLS certificate", "glmdeploy: nginx failed to start",
+                 "glmdeploy: could not install nginx for the auth proxy"):
+        for kind in ("sglang", "vllm", "lightllm"):
+            sig = get_engine(kind).classify_failure(line)
+            assert sig is not None and sig.kind == "proxy_failed", (kind, line)
