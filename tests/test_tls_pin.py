@@ -180,3 +180,55 @@ def test_a_proxy_that_cannot_start_is_a_launch_failure_not_a_timeout() -> None:
         for kind in ("sglang", "vllm", "lightllm"):
             sig = get_engine(kind).classify_failure(line)
             assert sig is not None and sig.kind == "proxy_failed", (kind, line)
+
+
+def _record(endpoint: str, fingerprint: str) -> str:
+    from glmdeploy.profiles import load_profile
+    from glmdeploy.state import StateStore
+
+    profile = load_profile("2x5090")
+    with StateStore.open() as store:
+        d = store.create(profile=profile.name, profile_snapshot=profile.model_dump(mode="json"),
+                         endpoint_api_key=KEY, model="glm")
+        store.update(d.id, status="ready", endpoint=endpoint + "/v1", tls_fingerprint=fingerprint)
+    return d.name
+
+
+def test_smoke_and_bench_of_a_deployment_refuse_another_certificate_with_exit_9(
+    tls_host: tuple[str, list[str]],
+) -> None:
+    url, seen = tls_host
+    name = _record(url, generate("127.0.0.1").fingerprint)  # the host "reported" another certificate
+    runner = CliRunner()
+    for args in (["smoke", name], ["bench", name, "--num-prompts", "1"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 9, result.output
+        assert MISMATCH_MESSAGE in result.output and KEY not in result.output
+    assert seen == []
+
+
+def test_env_writes_a_public_bundle_of_the_system_cas_and_the_pinned_certificate(
+    tls_host: tuple[str, list[str]], host_cert: HostCertificate
+) -> None:
+    import os
+
+    from glmdeploy.ca_bundle import system_ca_file
+    from glmdeploy.state import StateStore
+
+    url, _ = tls_host
+    name = _record(url, host_cert.fingerprint)
+    with StateStore.open() as store:
+        d = store.resolve(name)
+        store.update(d.id, tls_certificate=host_cert.cert_pem.decode())
+    out = CliRunner().invoke(app, ["env", name]).stdout
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    assert exports["OPENAI_BASE_URL"] == url + "/v1"
+    bundle = exports["SSL_CERT_FILE"]
+    assert exports["REQUESTS_CA_BUNDLE"] == exports["CURL_CA_BUNDLE"] == bundle
+    text = open(bundle).read()
+    assert os.stat(bundle).st_mode & 0o777 == 0o644 and KEY not in text and "PRIVATE" not in text
+    assert host_cert.cert_pem.decode().strip() in text
+    system = system_ca_file()
+    assert system is not None and open(system).read().strip()[:200] in text
+    insecure = CliRunner().invoke(app, ["env", name, "--insecure-http"])
+    assert "export OPENAI_BASE_URL=http://127.0.0.1:" in insecure.stdout and "SSL_CERT_FILE" not in insecure.stdout
