@@ -19,11 +19,14 @@ from typing import Any
 
 import pytest
 
-from glmdeploy.onstart import render
+from glmdeploy.onstart import OnstartOptions, render
 from glmdeploy.profiles import load_profile
 from glmdeploy.sandbox.engines import EngineTiming, LaunchSpec, SimulatedEngine, launch_spec_from
 from glmdeploy.smoke import CHECK_NAMES, WEATHER_PROMPT, WEATHER_TOOL, SmokeReport, Target, run_smoke
 from waits import HANG_S
+
+# These in-process tests speak plain http to the simulated engine; TLS has its own tests (test_tls_*).
+PLAIN_HTTP = OnstartOptions(tls=False)
 
 KEY = "k-smoke-test"
 SCALE = 0.0005
@@ -103,7 +106,7 @@ def spec_for(kind: str) -> LaunchSpec:
     if kind == "lightllm":
         # LightLLM is always deployed behind the onstart's authenticating nginx (h200 profile).
         profile = load_profile("h200")
-        spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+        spec = launch_spec_from(profile.engine.image, render(profile, PLAIN_HTTP), {"GLM_API_KEY": KEY})
     else:
         image, script = SCRIPTS[kind]
         spec = launch_spec_from(image, script, {"GLM_API_KEY": KEY})
@@ -342,7 +345,7 @@ def test_smoke_endpoint_with_a_profile_and_a_shared_client() -> None:
     from glmdeploy.smoke import smoke_endpoint
 
     profile = load_profile("4x3090")
-    spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+    spec = launch_spec_from(profile.engine.image, render(profile, PLAIN_HTTP), {"GLM_API_KEY": KEY})
     assert spec is not None
     seen: list[str] = []
     with serve(spec) as served, httpx.Client() as http:

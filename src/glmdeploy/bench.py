@@ -42,6 +42,7 @@ import asyncio
 import json
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -593,6 +594,8 @@ async def run_bench_async(
     model: str,
     options: BenchOptions,
     on_done: Callable[[RequestOutcome], None] | None = None,
+    *,
+    verify: ssl.SSLContext | None = None,
 ) -> BenchResult:
     """Run the benchmark against the OpenAI base URL ``url`` (``.../v1``) and summarize it."""
     import httpx
@@ -607,7 +610,8 @@ async def run_bench_async(
     # The per-request limit is enforced around the whole exchange; httpx's own timeouts only as a backstop.
     timeout = httpx.Timeout(options.timeout_s + 5, connect=min(30.0, options.timeout_s + 5))
     local = _is_local(url)
-    ssl_context = httpx.create_ssl_context()  # built once: each client would otherwise load the CA bundle
+    # Built once (each client would otherwise load the CA bundle); a pinned endpoint's trusts only its certificate.
+    ssl_context = verify if verify is not None else httpx.create_ssl_context()
     semaphore = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
     outcomes: list[RequestOutcome] = [RequestOutcome() for _ in requests]
     # The connection pool is sized to the concurrency (max_concurrency, else one slot per request), but kept
@@ -622,7 +626,8 @@ async def run_bench_async(
         if idle:
             return idle.pop()
         client = httpx.AsyncClient(
-            limits=one_connection, headers=headers, timeout=timeout, verify=ssl_context, trust_env=not local
+            limits=one_connection, headers=headers, timeout=timeout, verify=ssl_context,
+            trust_env=not local and verify is None,
         )
         lanes.append(client)
         return client
@@ -674,9 +679,10 @@ def run_bench(
     model: str,
     options: BenchOptions,
     on_done: Callable[[RequestOutcome], None] | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> BenchResult:
     """Blocking ``run_bench_async`` (for ``glmdeploy bench`` and ``glmdeploy ci``)."""
-    return asyncio.run(run_bench_async(url, api_key, model, options, on_done))
+    return asyncio.run(run_bench_async(url, api_key, model, options, on_done, verify=verify))
 
 
 def _bearer(api_key: str) -> str:
@@ -691,14 +697,16 @@ def _bearer(api_key: str) -> str:
     return f"Bearer {api_key}"
 
 
-def first_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
+def first_model(url: str, api_key: str | None, timeout_s: float = 30.0, verify: ssl.SSLContext | None = None) -> str:
     """The first model id ``GET /models`` lists (what vLLM's bench does without --model)."""
     import httpx
 
     base = chat_url(url).removesuffix("/chat/completions")
     headers = {"Authorization": _bearer(api_key)} if api_key else {}
     try:
-        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout_s, trust_env=not _is_local(url))
+        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout_s,
+                             trust_env=not _is_local(url) and verify is None,
+                             verify=verify if verify is not None else True)
         response.raise_for_status()
         data = response.json()["data"]
         return str(data[0]["id"])

@@ -46,6 +46,7 @@ from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
 from glmdeploy.readiness import LaunchFailure, ReadyWait, instance_failure
 from glmdeploy.state import DeploymentReleased
 from glmdeploy.teardown import ORPHAN_HINT, orphan_hint, tear_down
+from glmdeploy.tls import EXIT_TLS_REFUSED, EndpointNotTrusted, fingerprint_in_log, https_url, pin_certificate
 from glmdeploy.vast.errors import (
     AuthError,
     CreateOutcomeUnknown,
@@ -170,6 +171,17 @@ class StepFailed(DeploymentFailed):
         self.retry_elsewhere = retry_elsewhere
 
 
+class EndpointRefused(StepFailed):
+    """The endpoint did not present the certificate its host reported (or answered in plain http).
+
+    Its own exit code; the key was never sent. Not retried elsewhere: the interception may sit on the
+    path from here, and every retry rents another instance.
+    """
+
+    exit_code = EXIT_TLS_REFUSED
+    code = "tls_refused"
+
+
 class CostLimitReached(StepFailed):
     """The accrued cost (dph_total x time rented) reached ``max_cost`` (``ci --max-cost``)."""
 
@@ -208,6 +220,9 @@ class _Attempt:
     kv_tokens_reported: int | None = None
     # Vast.ai refused the create outright (401/403): it is certain that nothing was rented.
     nothing_rented: bool = False
+    # The endpoint's pin, from the marked log line, and the client that trusts exactly that certificate.
+    tls_fingerprint: str | None = None
+    endpoint_http: httpx.Client | None = None
 
 
 @dataclass
@@ -418,6 +433,7 @@ class Deployer:
                 hint = orphan_hint(exc)
                 exc.hint = hint if not exc.hint else f"{exc.hint}; then {hint}"
             raise
+        self._close_endpoint_http(attempt)
         self._phase(Phase.DONE, None, endpoint=endpoint)
         self.current = None
         return done
@@ -574,7 +590,7 @@ class Deployer:
 
     def _wait_ready(self, request: UpRequest, attempt: _Attempt, instance: Instance, key: str) -> str:
         """Poll logs, instance and health until ``ReadyWait`` (readiness.py) says ready or failed."""
-        from glmdeploy.engines.health import probe_health
+        from glmdeploy.engines.health import HealthReading, HealthState, probe_health
 
         self._phase(Phase.WAIT_READY, attempt)
         profile = request.profile
@@ -601,6 +617,12 @@ class Deployer:
             failure = rule.log_failure()
             if failure is not None:
                 raise _failed(failure, Phase.WAIT_READY)
+            fingerprint = fingerprint_in_log(rule.watcher.fresh)
+            if fingerprint is not None and fingerprint != attempt.tls_fingerprint:
+                # Read through the authenticated Vast API: the pin a man in the middle cannot touch.
+                attempt.tls_fingerprint = fingerprint
+                self._close_endpoint_http(attempt)
+                self.store.update(attempt.deployment.id, tls_fingerprint=fingerprint)
             # The instance is looked at every poll until its port is known, then every other poll, so
             # a state or status_msg change is seen within two polls.
             looks += 1
@@ -612,10 +634,14 @@ class Deployer:
                 failure = rule.feed_instance(refreshed.id, refreshed.actual_status, refreshed.status_msg, endpoint)
                 if failure is not None:
                     raise _failed(failure, Phase.WAIT_READY)
-            if endpoint is not None:
+            if endpoint is not None and attempt.tls_fingerprint is not None:
                 # The engine's port costs no Vast.ai request: probe it every poll, so an engine that
-                # exits (its port refuses again, the log stops) is seen at the next poll.
-                reading = probe_health(engine, self.http, endpoint, key)
+                # exits (its port refuses again, the log stops) is seen at the next poll. Only over TLS
+                # that presents the pinned certificate: before the pin is known nothing is sent.
+                endpoint = https_url(endpoint)
+                http = self._endpoint_http(attempt, endpoint)
+                reading = (probe_health(engine, http, endpoint, key) if http is not None
+                           else HealthReading(HealthState.REFUSED, engine.health_path, detail="connection refused"))
                 failure = rule.feed_health(reading)
                 if failure is not None:
                     raise _failed(failure, Phase.WAIT_READY)
@@ -624,6 +650,8 @@ class Deployer:
                     return endpoint + "/v1"
             if self.clock() >= deadline:
                 why = "the ready marker never appeared" if not verdict.ready else "the health check never passed"
+                if attempt.tls_fingerprint is None:
+                    why += " (the host never logged its TLS certificate's fingerprint)"
                 if endpoint is None:
                     why = "the port was never mapped (ports stayed null)"
                 raise StepFailed(
@@ -639,9 +667,40 @@ class Deployer:
             seen = rule.progress
             self._wait(self.pacing.interval(polls, self.pacing.logs_first, self.pacing.logs_max), deadline)
 
-    def _verify_endpoint(self, attempt: _Attempt, endpoint: str, key: str) -> None:
+    def _endpoint_http(self, attempt: _Attempt, endpoint: str) -> httpx.Client | None:
+        """The client that trusts only the pinned certificate, once one TLS handshake presented it.
+
+        None while the port refuses or times out (not yet up). A different certificate or a plain-http
+        answer is ``EndpointRefused``: nothing has been sent, least of all the key.
+        """
+        if attempt.endpoint_http is not None:
+            return attempt.endpoint_http
+        assert attempt.tls_fingerprint is not None
+        from glmdeploy.tls import pinned_context
+
         try:
-            r = self.http.get(endpoint + "/models", headers={"Authorization": f"Bearer {key}"})
+            pem = pin_certificate(endpoint, attempt.tls_fingerprint, timeout_s=10.0)
+        except EndpointNotTrusted as exc:
+            raise EndpointRefused(str(exc), kind=exc.code, phase=Phase.WAIT_READY, hint=exc.hint,
+                                  retry_elsewhere=False) from None
+        except OSError:
+            return None
+        self.store.update(attempt.deployment.id, tls_certificate=pem)
+        attempt.endpoint_http = httpx.Client(verify=pinned_context(pem), timeout=self.http.timeout,
+                                             follow_redirects=False, trust_env=False)
+        return attempt.endpoint_http
+
+    @staticmethod
+    def _close_endpoint_http(attempt: _Attempt) -> None:
+        if attempt.endpoint_http is not None:
+            attempt.endpoint_http.close()
+            attempt.endpoint_http = None
+
+    def _verify_endpoint(self, attempt: _Attempt, endpoint: str, key: str) -> None:
+        http = attempt.endpoint_http
+        assert http is not None
+        try:
+            r = http.get(endpoint + "/models", headers={"Authorization": f"Bearer {key}"})
             ids = [m.get("id") for m in r.json().get("data", [])] if r.status_code == 200 else []
         except (httpx.HTTPError, ValueError, AttributeError):
             ids = []
@@ -662,7 +721,7 @@ class Deployer:
             model=attempt.deployment.model,
             profile=request.profile,
             only=request.smoke_checks,
-            http=self.http,
+            http=attempt.endpoint_http,
             on_result=lambda r: self.events.note(f"smoke {r.name}: {r.status}: {r.detail}")
             if r.status != "passed"
             else None,
@@ -676,6 +735,7 @@ class Deployer:
 
         Runs shielded: a signal that arrives meanwhile is acted on once the teardown is over.
         """
+        self._close_endpoint_http(attempt)
         with self.shield():
             self.left = self._tear_down_attempt(attempt, reason=reason, keep=keep, status=status)
         return self.left

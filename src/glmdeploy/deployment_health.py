@@ -38,6 +38,18 @@ def unhealthy_reason(reading: HealthReading) -> str | None:
     return f"the engine does not answer its health check: {reading.describe()}"
 
 
+def endpoint_client(d: Deployment) -> httpx.Client:
+    """The client for a deployment's endpoint: over TLS, one that accepts only its pinned certificate
+    (``CertificateMismatch``, exit 9, before anything is sent); an older plain-http row gets a plain client."""
+    import httpx
+
+    from glmdeploy.tls import EndpointTrust, pinned_client
+
+    assert d.endpoint is not None
+    trust = EndpointTrust(fingerprint=d.tls_fingerprint, certificate_pem=d.tls_certificate)
+    return pinned_client(d.endpoint, trust, timeout=httpx.Timeout(30.0, connect=5.0))
+
+
 def probe_deployment(d: Deployment, http: httpx.Client) -> HealthReading:
     from glmdeploy.engines import get_engine
     from glmdeploy.engines.health import probe_health

@@ -16,6 +16,7 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     ├── VastError (7)             API failures (see glmdeploy.vast.errors)
     │   ├── AuthError (6)         credentials refused
     │   └── InsufficientCredit (8) the account lacks credit / hit its spend limit
+    ├── EndpointNotTrusted (9)    the endpoint's TLS certificate is not the pinned one, or it spoke plain http
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
         └── HungUp (129)          SIGHUP (terminal or SSH session gone), after cleanup
 
@@ -35,6 +36,7 @@ EXIT_SMOKE_FAILED = 5
 EXIT_AUTH = 6
 EXIT_UNREACHABLE = 7
 EXIT_NO_CREDIT = 8
+EXIT_TLS_REFUSED = 9
 EXIT_HUNG_UP = 129
 EXIT_INTERRUPTED = 130
 # 128 + SIGPIPE, what a shell reports for a tool that a closed pipe ended (`yes | head -1`).

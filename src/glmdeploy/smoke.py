@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from glmdeploy.junit import Suite
     from glmdeploy.profiles.model import Profile
     from glmdeploy.state import Deployment
+    from glmdeploy.tls import EndpointTrust
 
 JUNIT_SUITE = "glmdeploy.smoke"
 CHECK_NAMES: tuple[str, ...] = ("health", "auth", "models", "chat", "stream", "reasoning", "tools", "max_tokens")
@@ -173,6 +174,8 @@ class Target:
     # Checks the profile rules out, with the reason (a profile without a reasoning parser, ...).
     profile_skips: Mapping[str, str] = field(default_factory=dict)
     label: str | None = None
+    # How the endpoint's TLS is trusted: a deployment's pin, or --pin/--ca-cert (glmdeploy.tls).
+    trust: EndpointTrust | None = None
 
     @property
     def root(self) -> str:
@@ -180,7 +183,8 @@ class Target:
 
     @classmethod
     def from_url(
-        cls, url: str, *, api_key: str | None = None, model: str | None = None, engine: str | None = None
+        cls, url: str, *, api_key: str | None = None, model: str | None = None, engine: str | None = None,
+        trust: EndpointTrust | None = None,
     ) -> Target:
         """``url`` may be the base URL ending in ``/v1`` or the server root."""
         from glmdeploy.vast.keys import sendable
@@ -192,7 +196,7 @@ class Target:
                 "so it cannot be sent; a key is one line of printable ASCII"
             )
         return cls(api_base=normalise_base_url(url), api_key=api_key or None, model=model or None,
-                   engine=_engine_kind(engine))
+                   engine=_engine_kind(engine), trust=trust)
 
     @classmethod
     def from_profile(
@@ -222,13 +226,19 @@ class Target:
     def from_deployment(cls, deployment: Deployment) -> Target:
         if not deployment.endpoint:
             raise UsageError(f"deployment {deployment.name!r} has no endpoint (status {deployment.status})")
-        return cls.from_profile(
+        from dataclasses import replace
+
+        from glmdeploy.tls import EndpointTrust
+
+        target = cls.from_profile(
             deployment.endpoint,
             deployment.endpoint_key(),
             model=deployment.model,
             profile=deployment.profile_snapshot,
             label=deployment.name,
         )
+        trust = EndpointTrust(fingerprint=deployment.tls_fingerprint, certificate_pem=deployment.tls_certificate)
+        return replace(target, trust=trust)
 
 
 def normalise_base_url(url: str) -> str:
@@ -332,9 +342,12 @@ def smoke_endpoint(
     on_start: Callable[[str], None] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
     http: httpx.Client | None = None,
+    trust: EndpointTrust | None = None,
 ) -> SmokeReport:
     """Smoke a deployment's endpoint the way ``up`` does before it reports ready."""
-    target = Target.from_profile(endpoint, api_key, model=model, profile=profile)
+    from dataclasses import replace
+
+    target = replace(Target.from_profile(endpoint, api_key, model=model, profile=profile), trust=trust)
     return run_smoke(target, only=only, skip=skip, timeout=timeout, on_start=on_start, on_result=on_result, http=http)
 
 
@@ -381,9 +394,12 @@ class _Runner:
         self.timeout = timeout
         host = urlsplit(target.api_base).hostname or ""
         self._own_http = http is None
-        # A proxy from the environment must not stand between us and a local server.
+        # A proxy from the environment must not stand between us and a local server. A pinned endpoint is
+        # checked with one handshake first (CertificateMismatch, exit 9, before anything is sent).
+        verify = target.trust.context(target.api_base) if http is None and target.trust is not None else True
         self.http = http or httpx.Client(
-            trust_env=host not in ("127.0.0.1", "localhost", "::1"), follow_redirects=False
+            trust_env=host not in ("127.0.0.1", "localhost", "::1") and target.trust is None,
+            follow_redirects=False, verify=verify,
         )
         self.model_id: str | None = target.model
         # Set once a check could not even connect, or got no answer at all: the later checks fail at once

@@ -100,6 +100,12 @@ class Deployment(BaseModel):
     kv_tokens_reported: int | None = Field(
         default=None, description="KV pool the engine reported in its startup log (tokens)."
     )
+    tls_fingerprint: str | None = Field(
+        default=None, description="SHA-256 of the endpoint's certificate, as its host logged it (hex)."
+    )
+    tls_certificate: str | None = Field(
+        default=None, description="The endpoint's certificate (PEM) once a TLS connection presented that pin."
+    )
     endpoint_api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     # Replicas (issue 12, migration 5). A *group* row (replicas_wanted set) rents nothing itself: it
     # owns the gateway, and its replicas are ordinary deployment rows whose parent_id names it.
@@ -138,7 +144,7 @@ class Deployment(BaseModel):
 
     def public(self, *, snapshots: bool = False) -> dict[str, Any]:
         """The JSON view for ``--json`` output; the snapshots are bulky, so only on request."""
-        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot"}
+        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot", "tls_certificate"}
         return self.model_dump(mode="json", exclude=exclude)
 
 
@@ -211,9 +217,15 @@ def _migrate_v5(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX deployments_parent ON deployments(parent_id)")
 
 
+def _migrate_v6(conn: sqlite3.Connection) -> None:
+    """The endpoint's TLS pin (read from the instance log through the Vast API) and its certificate."""
+    conn.execute("ALTER TABLE deployments ADD COLUMN tls_fingerprint TEXT")
+    conn.execute("ALTER TABLE deployments ADD COLUMN tls_certificate TEXT")
+
+
 # Applied in order; the database's user_version counts how many have run. Append, never edit.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5,
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

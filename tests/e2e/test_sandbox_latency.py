@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,8 +30,10 @@ def test_configured_latency_reaches_the_engine(cli: Callable[..., subprocess.Com
     start = time.perf_counter()
     body = {"model": model, "messages": [{"role": "user", "content": "count"}], "max_tokens": 8, "stream": True,
             "ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}}
+    # Over TLS, trusting what `env` exports (its CA bundle: the system CAs plus the pinned certificate).
+    verify = ssl.create_default_context(cafile=exports["SSL_CERT_FILE"].strip("'"))
     with httpx.stream("POST", base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
-                      timeout=30) as r:
+                      timeout=30, verify=verify) as r:
         for line in r.iter_lines():
             payload = line.removeprefix("data:").strip()
             if not line.startswith("data:") or payload == "[DONE]":

@@ -78,7 +78,7 @@ def test_a_fault_fails_its_check_and_exits_5(cli: Cli, sandbox: StartSandbox, tm
 
         env = dict(line.removeprefix("export ").split("=", 1) for line in cli("env", check_exit=0).stdout.splitlines())
         by_url = cli("smoke", "--url", env["OPENAI_BASE_URL"], "--api-key", env["OPENAI_API_KEY"].strip("'"),
-                     "--only", "stream", "--json", timeout=120)
+                     "--ca-cert", env["SSL_CERT_FILE"].strip("'"), "--only", "stream", "--json", timeout=120)
         assert by_url.returncode == 5
         assert json.loads(by_url.stdout)["checks"][0]["detail"].startswith("the stream ended without data: [DONE]")
     finally:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -37,24 +39,37 @@ def env_exports(cli: Cli, name: str | None = None) -> dict[str, str]:
 
 @pytest.mark.parametrize(("profile", "engine"), [("4x3090", "sglang"), ("h200", "lightllm"), ("2x5090", "vllm")])
 def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
-    cli: Cli, sandbox: StartSandbox, profile: str, engine: str
+    cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, profile: str, engine: str
 ) -> None:
     sb = sandbox()
     up = cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, check_exit=0)
     assert "ready:" in up.stdout
     exports = env_exports(cli)
     base, key, model = exports["OPENAI_BASE_URL"], exports["OPENAI_API_KEY"], exports["MODEL"]
-    assert base.startswith("http://127.0.0.1:") and base.endswith("/v1") and len(key) == 64
-    chat = httpx.post(
-        base + "/chat/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16},
-        timeout=30,
+    assert base.startswith("https://127.0.0.1:") and base.endswith("/v1") and len(key) == 64
+    bundle = exports["SSL_CERT_FILE"]
+    assert exports["REQUESTS_CA_BUNDLE"] == exports["CURL_CA_BUNDLE"] == bundle
+    assert os.stat(bundle).st_mode & 0o777 == 0o644 and key not in open(bundle).read()
+    # After eval "$(glmdeploy env)", the OpenAI SDK and curl verify the endpoint with no extra options.
+    shell_env = {k: v for k, v in cli_env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    sdk = (
+        "import os, openai; c = openai.OpenAI(); "
+        "r = c.chat.completions.create(model=os.environ['MODEL'], messages=[{'role': 'user', 'content': 'hi'}], "
+        "max_tokens=16); print('finish', r.choices[0].finish_reason)"
     )
-    assert chat.status_code == 200 and chat.json()["choices"][0]["finish_reason"] in ("stop", "length")
-    # Unauthenticated requests are refused, whatever the engine (LightLLM through the nginx proxy).
-    assert httpx.get(base + "/models", timeout=10).status_code == 401
-    assert httpx.post(base + "/chat/completions", json={}, timeout=10).status_code == 401
+    glm = " ".join(shlex.quote(a) for a in GLMDEPLOY)
+    script = (
+        f'eval "$({glm} env)" && {shlex.quote(sys.executable)} -c {shlex.quote(sdk)} && '
+        'curl -sS --fail -H "Authorization: Bearer $OPENAI_API_KEY" "$OPENAI_BASE_URL/models" && echo && '
+        'curl -sS -o /dev/null -w "%{http_code}\\n" "$OPENAI_BASE_URL/models"'
+    )
+    out = subprocess.run(["bash", "-c", script], env=shell_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] in ("finish stop", "finish length")
+    assert json.loads(lines[1])["data"][0]["id"] == model
+    # Unauthenticated requests are refused, whatever the engine (every engine is behind the nginx proxy).
+    assert lines[2] == "401"
     assert len(sb.running()) == 1
     cli("destroy", "--yes", check_exit=0)
     assert sb.running() == []

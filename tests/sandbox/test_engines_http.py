@@ -20,10 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from glmdeploy.onstart import render
+from glmdeploy.onstart import OnstartOptions, render
 from glmdeploy.profiles import load_profile
 from glmdeploy.sandbox.engines import EngineTiming, LaunchSpec, SimulatedEngine, launch_spec_from
 from waits import HANG_S
+
+# These in-process tests speak plain http to the simulated engine; TLS has its own tests (test_tls_*).
+PLAIN_HTTP = OnstartOptions(tls=False)
 
 SCALE = 0.0005
 KEY = "k-test"
@@ -381,7 +384,7 @@ def test_lightllm_has_no_auth_and_ok_health_body(served: dict[str, Running]) -> 
 
 def test_lightllm_behind_the_onstart_nginx_proxy() -> None:
     profile = load_profile("h200")
-    script = render(profile)
+    script = render(profile, PLAIN_HTTP)
     spec = launch_spec_from(profile.engine.image, script, {"GLM_API_KEY": KEY})
     assert spec is not None and spec.proxy is not None
     with running(spec, time_scale=0.002) as r, r.client(key=None) as anon, r.client() as ok:
@@ -621,7 +624,7 @@ def test_vllm_rejects_auto_tool_choice_without_the_flags() -> None:
 
 def test_without_a_reasoning_parser_the_thinking_stays_in_content() -> None:
     profile = load_profile("4x3090")  # SGLang, no --reasoning-parser
-    spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+    spec = launch_spec_from(profile.engine.image, render(profile, PLAIN_HTTP), {"GLM_API_KEY": KEY})
     assert spec is not None
     with running(spec) as r:
         r.wait_serving()

@@ -36,6 +36,7 @@ from glmdeploy.onstart import render
 from glmdeploy.profiles import load_all
 from glmdeploy.profiles.model import Profile
 from glmdeploy.sandbox.engines import EngineTiming, SimulatedEngine, launch_spec_from
+from glmdeploy.tls import FINGERPRINT_MARKER, colon_form
 from glmdeploy.vast.client import VastClient
 from waits import HANG_S
 
@@ -268,6 +269,12 @@ def test_a_deployment_shows_neither_key_outside_env(
     endpoint_key = exports(env)["OPENAI_API_KEY"]
     assert len(endpoint_key) == 64 and find_leaks(env.stdout, {"endpoint key": endpoint_key})
     audit.keys["endpoint key"] = endpoint_key
+    # TLS (issue 14): the CA bundle env writes is public (0644, certificates only) and scanned with the
+    # state directory below; no private key of the host's TLS pair may show anywhere.
+    audit.keys["a TLS private key"] = "PRIVATE KEY"
+    bundle = Path(exports(env)["SSL_CERT_FILE"])
+    assert bundle.parent.parent == isolated_env and mode(bundle) == 0o644
+    assert exports(env)["CURL_CA_BUNDLE"] == exports(env)["REQUESTS_CA_BUNDLE"] == str(bundle)
 
     for json_flag in ((), ("--json",)):
         cli("list", "--api-key", account, *json_flag)
@@ -283,6 +290,10 @@ def test_a_deployment_shows_neither_key_outside_env(
     cli("bench", "--num-prompts", "2", "--output-len", "8", "--output", str(reports / "bench.json"))
     logs = cli("logs", "--api-key", account)
     assert "Capture cuda graph" in logs.stdout  # the engine's own lines are there, not an empty log
+    # The fingerprint line may show (it is what glmdeploy pins); it carries the fingerprint and nothing else.
+    fingerprint = json.loads(cli("status", "--json").stdout)["tls_fingerprint"]
+    [marked] = [line for line in logs.stdout.splitlines() if FINGERPRINT_MARKER in line]
+    assert marked == f"{FINGERPRINT_MARKER} {colon_form(fingerprint)}"
     cli("logs", "--tail", "20")
 
     # The provider's side: the endpoint key is in the instance's environment (it must be, for the
@@ -712,9 +723,13 @@ def test_every_shipped_profile_refuses_requests_without_the_key(profile: Profile
             time.sleep(0.005)
         model = get_engine(profile.engine.kind).reported_model_name(profile)
         chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        base = f"http://127.0.0.1:{port}/v1"
+        # Over TLS, as shipped: the client trusts exactly the certificate the simulated host made.
+        import ssl
+
+        base = f"https://127.0.0.1:{port}/v1"
+        pinned = ssl.create_default_context(cadata=engine.certificate.cert_pem.decode())
         refused_keys: list[str | None] = [None, "wrong", ENGINE_KEY[:-1], ENGINE_KEY + "0", f"{ENGINE_KEY} x"]
-        with httpx.Client(timeout=10, trust_env=False) as http:
+        with httpx.Client(timeout=10, trust_env=False, verify=pinned) as http:
             for key in [*refused_keys, ENGINE_KEY]:
                 headers = {} if key is None else {"Authorization": f"Bearer {key}"}
                 models = http.get(base + "/models", headers=headers)

@@ -26,6 +26,43 @@ R = TypeVar("R")
 
 ISSUES_URL = "https://github.com/glmdeploy/glmdeploy/issues"
 
+CaCert = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-cert", metavar="PATH", help="With an https --url: trust this CA file (PEM) instead of the system's."
+    ),
+]
+Pin = Annotated[
+    str | None,
+    typer.Option(
+        "--pin", metavar="SHA256",
+        help="With an https --url: accept only the certificate with this SHA-256 fingerprint (exit 9 otherwise).",
+    ),
+]
+
+
+def endpoint_trust(url: str | None, ca_cert: str | None, pin: str | None) -> Any:
+    """The ``EndpointTrust`` of a ``--url`` target from ``--ca-cert``/``--pin`` (None when neither is given)."""
+    from glmdeploy.errors import UsageError
+
+    if ca_cert is None and pin is None:
+        return None
+    if url is None:
+        raise UsageError("--ca-cert and --pin go with --url; a deployment's pin is in the state DB")
+    if not url.strip().lower().startswith("https://"):
+        raise UsageError("--ca-cert and --pin need an https:// --url")
+    if ca_cert is not None and pin is not None:
+        raise UsageError("give --ca-cert or --pin, not both")
+    from glmdeploy.tls import EndpointTrust, normalize_fingerprint
+
+    if ca_cert is not None:
+        if not os.path.isfile(ca_cert):
+            raise UsageError(f"--ca-cert: no such file: {ca_cert}")
+        return EndpointTrust(ca_file=ca_cert)
+    assert pin is not None
+    return EndpointTrust(fingerprint=normalize_fingerprint(pin))
+
+
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ApiKey = Annotated[
     str | None,

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, positive_seconds, say
+from glmdeploy.commands._common import (
+    CaCert,
+    JsonOutput,
+    Pin,
+    emit_json,
+    endpoint_trust,
+    handles_errors,
+    positive_seconds,
+    say,
+)
 
 if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
@@ -84,6 +93,8 @@ def bench(
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)
     ] = None,
+    ca_cert: CaCert = None,
+    pin: Pin = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput).
@@ -104,13 +115,18 @@ def bench(
     if name is not None and url is not None:
         raise UsageError("give a deployment NAME or --url, not both")
     label: str | None = None
+    trust = endpoint_trust(url, ca_cert, pin)
     if url is not None:
         chat_url(url)  # a malformed URL is a usage error before anything is sent
         target, key = url, api_key
-        model = model or first_model(url, key)
     else:
-        target, key, served, label = _deployment_target(name)
+        target, key, served, label, trust = _deployment_target(name)
         model = model or served
+    # The pin is checked with one handshake before any request (CertificateMismatch: exit 9).
+    context = trust.context(target) if trust is not None else None
+    verify = context if not isinstance(context, bool) else None
+    if url is not None:
+        model = model or first_model(url, key, verify=verify)
     options = BenchOptions(
         num_prompts=num_prompts,
         input_len=input_len,
@@ -124,7 +140,8 @@ def bench(
     )
     counted = _replica_counter(label) if url is None else None
     before = counted() if counted is not None else {}
-    result = _run_with_progress(target, key, model, options)
+    assert model is not None  # first_model() returns one or raises
+    result = _run_with_progress(target, key, model, options, verify)
     if result.completed == 0 and result.errors and all(e.startswith(_CANNOT_CONNECT) for e in result.errors):
         from glmdeploy.bench import shown_url
         from glmdeploy.errors import EndpointUnreachable
@@ -159,8 +176,8 @@ def bench(
 _CANNOT_CONNECT = ("ConnectError", "ConnectTimeout")
 
 
-def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
-    """(endpoint, key, served model, deployment name) of the named or only active deployment."""
+def _deployment_target(name: str | None) -> tuple[str, str | None, str, str, Any]:
+    """(endpoint, key, served model, deployment name, TLS trust) of the named or only active deployment."""
     from glmdeploy.errors import UsageError
     from glmdeploy.state import StateStore
 
@@ -168,7 +185,10 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
         d = store.resolve(name)
     if not d.endpoint or not d.is_active:
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
-    return d.endpoint, d.endpoint_key(), d.model or "", d.name
+    from glmdeploy.tls import EndpointTrust
+
+    trust = EndpointTrust(fingerprint=d.tls_fingerprint, certificate_pem=d.tls_certificate)
+    return d.endpoint, d.endpoint_key(), d.model or "", d.name, trust
 
 
 def _replica_counter(name: str | None) -> Callable[[], dict[str, int]] | None:
@@ -192,7 +212,8 @@ def _replica_counter(name: str | None) -> Callable[[], dict[str, int]] | None:
     return read
 
 
-def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:
+def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions,
+                       verify: Any = None) -> BenchResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from glmdeploy.bench import RequestOutcome, run_bench
@@ -217,4 +238,4 @@ def _run_with_progress(url: str, key: str | None, model: str, options: BenchOpti
             failed += 0 if outcome.success else 1
             progress.update(task, advance=1, failed=failed)
 
-        return run_bench(url, key, model, options, on_done=done)
+        return run_bench(url, key, model, options, on_done=done, verify=verify)

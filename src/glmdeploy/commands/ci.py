@@ -125,6 +125,7 @@ def ci(
 
                 phase = "smoke"
                 from glmdeploy.smoke import smoke_endpoint
+                from glmdeploy.tls import deployment_trust
 
                 def on_check(result: CheckResult) -> None:
                     events.note(f"smoke {result.name}: {result.status}: {result.detail}")
@@ -137,6 +138,7 @@ def ci(
                     model=deployment.model,
                     profile=deployment.profile_snapshot,
                     on_result=on_check,
+                    trust=deployment_trust(deployment),
                 )
                 suites.append(report.junit_suite())
                 outcome["smoke"] = report.to_json()
@@ -149,11 +151,13 @@ def ci(
                     from glmdeploy.bench import BenchOptions, run_bench
 
                     t = time.monotonic()
+                    context = deployment_trust(deployment).context(deployment.endpoint or "")
                     result = run_bench(
                         deployment.endpoint or "",
                         deployment.endpoint_key(),
                         deployment.model or "",
                         BenchOptions(num_prompts=bench_prompts, input_len=256, output_len=64, max_concurrency=4),
+                        verify=None if isinstance(context, bool) else context,
                     )
                     outcome["bench"] = result.model_dump(mode="json")
                     failed = result.completed == 0

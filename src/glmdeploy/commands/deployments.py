@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -220,7 +221,6 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
     A ready deployment whose engine died is reported ``unhealthy`` with the reason (and ``list``
     remembers it); the instance still bills until it is destroyed.
     """
-    import httpx
 
     from glmdeploy import deployment_health
     from glmdeploy.connect import connect_for
@@ -244,7 +244,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
                 live = (inst.actual_status or "provisioning") if inst else "gone"
             d = store.get(d.id)
             if d.endpoint and d.is_active:
-                with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+                with deployment_health.endpoint_client(d) as http:
                     reading = deployment_health.probe_deployment(d, http)
                 if reading.state is HealthState.UNREACHABLE:
                     health, reason = "unreachable", reading.describe()
@@ -253,6 +253,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
                     health = "unhealthy" if reason else "healthy"
                     d = deployment_health.record(store, d, reason)
     from glmdeploy import calibration
+    from glmdeploy.tls import colon_form
 
     view = _view(d, live=live)
     view["health"] = health
@@ -266,6 +267,7 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
         f"  profile:  {d.profile}",
         f"  endpoint: {d.endpoint or '-'}" + (f"  [{health}]" if health else ""),
         *([f"  health:   {health}: {reason}"] if health and reason else []),
+        *([f"  tls:      pinned, sha256 {colon_form(d.tls_fingerprint)}"] if d.tls_fingerprint else []),
         f"  model:    {d.model or '-'}",
         f"  $/h:      {d.dph_total if d.dph_total is not None else '-'}; so far ${view['cost_so_far']:.2f}"
         f" over {view['uptime_s'] / 3600:.2f}h",
@@ -374,11 +376,27 @@ def _gone(d: Deployment) -> Exception:
     return UsageError(f"deployment {d.name!r} has no running instance (status {d.status})")
 
 
+InsecureHttp = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-http",
+        help="Export a plain http:// base URL and no CA bundle (the key then travels in clear: "
+        "only for a transport you secure yourself, e.g. an SSH tunnel).",
+    ),
+]
+
+
 @handles_errors
-def env(name: Name = None) -> None:
-    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY and MODEL (for eval)."""
+def env(name: Name = None, insecure_http: InsecureHttp = False) -> None:
+    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY, MODEL and the CA bundle (for eval).
+
+    The base URL is https://; SSL_CERT_FILE (httpx, openai), REQUESTS_CA_BUNDLE (requests) and
+    CURL_CA_BUNDLE (curl) name a per-deployment bundle: the system CAs plus the endpoint's pinned
+    certificate, so the OpenAI SDK and curl verify the endpoint with no flags.
+    """
     import shlex
 
+    from glmdeploy.ca_bundle import write_bundle
     from glmdeploy.state import StateStore
 
     with StateStore.open() as store:
@@ -387,11 +405,23 @@ def env(name: Name = None) -> None:
         from glmdeploy.errors import UsageError
 
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
-    # A replica group: the gateway's URL and the gateway's own key (never a replica's).
-    key = d.endpoint_key()
-    print(f"export OPENAI_BASE_URL={shlex.quote(d.endpoint)}")
-    print(f"export OPENAI_API_KEY={shlex.quote(key or '')}")
+    # A replica group's endpoint is the gateway's, with the gateway's own key (never a replica's).
+    endpoint = d.endpoint
+    lines = []
+    if insecure_http:
+        endpoint = "http://" + endpoint.removeprefix("https://").removeprefix("http://")
+        print("warning: --insecure-http: the key and every prompt travel in clear text"
+              + ("; this deployment's proxy speaks TLS only, so the http:// URL works only through a tunnel "
+                 "of yours that terminates it" if d.tls_fingerprint else ""), file=sys.stderr)
+    elif endpoint.startswith("https://") and d.tls_certificate:
+        bundle = shlex.quote(str(write_bundle(d)))
+        lines = [f"export SSL_CERT_FILE={bundle}", f"export REQUESTS_CA_BUNDLE={bundle}",
+                 f"export CURL_CA_BUNDLE={bundle}"]
+    print(f"export OPENAI_BASE_URL={shlex.quote(endpoint)}")
+    print(f"export OPENAI_API_KEY={shlex.quote(d.endpoint_key() or '')}")
     print(f"export MODEL={shlex.quote(d.model or '')}")
+    for line in lines:
+        print(line)
 
 
 @handles_errors

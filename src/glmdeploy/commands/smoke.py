@@ -7,11 +7,20 @@ prints a table (or ``--json``) and writes ``--junit``. Exit 5 when a selected ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, positive_seconds, say
+from glmdeploy.commands._common import (
+    CaCert,
+    JsonOutput,
+    Pin,
+    emit_json,
+    endpoint_trust,
+    handles_errors,
+    positive_seconds,
+    say,
+)
 
 if TYPE_CHECKING:
     from glmdeploy.smoke import CheckResult, SmokeReport, Target
@@ -78,14 +87,14 @@ def _names(values: list[str] | None) -> list[str]:
 
 
 def _target(name: str | None, url: str | None, api_key: str | None, model: str | None,
-            engine: str | None) -> Target:
+            engine: str | None, trust: Any = None) -> Target:
     from glmdeploy.errors import UsageError
     from glmdeploy.smoke import Target
 
     if url is not None:
         if name is not None:
             raise UsageError("give either a deployment NAME or --url, not both")
-        return Target.from_url(url, api_key=api_key, model=model, engine=engine)
+        return Target.from_url(url, api_key=api_key, model=model, engine=engine, trust=trust)
     if model is not None or engine is not None:
         raise UsageError("--model and --engine go with --url; a deployment knows its own")
     from glmdeploy.state import StateStore
@@ -102,8 +111,6 @@ def _target(name: str | None, url: str | None, api_key: str | None, model: str |
 def _deployment_health(name: str | None, report: SmokeReport) -> str | None:
     """After the checks of a deployment: probe its engine once more; an engine that died is recorded
     as unhealthy (``list`` shows it) and the reason returned. A later healthy run clears it."""
-    import httpx
-
     from glmdeploy import deployment_health
     from glmdeploy.engines.health import HealthState
     from glmdeploy.state import StateStore
@@ -112,7 +119,7 @@ def _deployment_health(name: str | None, report: SmokeReport) -> str | None:
         d = store.resolve(name)
         if not d.endpoint or d.status != "ready":
             return None
-        with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+        with deployment_health.endpoint_client(d) as http:
             reading = deployment_health.probe_deployment(d, http)
         if reading.state is HealthState.UNREACHABLE:
             return None
@@ -128,6 +135,8 @@ def smoke(
     api_key: EndpointKey = None,
     model: Model = None,
     engine: EngineKind = None,
+    ca_cert: CaCert = None,
+    pin: Pin = None,
     json_output: JsonOutput = False,
     junit: Junit = None,
     skip: Skip = None,
@@ -149,7 +158,8 @@ def smoke(
     select_checks(only_names, skip_names)  # a typo is exit 2 before anything is sent
     if junit is not None:
         _check_writable(junit)
-    target = _target(name, url, api_key, model, engine)
+    trust = endpoint_trust(url, ca_cert, pin)
+    target = _target(name, url, api_key, model, engine, trust)
     progress = _Progress(
         live=sys.stderr.isatty() and not json_output,
         header=f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})",

@@ -93,6 +93,14 @@ LAUNCH_FAILURES: tuple[FailureSignature, ...] = (
 
 # Generic signatures from engines.md §8, shared by all engines.
 COMMON_FAILURES: tuple[FailureSignature, ...] = (
+    # Our own onstart lines (onstart.py): the TLS proxy in front of every engine could not start, so the
+    # script exited before the engine and no fingerprint line will ever come.
+    _sig(
+        "proxy_failed",
+        r"glmdeploy: (could not install nginx for the auth proxy|nginx failed to start"
+        r"|openssl could not generate the TLS certificate)",
+        "the image needs nginx and openssl (or apt-get to install them) for the TLS proxy; pick another image",
+    ),
     _sig(
         "cuda_oom",
         r"(torch\.(cuda\.)?OutOfMemoryError: CUDA out of memory|CUDA error: out of memory)",

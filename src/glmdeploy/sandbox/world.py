@@ -134,6 +134,8 @@ class Instance:
     billed_until: float = 0.0
     engine: Any = None
     engine_task: asyncio.Task[None] | None = None
+    # The last engine started, kept after it stops: its endpoint's request log and TLS handshakes stay readable.
+    last_engine: Any = None
     lifecycle: asyncio.Task[None] | None = None
     # The onstart's TTL watchdog, once the container runs it; and who destroyed the instance.
     watchdog: asyncio.Task[None] | None = None
@@ -556,6 +558,7 @@ class World:
             gpu_ram_mib=instance.offer.get("gpu_ram"),
         )
         instance.engine = engine
+        instance.last_engine = engine
         instance.engine_task = asyncio.get_running_loop().create_task(engine.run())
 
     async def _stop_engine(self, instance: Instance) -> None:
@@ -751,6 +754,14 @@ class World:
                 # that closed): the fail-fast tests count the polls a client makes after it.
                 "first_sign_at": instance.first_sign_at or getattr(instance.engine, "first_sign_at", None)
                 or (instance.running_since if instance.ports_hidden else None),
+                # What reached the endpoint: every HTTP request (did it carry the endpoint key?) and the TLS
+                # handshakes begun. An interception refused at the handshake leaves requests empty.
+                "endpoint_requests": [
+                    {"method": m, "path": p, "carried_key": k}
+                    for m, p, k in getattr(getattr(instance.last_engine, "app", None), "request_log", [])
+                ],
+                "tls_handshakes": getattr(instance.last_engine, "handshakes", 0),
+                "tls_fingerprint": getattr(getattr(instance.last_engine, "certificate", None), "fingerprint", None),
             })
         return {
             "instances": rows,

@@ -32,6 +32,8 @@ ENGINE_FAULTS: frozenset[str] = frozenset(
         "reasoning_leak",  # reasoning text appears inside content instead of the reasoning field
         "no_done",  # streams end without `data: [DONE]`
         "no_auth",  # the endpoint does not enforce the API key
+        # the port presents a certificate other than the one the host logged (a man in the middle)
+        "tls_intercept",
         "models_before_health",  # /v1/models answers 200 while /health stays 503 (SGLang-like warmup that never ends)
         # value = the N-th generation request after ready (default 1) kills the engine; what follows is
         # each engine's own death sequence (death.py)
@@ -127,6 +129,11 @@ class SimulatedEngine:
         self.pause_at: set[str] = set()
         self.paused_at: str | None = None
         self._resume = asyncio.Event()
+        # The proxy's certificate (onstart's openssl), the one the log reports; under tls_intercept the
+        # port presents another one. Handshakes count every TLS ClientHello the port received.
+        self.certificate: Any = None
+        self.presented_certificate: Any = None
+        self.handshakes = 0
         self.death = DeathSequence(self) if "engine_death" in self.faults else None
         if self.death is not None:
             self.app.on_generate = self.death.on_generate
@@ -144,6 +151,8 @@ class SimulatedEngine:
             if self._stopping.is_set() or not await self._pause("start"):
                 return
             if self.spec.proxy is not None:
+                if self.spec.proxy.tls:
+                    self._make_certificate()
                 if not await self._listen():  # nginx starts before the engine and holds the port
                     return
             elif self.config.kind in ("vllm", "lightllm") and not self._bind():
@@ -327,8 +336,26 @@ class SimulatedEngine:
             return proto
 
         self._server_state = state
-        self._server = await loop.create_server(protocol, sock=self._sock)
+        ssl_context = None
+        if self.presented_certificate is not None:
+            ssl_context = self.presented_certificate.server_context()
+
+            def hello(_sock: Any, _name: str | None, _ctx: Any) -> None:
+                self.handshakes += 1
+
+            ssl_context.sni_callback = hello
+        self._server = await loop.create_server(protocol, sock=self._sock, ssl=ssl_context)
         return True
+
+    def _make_certificate(self) -> None:
+        from glmdeploy.sandbox.engines.tls import generate
+
+        assert self.spec.proxy is not None
+        self.certificate = generate(self.spec.proxy.san_ip)
+        self.presented_certificate = self.certificate
+        if "tls_intercept" in self.faults:
+            self.presented_certificate = generate(self.spec.proxy.san_ip)
+        self._log(self.certificate.log_line())
 
     async def _close(self) -> None:
         stats, self._stats_task = self._stats_task, None

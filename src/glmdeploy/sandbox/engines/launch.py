@@ -29,6 +29,9 @@ class AuthProxy:
     open_paths: tuple[str, ...]  # ``location = /path`` blocks without the key check
     unauthorized_body: bytes
     engine_key: str | None = field(repr=False)  # the key of the engine behind it, if it has its own
+    # ``listen PORT ssl``: nginx terminates TLS with the certificate the script had openssl generate.
+    tls: bool = False
+    san_ip: str | None = None  # the IP SAN given to ``openssl req -addext subjectAltName=IP:...``
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,7 @@ def _expand_plain(text: str, env: Mapping[str, str], *, nounset: bool) -> str:
 
 def _nginx_proxy(config: str) -> AuthProxy | None:
     """The parts of an nginx server block that matter to a client: port, key check, open paths."""
-    listen = re.search(r"^\s*listen\s+(?:[\d.]+:)?(\d+)\s*;", config, re.M)
+    listen = re.search(r"^\s*listen\s+(?:[\d.]+:)?(\d+)(\s+ssl)?\s*;", config, re.M)
     if listen is None or "proxy_pass" not in config:
         return None
     upstream = re.search(r"proxy_pass\s+http://[^:/\s]+:(\d+)", config)
@@ -350,6 +353,7 @@ def _nginx_proxy(config: str) -> AuthProxy | None:
         open_paths=opened,
         unauthorized_body=(body.group(1) if body else "").encode(),
         engine_key=None,
+        tls=bool(listen.group(2)) and "ssl_certificate " in config,
     )
 
 
@@ -363,6 +367,7 @@ def launch_spec_from(image: str, onstart: str | None, env: Mapping[str, str]) ->
     download: tuple[str, ...] = ()
     files: dict[str, str] = {}
     proxy: AuthProxy | None = None
+    san_ip: str | None = None
     lines = onstart.splitlines()
     at = 0
     while at < len(lines):
@@ -390,9 +395,16 @@ def launch_spec_from(image: str, onstart: str | None, env: Mapping[str, str]) ->
             if cmd[0] == "cat" and body is not None and ">" in cmd[:-1]:
                 files[cmd[cmd.index(">") + 1]] = body
                 continue
+            if cmd[0] == "openssl" and cmd[1:2] == ["req"]:
+                for value in option_values(cmd, "-addext"):
+                    if value.startswith("subjectAltName=IP:"):
+                        san_ip = value.removeprefix("subjectAltName=IP:").split(",", 1)[0]
+                continue
             if cmd[0] == "nginx" and len(cmd) == 1:
                 for text in files.values():
                     proxy = proxy or _nginx_proxy(text)
+                if proxy is not None and proxy.tls:
+                    proxy = replace(proxy, san_ip=san_ip)
                 continue
             if cmd[0] == "set":
                 nounset = nounset or any(a.startswith("-") and "u" in a for a in cmd[1:])

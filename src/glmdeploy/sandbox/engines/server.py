@@ -104,6 +104,8 @@ class EngineApp:
         self.slow_first_token = _seconds(first) if "slow_first_token" in faults else 0.0
         self.created = int(time.time())
         self.requests = 0
+        # Every HTTP request that reached the port, before any check: (method, path, carried the key).
+        self.request_log: list[tuple[str, str, bool]] = []
         self.server_state: Any = None  # uvicorn's ServerState, set once the socket listens
         self._date_at = 0.0
         # engine_exit: requests are held (never answered) and the first one is announced.
@@ -129,6 +131,10 @@ class EngineApp:
         method: str = scope["method"]
         path: str = scope["path"]
         status_box = [0]
+        endpoint_key = (self.cfg.spec.api_key or "").encode()
+        self.request_log.append((method, path, bool(endpoint_key) and any(
+            name.lower() == b"authorization" and endpoint_key in value for name, value in scope["headers"]
+        )))
 
         async def logged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
