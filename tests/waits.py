@@ -180,3 +180,16 @@ def wait_exit(proc: subprocess.Popen[str], timeout: float = HANG_S) -> int:
         proc.wait(timeout=30)
         stderr = proc.stderr.read() if proc.stderr is not None else ""
         raise AssertionError(f"{proc.args} still running after {timeout:.0f}s; its stacks:\n{stderr[-8000:]}") from None
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must take Ctrl-C the way it does in a terminal.
+
+    A test run started in the background by a non-interactive shell (``.ci/run &``, many CI runners)
+    inherits SIGINT *ignored*, as POSIX shells do for background jobs; Python then installs no
+    KeyboardInterrupt handler, so a SIGINT sent by the test is silently dropped. That, not the
+    signal's timing, was the ``test_interrupt_during_wait_ready_destroys_and_exits_130[2]`` flake.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

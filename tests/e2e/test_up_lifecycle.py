@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, wait_exit, wait_for_request
+from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, default_sigint, wait_exit, wait_for_request
 
 from .conftest import GLMDEPLOY, LONG_TTL, Sandbox, events
 
@@ -161,6 +161,7 @@ def _start_up(cli_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=default_sigint,  # Ctrl-C reaches it even when this test run was started in the background
     )
 
 
