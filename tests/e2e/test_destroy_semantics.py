@@ -40,6 +40,36 @@ def test_destroy_orphans_without_a_key_fails_instead_of_finding_nothing(cli: Cli
     assert "no API key" in listed.stderr
 
 
+def test_a_sandbox_only_state_dir_sweeps_without_a_key(cli: Cli, sandbox: StartSandbox) -> None:
+    """Every record names a sandbox, here one that has stopped (its instances ended with it): the
+    sweep has checked all this state dir used, so it passes, and says Vast.ai was not looked at."""
+    sandbox()
+    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "sb", check_exit=0)
+    cli("sandbox", "stop", check_exit=0)
+    proc = cli("destroy", "--orphans", "--yes", check_exit=0)
+    assert not error_lines(proc.stderr), proc.stderr
+    assert "Vast.ai itself not checked: no API key" in proc.stderr, proc.stderr
+    assert "no orphaned instances" in proc.stderr
+
+
+def test_a_sweep_without_a_key_fails_when_a_record_names_vast(cli: Cli, sandbox: StartSandbox) -> None:
+    """One deployment here ran on Vast.ai (long destroyed): its account may hold an orphan with this
+    owner's label, so a sweep that can only reach the sandbox must not pass for a full one."""
+    from glmdeploy.state import StateStore
+    from glmdeploy.vast.client import DEFAULT_BASE_URL
+
+    with StateStore.open() as store:
+        old = store.create(profile="4x3090", profile_snapshot={}, name="on-vast", api_url=DEFAULT_BASE_URL)
+        store.mark_destroyed(old.id)
+    sandbox()
+    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "sb", check_exit=0)
+    proc = cli("destroy", "--orphans", "--yes", check_exit=2)
+    [line] = error_lines(proc.stderr)
+    assert "could not look for orphans" in line and "API key" in line, proc.stderr
+    assert "no orphaned instances" not in proc.stderr
+    cli("destroy", "sb", "--yes", check_exit=0)
+
+
 def test_a_destroy_answered_404_not_found_marks_the_deployment_gone(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox()
     cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "gone", check_exit=0)

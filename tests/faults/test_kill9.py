@@ -3,8 +3,8 @@
 One sandbox serves every kill point (a thread of this process, registered for ``--sandbox``; the
 CLI under test is a real subprocess, because kill -9 needs one). Each point sets its faults (to
 stretch a phase), starts ``up --json``, waits for a phase event, sleeps a seeded delay and sends
-SIGKILL. Then, as a user would: ``glmdeploy list`` and ``glmdeploy destroy --orphans --yes``. After
-that the ledger must show nothing running (a deployment that had reached ``ready`` before the kill
+SIGKILL. Then, as a user would: ``glmdeploy list --sandbox`` and ``glmdeploy destroy --orphans --yes
+--sandbox``. After that the ledger must show nothing running (a deployment that had reached ``ready`` before the kill
 is legitimately alive: it is checked, then destroyed by name), every state row must parse and the
 DB must agree with the ledger.
 """
@@ -116,11 +116,14 @@ def _recover_and_check(w: InProcess, *, may_be_ready: bool) -> dict[str, int]:
     """What the user runs after a crash, then the invariants; returns figures for the summary."""
     w.admin.set_faults("")
     _settle(w.admin)
-    listed = w.glm("list", "--json")
+    # The account the killed `up --sandbox` rented on is the sandbox, so that is the one to sweep; a
+    # kill before the record was written leaves nothing here to say so (and without --sandbox an empty
+    # state dir means "check Vast.ai", which needs a key: issue 10).
+    listed = w.glm("list", "--json", "--sandbox")
     assert listed.exit_code == 0, listed.describe()
-    orphans = w.glm("destroy", "--orphans", "--yes")
+    orphans = w.glm("destroy", "--orphans", "--yes", "--sandbox")
     assert orphans.exit_code == 0 and not orphans.error_lines(), orphans.describe()
-    view = json.loads(w.glm("list", "--json").stdout)
+    view = json.loads(w.glm("list", "--json", "--sandbox").stdout)
     ready = [d for d in view["deployments"] if d["status"] == "ready"]
     assert len(ready) <= (1 if may_be_ready else 0), view
     ledger = w.admin.ledger()

@@ -614,8 +614,14 @@ def _destroy_orphans(
     api_url: str | None = None,
     sandbox: bool = False,
 ) -> tuple[list[dict[str, Any]], list[GlmdeployError]]:
-    """Destroy the selected orphans on every server; also returns the servers that could not be checked."""
-    from glmdeploy.connect import connect_default, connect_for
+    """Destroy the selected orphans on every server; also returns the servers that could not be checked.
+
+    The servers are the ones this state dir's records name (a sandbox that has stopped counts as
+    checked: its instances ended with it) plus the account's default one. Without a Vast.ai key the
+    default is skipped only when every record names a sandbox: a state dir with no record at all (a
+    fresh CI runner) or with one on Vast.ai has an account to check, and not checking it fails.
+    """
+    from glmdeploy.connect import connect_default, connect_for, is_local
     from glmdeploy.errors import GlmdeployError, MissingApiKey
     from glmdeploy.lifecycle import reconcile
     from glmdeploy.teardown import tear_down
@@ -624,7 +630,8 @@ def _destroy_orphans(
     unchecked: list[GlmdeployError] = []
     servers: dict[str | None, Connection] = {}
     unreachable: set[str | None] = set()
-    for d in store.list(include_destroyed=True):
+    records = store.list(include_destroyed=True)
+    for d in records:
         if d.api_url not in servers and d.api_url not in unreachable:
             try:
                 servers[d.api_url] = connect_for(d, api_key)
@@ -634,13 +641,15 @@ def _destroy_orphans(
                     say(f"warning: skipping {d.api_url}: {exc}")
                     unchecked.append(exc)
     # The account's default server too: an orphan of this owner may have no record here at all.
+    vast_skipped = False
     try:
         default = connect_default(api_key, api_url, sandbox)
-    except MissingApiKey:
-        if servers or unchecked:
-            default = None  # the servers this state dir uses were checked; Vast.ai itself needs a key
+    except MissingApiKey as exc:
+        default = None
+        if records and all(is_local(d.api_url) for d in records):
+            vast_skipped = True  # a sandbox-only state dir: its servers were checked above
         else:
-            raise
+            unchecked.append(exc)
     if default is not None and default.api_url not in servers:
         servers[default.api_url] = default
     elif default is not None:
@@ -698,6 +707,9 @@ def _destroy_orphans(
                     continue
                 say(f"foreign instance {f.instance_id} ({f.label}) destroyed on request")
                 results.append({**view, "result": "destroyed"})
+    if vast_skipped:
+        # Said, not warned: a sandbox-only user has no Vast.ai account to check, but should know.
+        say("Vast.ai itself not checked: no API key, and every deployment recorded here used a sandbox")
     if not results and not unchecked:
         say("nothing to destroy: no orphaned instances")
     return results, unchecked
