@@ -139,9 +139,9 @@ class LoadTracker:
                 return Progress(self.stage, None, None, estimated=True)
             spent = now - self.stage_since
             percent = min(99.0, 100.0 * spent / self.download_s)
-            eta = self.download_s - spent
-            return Progress(self.stage, round(percent, 1), round(eta) if eta > 0 else None, estimated=True)
-        eta = reading.remaining_s
+            left = self.download_s - spent
+            return Progress(self.stage, round(percent, 1), round(left) if left > 0 else None, estimated=True)
+        eta: float | None = reading.remaining_s
         if eta is None and reading.percent is not None and self._first_pct is not None:
             # No remaining time printed: extrapolate from the stage's rate since its first bar.
             t0, p0 = self._first_pct

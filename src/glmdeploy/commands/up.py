@@ -99,11 +99,11 @@ def up(
         if yes:
             return True
         if isinstance(events, TerminalEvents):
-            events.status.stop()
+            events.pause()
         o: Any = candidate.offer
         answer = typer.confirm(f"Rent offer {o.id} ({o.num_gpus}x {o.gpu_name}) at ${o.dph_total:.3f}/h?")
         if isinstance(events, TerminalEvents):
-            events.status.start()
+            events.resume()
         return answer
 
     from glmdeploy.teardown import InterruptGuard
