@@ -104,10 +104,20 @@ def test_live_line_shows_elapsed_progress_eta_and_dollars_each_updating(
 
 
 def test_without_a_terminal_one_line_per_phase_and_progress_at_most_once_a_minute(
-    cli: Cli, sandbox: StartSandbox
+    cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox
 ) -> None:
     sb = _slowed_sandbox(cli, sandbox)
+    cli_env["UV_RUN_RECURSION_DEPTH"] = "1"  # what `uv run` sets: the snippets must say `uv run glmdeploy`
     up = cli("up", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--no-smoke", check_exit=0, timeout=HANG_S * 2)
+    name = up.stdout.split("ready: ", 1)[1].split()[0]
+    assert f'eval "$(uv run glmdeploy env {name})"' in up.stdout
+    assert f"until 'uv run glmdeploy destroy {name}'" in up.stdout
+    exports = cli("env", name, check_exit=0).stdout
+    assert "export OPENAI_MODEL=glm-4.7-flash" in exports
+    del cli_env["UV_RUN_RECURSION_DEPTH"]
+    plain = cli("up", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--no-smoke", "--name", "plain", check_exit=0,
+                timeout=HANG_S * 2).stdout
+    assert 'eval "$(python -m glmdeploy env plain)"' in plain  # how this test runs it: no uv, no PATH entry
     lines = up.stderr.splitlines()
     progress = [line for line in lines if line.startswith("progress: ")]
     assert progress, up.stderr
@@ -119,7 +129,8 @@ def test_without_a_terminal_one_line_per_phase_and_progress_at_most_once_a_minut
         totals.append(int(m.group(1) or 0) * 60 + int(m.group(2)))
     assert all(b - a >= 59 for a, b in itertools.pairwise(totals)), totals
     assert "\r" not in up.stderr and "\x1b[" not in up.stderr
-    cli("destroy", "--yes", check_exit=0)
+    cli("destroy", name, "--yes", check_exit=0)
+    cli("destroy", "plain", "--yes", check_exit=0)
     assert sb.running() == []
 
 

@@ -365,7 +365,7 @@ def _gone(d: Deployment) -> Exception:
 
 @handles_errors
 def env(name: Name = None) -> None:
-    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY and MODEL (for eval)."""
+    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL and MODEL (for eval)."""
     import shlex
 
     from glmdeploy.state import StateStore
@@ -378,6 +378,8 @@ def env(name: Name = None) -> None:
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
     print(f"export OPENAI_BASE_URL={shlex.quote(d.endpoint)}")
     print(f"export OPENAI_API_KEY={shlex.quote(d.endpoint_key() or '')}")
+    # The served name differs across profiles (and engines): clients need it in every request.
+    print(f"export OPENAI_MODEL={shlex.quote(d.model or '')}")
     print(f"export MODEL={shlex.quote(d.model or '')}")
 
 

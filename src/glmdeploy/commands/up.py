@@ -153,10 +153,12 @@ def up(
     if json_output:
         emit_json({"event": "ready", "deployment": deployment.public()})
         return
+    from glmdeploy.invocation import invocation
+
     print(f"ready: {deployment.name}")
     print(f"  endpoint: {deployment.endpoint}")
     print(f"  model:    {deployment.model}")
-    print(f"  cost:     ${deployment.dph_total or 0:.3f}/h until 'glmdeploy destroy {deployment.name}'")
+    print(f"  cost:     ${deployment.dph_total or 0:.3f}/h until '{invocation()} destroy {deployment.name}'")
     from glmdeploy import calibration
 
     kv = calibration.kv_capacity(deployment)
@@ -167,8 +169,9 @@ def up(
               " then; --ttl to change)")
     else:
         print("  expires:  never (--ttl none): destroy it yourself")
+    tool = invocation()
     print("  use it:")
-    print(f"    eval \"$(glmdeploy env {deployment.name})\"")
+    print(f"    eval \"$({tool} env {deployment.name})\"")
     print('    curl "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \\')
     print('      -H "Content-Type: application/json" \\')
     print(f'      -d \'{{"model": "{deployment.model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'')
