@@ -34,9 +34,9 @@ import httpx
 
 from glmdeploy.engines import API_KEY_ENV, get_engine
 from glmdeploy.errors import (
+    Declined,
     DeploymentFailed,
     GlmdeployError,
-    Interrupted,
     NoOfferError,
     SmokeFailed,
     UsageError,
@@ -220,6 +220,8 @@ class Deployer:
     max_cost: float | None = None
     # (dph_total, rented_at) of the instance rented last: what --max-cost counts.
     rented: tuple[float | None, float] | None = None
+    # The smoke report of the deployment that became ready (None when --no-smoke): `up` lists what ran.
+    smoke_report: Any = None
     # When the current phase began (Deployer clock), for the live display's per-phase elapsed time.
     phase_started: float = 0.0
 
@@ -432,7 +434,7 @@ class Deployer:
         offer: Offer = candidate.offer  # type: ignore[assignment]
         self._phase(Phase.CONFIRM, None, offer=offer.id, dph_total=offer.dph_total)
         if not self.confirm(candidate):
-            raise Interrupted("declined: nothing was rented")
+            raise Declined("declined: nothing was rented")
         # Prices move and offers vanish: look at the exact offer right before renting (anchors.md §1.5).
         query = offer_query(profile.hardware)
         query.pop("dph_total", None)
@@ -675,6 +677,7 @@ class Deployer:
             if r.status != "passed"
             else None,
         )
+        self.smoke_report = report
         report.raise_for_failure()
 
     # ------------------------------------------------------------------ cleanup
