@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, say
+from glmdeploy.tables_options import WideOutput
+
+# Rows that need attention stand out on a terminal (rich drops the colour under NO_COLOR or a pipe).
+STATUS_STYLES = {"failed": "red", "orphaned": "bold red", "destroyed": "dim"}
 
 if TYPE_CHECKING:
     from glmdeploy.connect import Connection
@@ -119,6 +123,7 @@ def _close_sandbox_records(store: StateStore, api_url: str | None) -> list[str]:
 def list_deployments(
     all_: Annotated[bool, typer.Option("--all", help="Include destroyed deployments.")] = False,
     json_output: JsonOutput = False,
+    output: WideOutput = None,
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: SandboxAccount = False,
@@ -157,40 +162,58 @@ def list_deployments(
             }
         )
         return
-    from rich.console import Console
-    from rich.table import Table
+    from glmdeploy.durations import human_duration
+    from glmdeploy.tables import Column, print_table
 
-    table = Table("name", "profile", "status", "instance", "$/h", "uptime", "cost", "expires", "endpoint")
+    columns = [
+        Column("name", 9, key=True),
+        Column("status", 9),
+        Column("$/h", 8, justify="right"),
+        Column("spent", 7, justify="right"),
+        Column("uptime", 6, justify="right"),
+        Column("expires", 4),
+        Column("endpoint", 5),
+        Column("instance", 3, justify="right"),
+        Column("profile", 2),
+    ]
+    table: list[list[str]] = []
+    styles: list[str | None] = []
+    total_dph = total_spent = 0.0
     for v in views:
-        if not all_ and v["status"] in ("destroyed",) and v.get("destroyed_at"):
-            continue
         if not all_ and v.get("destroyed_at"):
             continue
-        table.add_row(
+        table.append([
             v["name"],
-            v["profile"],
             v["status"] + (f" ({v['instance_status']})" if v.get("instance_status") else "")
             + (f", unhealthy: {v['health_reason']}" if v.get("health") == "unhealthy" else ""),
-            str(v["instance_id"] or "-"),
             f"{v['dph_total']:.3f}" if v["dph_total"] is not None else "-",
-            f"{v['uptime_s'] / 3600:.2f}h",
             f"${v['cost_so_far']:.2f}",
+            human_duration(v["uptime_s"]),
             v["expires"] or "-",
             v["endpoint"] or "-",
-        )
+            str(v["instance_id"] or "-"),
+            v["profile"],
+        ])
+        styles.append(STATUS_STYLES.get(v["status"]))
+        if v["dph_total"] is not None and v["status"] not in ("destroyed", "failed"):
+            total_dph += v["dph_total"]
+        total_spent += v["cost_so_far"] or 0.0
     for r, f in foreign:
         fv = _foreign_view(r, f)
-        table.add_row(
+        table.append([
             f"({fv['owner'] or 'unknown owner'})",
-            "-",
             f"foreign ({f.status or 'provisioning'})",
-            str(f.instance_id),
             f"{f.dph_total:.3f}" if f.dph_total is not None else "-",
-            f"{fv['age_s'] / 3600:.2f}h" if fv["age_s"] is not None else "-",
+            "-",
+            human_duration(fv["age_s"]) if fv["age_s"] is not None else "-",
             "-",
             "-",
-        )
-    Console().print(table)
+            str(f.instance_id),
+            "-",
+        ])
+        styles.append("dim")
+    footer = ["total", "", f"{total_dph:.3f}", f"${total_spent:.2f}", "", "", "", "", ""] if table else None
+    print_table(columns, table, wide=output == "wide", styles=styles, footer=footer)
     if foreign:
         say(f"{len(foreign)} foreign instance(s): rented by other owners on this account; read-only here "
             "('destroy --include-foreign --instance ID' removes one on purpose)")
