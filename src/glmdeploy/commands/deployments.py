@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, paint, say
 from glmdeploy.tables_options import WideOutput
 
 # Rows that need attention stand out on a terminal (rich drops the colour under NO_COLOR or a pipe).
@@ -223,7 +223,8 @@ def list_deployments(
                 f"runs (the watchdog did not destroy it): run 'glmdeploy destroy {v['name']}'")
     for o in orphans:
         say(
-            f"orphan: instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: {o.reason}; "
+            f"{paint('orphan:', '1;31')} instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: "
+            f"{o.reason}; "
             "run 'glmdeploy destroy --orphans'"
         )
 
@@ -273,14 +274,20 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
     if json_output:
         emit_json(view)
         return
+    import sys
+
+    from glmdeploy.durations import human_duration
+
+    style = {"failed": "31", "orphaned": "1;31"}.get(d.status)
+    shown_status = paint(d.status, style, sys.stdout) if style else d.status
     lines = [
-        f"{d.name}: {d.status}" + (f" (instance {d.instance_id}: {live})" if live else ""),
+        f"{d.name}: {shown_status}" + (f" (instance {d.instance_id}: {live})" if live else ""),
         f"  profile:  {d.profile}",
         f"  endpoint: {d.endpoint or '-'}" + (f"  [{health}]" if health else ""),
         *([f"  health:   {health}: {reason}"] if health and reason else []),
         f"  model:    {d.model or '-'}",
         f"  $/h:      {d.dph_total if d.dph_total is not None else '-'}; so far ${view['cost_so_far']:.2f}"
-        f" over {view['uptime_s'] / 3600:.2f}h",
+        f" over {human_duration(view['uptime_s'])}",
     ]
     if d.expires_at and view["ttl_overdue"]:
         lines.append(f"  expires:  OVERDUE: the TTL watchdog should have destroyed it at "
