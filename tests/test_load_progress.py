@@ -79,3 +79,14 @@ def test_silent_download_is_estimated_from_the_offer_speed_and_counts_down() -> 
     assert (later.percent, later.eta_s) == (50.0, 300)
     overdue = tracker.progress(2000.0)
     assert overdue is not None and overdue.percent == 99.0 and overdue.eta_s is None
+
+
+def test_an_onstart_download_counts_from_the_start_and_ends_at_the_fetch_bar() -> None:
+    # LightLLM: the onstart's `hf download` runs before the engine prints anything.
+    tracker = LoadTracker(download_s=100.0)
+    tracker.begin_download(now=0.0)
+    early = tracker.progress(25.0)
+    assert early is not None and (early.stage, early.percent, early.eta_s) == ("downloading weights", 25.0, 75)
+    tracker.feed(["Fetching 20 files: 100%|██████████| 20/20 [01:40<00:00]"], now=100.0)
+    done = tracker.progress(100.0)
+    assert done is not None and done.percent == 100.0 and not done.estimated

@@ -595,6 +595,8 @@ class Deployer:
         seen = 0
         status_msg = instance.status_msg
         tracker = LoadTracker(download_s=self._download_estimate_s(profile, attempt.offer))
+        if engine.model_dir(profile) is not None:
+            tracker.begin_download(self._provider_now())  # the onstart's `hf download` runs first
         assert attempt.instance_id is not None
         while True:
             # An engine may print its arguments, key included: the lines that reach the failure

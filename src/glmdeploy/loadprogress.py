@@ -117,6 +117,11 @@ class LoadTracker:
         self.stage_since = 0.0
         self._first_pct: tuple[float, float] | None = None  # (time, percent) of the stage's first bar
 
+    def begin_download(self, now: float) -> None:
+        """The onstart downloads the weights before the engine starts (LightLLM: ``hf download`` first)."""
+        self.stage, self.stage_since, self._first_pct = "downloading weights", now, None
+        self.reading = Reading("downloading weights")
+
     def feed(self, lines: list[str], now: float) -> None:
         for line in lines:
             reading = read_line(line)
