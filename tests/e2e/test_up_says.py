@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -33,6 +34,9 @@ def test_dry_run_prints_offer_onstart_and_plan_and_rents_nothing(cli: Cli, sandb
     assert "plan:" in out and "dry run: nothing was rented" in out
     # the profile's warning, before anything would be confirmed
     assert "warning: profile 4x3090: The seed sizes context from MHA arithmetic" in proc.stderr
+    as_json = json.loads(cli("up", "-p", "4x3090", "--sandbox", "--dry-run", "--json", check_exit=0).stdout)
+    assert as_json["event"] == "dry_run" and as_json["offer"]["id"] and "exec " in as_json["onstart"]
+    assert as_json["plan"]["fits"] is True
     ledger = sb.ledger()
     assert ledger["instances"] == []
 
