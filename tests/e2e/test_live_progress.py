@@ -150,3 +150,12 @@ def test_json_progress_events_carry_the_same_fields(cli: Cli, sandbox: StartSand
     assert all(e["expires_at"] for e in progress if e["phase"] == "wait_ready")
     cli("destroy", "--yes", check_exit=0)
     assert sb.running() == []
+
+
+def test_ci_json_gets_the_same_progress_events(cli: Cli, sandbox: StartSandbox) -> None:
+    sb = _slowed_sandbox(cli, sandbox)
+    proc = cli("ci", "-p", PROFILE, "--sandbox", "--json", timeout=HANG_S * 2)
+    assert proc.returncode == 0, proc.stderr
+    progress = [e for e in events(proc.stdout) if e["event"] == "progress"]
+    assert any(e["stage"] == "downloading weights" and e["eta_s"] for e in progress), progress[:3]
+    assert sb.running() == []
