@@ -22,6 +22,7 @@ display on a terminal, NDJSON with ``--json``). The rules that keep users' money
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -35,13 +36,14 @@ import httpx
 
 from glmdeploy.engines import API_KEY_ENV, get_engine
 from glmdeploy.errors import (
+    Declined,
     DeploymentFailed,
     GlmdeployError,
-    Interrupted,
     NoOfferError,
     SmokeFailed,
     UsageError,
 )
+from glmdeploy.loadprogress import LoadTracker
 from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
 from glmdeploy.readiness import LaunchFailure, ReadyWait, instance_failure
 from glmdeploy.state import DeploymentReleased
@@ -147,6 +149,10 @@ class UpEvents(Protocol):
 
     def offers(self, ranked: Sequence[RankedOffer]) -> None: ...
 
+    def progress(self, **fields: Any) -> None:
+        """One poll's view of a rented instance: phase, elapsed, status_msg, load stage, ETA, cost, TTL."""
+        ...
+
 
 class StepFailed(DeploymentFailed):
     """A failure after an instance exists: carries what the user needs to understand it."""
@@ -248,6 +254,10 @@ class Deployer:
     max_cost: float | None = None
     # (dph_total, rented_at) of the instance rented last: what --max-cost counts.
     rented: tuple[float | None, float] | None = None
+    # The smoke report of the deployment that became ready (None when --no-smoke): `up` lists what ran.
+    smoke_report: Any = None
+    # When the current phase began (Deployer clock), for the live display's per-phase elapsed time.
+    phase_started: float = 0.0
 
     # ------------------------------------------------------------------ public
 
@@ -454,7 +464,7 @@ class Deployer:
         offer: Offer = candidate.offer  # type: ignore[assignment]
         self._phase(Phase.CONFIRM, None, offer=offer.id, dph_total=offer.dph_total)
         if not self.confirm(candidate):
-            raise Interrupted("declined: nothing was rented")
+            raise Declined("declined: nothing was rented")
         # Prices move and offers vanish: look at the exact offer right before renting (anchors.md §1.5).
         query = offer_query(profile.hardware)
         query.pop("dph_total", None)
@@ -578,6 +588,7 @@ class Deployer:
                 raise _failed(failure, Phase.WAIT_RUNNING)
             if status == "running":
                 return instance
+            self._progress(attempt, instance.status_msg)
             if self.clock() >= deadline:
                 raise StepFailed(
                     f"instance {instance.id} still '{status or 'provisioning'}' at the timeout",
@@ -605,15 +616,21 @@ class Deployer:
         polls = 0
         looks = 0
         seen = 0
+        status_msg = instance.status_msg
+        tracker = LoadTracker(download_s=self._download_estimate_s(profile, attempt.offer))
+        if engine.model_dir(profile) is not None:
+            tracker.begin_download(self._provider_now())  # the onstart's `hf download` runs first
         assert attempt.instance_id is not None
         while True:
             # An engine may print its arguments, key included: the lines that reach the failure
             # message, the log excerpt and the state DB are masked before anything reads them.
             verdict = rule.feed_logs(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+            tracker.feed(rule.watcher.fresh, self._provider_now())
             if verdict.failure_is_generic:
                 # The cause usually follows in the traceback: read once more before giving up.
                 self._wait(self.pacing.interval(0, self.pacing.logs_first, self.pacing.logs_max), deadline)
                 verdict = rule.feed_logs(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+                tracker.feed(rule.watcher.fresh, self._provider_now())
             failure = rule.log_failure()
             if failure is not None:
                 raise _failed(failure, Phase.WAIT_READY)
@@ -631,6 +648,7 @@ class Deployer:
                 if refreshed is None:
                     raise StepFailed("instance disappeared while loading", kind="vanished", phase=Phase.WAIT_READY)
                 endpoint = refreshed.service_url(profile.engine.port)
+                status_msg = refreshed.status_msg
                 failure = rule.feed_instance(refreshed.id, refreshed.actual_status, refreshed.status_msg, endpoint)
                 if failure is not None:
                     raise _failed(failure, Phase.WAIT_READY)
@@ -648,6 +666,7 @@ class Deployer:
                 if verdict.ready and reading.healthy:
                     attempt.kv_tokens_reported = verdict.kv_tokens
                     return endpoint + "/v1"
+            self._progress(attempt, status_msg, tracker)
             if self.clock() >= deadline:
                 why = "the ready marker never appeared" if not verdict.ready else "the health check never passed"
                 if attempt.tls_fingerprint is None:
@@ -726,6 +745,7 @@ class Deployer:
             if r.status != "passed"
             else None,
         )
+        self.smoke_report = report
         report.raise_for_failure()
 
     # ------------------------------------------------------------------ cleanup
@@ -795,8 +815,43 @@ class Deployer:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _provider_now(self) -> float:
+        """Seconds since `up` started, in the provider's time (the sandbox's clock runs faster)."""
+        return (self.clock() - self.started) / self.pacing.scale
+
+    @staticmethod
+    def _download_estimate_s(profile: Profile, offer: Offer) -> float | None:
+        from glmdeploy.ranking import estimated_download_minutes
+
+        minutes = estimated_download_minutes(profile.model.weights_gb, offer.inet_down)
+        return minutes * 60 if math.isfinite(minutes) else None
+
+    def _progress(self, attempt: _Attempt, status_msg: str | None, tracker: LoadTracker | None = None) -> None:
+        """Tell the display where a rented instance is: every poll of the waits (issue 13 §1)."""
+        report = getattr(self.events, "progress", None)
+        if report is None or self.phase_now is None:
+            return
+        now = self._provider_now()
+        load = tracker.progress(now) if tracker is not None else None
+        expires = self.store.get(attempt.deployment.id).expires_at
+        report(
+            phase=self.phase_now.value,
+            elapsed_s=round(now, 1),
+            phase_elapsed_s=round((self.clock() - self.phase_started) / self.pacing.scale, 1),
+            status_msg=status_msg,
+            stage=load.stage if load else None,
+            percent=load.percent if load else None,
+            eta_s=load.eta_s if load else None,
+            estimated=load.estimated if load else None,
+            spent_usd=round(self.accrued_cost(), 4),
+            dph_total=attempt.offer.dph_total,
+            expires_at=expires.isoformat(timespec="seconds") if expires is not None else None,
+            clock_scale=self.pacing.scale,
+        )
+
     def _phase(self, phase: Phase, attempt: _Attempt | None, **detail: Any) -> None:
         self.phase_now = phase
+        self.phase_started = self.clock()
         if attempt is not None:
             fields: dict[str, Any] = {"phase": phase.value}
             status = PHASE_STATUS.get(phase)

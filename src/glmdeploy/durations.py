@@ -46,3 +46,18 @@ def format_duration(seconds: float) -> str:
     if whole % 60 == 0:
         return f"{whole // 60}m"
     return f"{whole}s"
+
+
+def human_duration(seconds: float, *, precise: bool = False) -> str:
+    """A duration people read at a glance: ``42s``, ``12m`` (``12m05s`` when precise), ``3h05m``, ``2d04h``."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        minutes, secs = divmod(whole, 60)
+        return f"{minutes}m{secs:02d}s" if precise else f"{minutes}m"
+    if whole < 48 * 3600:
+        hours, rest = divmod(whole, 3600)
+        return f"{hours}h{rest // 60:02d}m"
+    days, rest = divmod(whole, 86400)
+    return f"{days}d{rest // 3600:02d}h"

@@ -105,6 +105,13 @@ class EndpointUnreachable(GlmdeployError):
     code = "endpoint_unreachable"
 
 
+class Declined(GlmdeployError):
+    """The user answered no at the rent prompt: nothing was rented, nothing went wrong (exit 0)."""
+
+    exit_code = EXIT_OK
+    code = "declined"
+
+
 class Interrupted(GlmdeployError):
     """The user interrupted; whatever was rented has been cleaned up."""
 

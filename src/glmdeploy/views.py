@@ -9,6 +9,10 @@ if TYPE_CHECKING:
 
 
 def profile_summary(profile: Profile) -> dict[str, Any]:
+    from glmdeploy.smoke import profile_skips
+
+    # The smoke checks' own rule: without the parser flags the engine cannot return tool calls/reasoning.
+    skips = profile_skips(profile.model_dump(mode="json"))
     return {
         "name": profile.name,
         "description": profile.description,
@@ -21,6 +25,8 @@ def profile_summary(profile: Profile) -> dict[str, Any]:
         "image": profile.engine.image,
         "max_price": profile.hardware.max_price,
         "source": profile.source.seed,
+        "tools": "tools" not in skips,
+        "reasoning": "reasoning" not in skips,
     }
 
 

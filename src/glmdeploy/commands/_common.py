@@ -128,6 +128,14 @@ def say(message: str) -> None:
         output_closed(sys.stderr)
 
 
+def paint(text: str, sgr: str, stream: Any = None) -> str:
+    """``text`` in an ANSI colour when ``stream`` (stderr) is a terminal, plain under NO_COLOR or a pipe."""
+    out = sys.stderr if stream is None else stream
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not out.isatty():
+        return text
+    return f"\x1b[{sgr}m{text}\x1b[0m"
+
+
 def check_launch(profile: Any, *, force: bool | None) -> None:
     """Refuse, before anything is rented, a launch the pinned engine would refuse (exit 2, one line).
 
@@ -190,7 +198,7 @@ def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
         except typer.Exit:
             raise
         except GlmdeployError as exc:
-            _report(f"error: {exc}", f"hint: {exc.hint}" if exc.hint else None)
+            _report(f"{paint('error:', '1;31')} {exc}", f"hint: {exc.hint}" if exc.hint else None)
             raise typer.Exit(exc.exit_code) from None
         except OutputClosed:
             raise typer.Exit(EXIT_OUTPUT_CLOSED) from None

@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, paint, say
+from glmdeploy.tables_options import WideOutput
+
+# Rows that need attention stand out on a terminal (rich drops the colour under NO_COLOR or a pipe).
+STATUS_STYLES = {"failed": "red", "orphaned": "bold red", "destroyed": "dim"}
 
 if TYPE_CHECKING:
     from glmdeploy.connect import Connection
@@ -120,6 +124,7 @@ def _close_sandbox_records(store: StateStore, api_url: str | None) -> list[str]:
 def list_deployments(
     all_: Annotated[bool, typer.Option("--all", help="Include destroyed deployments.")] = False,
     json_output: JsonOutput = False,
+    output: WideOutput = None,
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: SandboxAccount = False,
@@ -162,44 +167,61 @@ def list_deployments(
             }
         )
         return
-    from rich.table import Table
+    from glmdeploy.durations import human_duration
+    from glmdeploy.tables import Column, print_table
 
-    from glmdeploy.commands._common import console
-
-    table = Table("name", "profile", "status", "instance", "$/h", "uptime", "cost", "expires", "endpoint")
+    columns = [
+        Column("name", 9, key=True),
+        Column("status", 9),
+        Column("$/h", 8, justify="right"),
+        Column("spent", 7, justify="right"),
+        Column("uptime", 6, justify="right"),
+        Column("expires", 4),
+        Column("endpoint", 5),
+        Column("instance", 3, justify="right"),
+        Column("profile", 2),
+    ]
+    table: list[list[str]] = []
+    styles: list[str | None] = []
+    total_dph = total_spent = 0.0
     for v in views:
-        if not all_ and v["status"] in ("destroyed",) and v.get("destroyed_at"):
-            continue
         if not all_ and v.get("destroyed_at"):
             continue
-        table.add_row(
+        table.append([
             v["name"],
-            v["profile"],
             v["status"] + (f" ({v['instance_status']})" if v.get("instance_status") else "")
             + (f", unhealthy: {v['health_reason']}" if v.get("health") == "unhealthy" else "")
             + (f" ({v['replicas_healthy']}/{v['replicas_wanted']} healthy"
                + (f", {v['replicas_lost']} lost" if v.get("replicas_lost") else "") + ")"
                if v.get("replicas_wanted") is not None and v.get("replicas_healthy") is not None else ""),
-            str(v["instance_id"] or "-") if not v.get("replicas") else f"{len(v['replicas'])} replicas",
             f"{v['dph_total']:.3f}" if v["dph_total"] is not None else "-",
-            f"{v['uptime_s'] / 3600:.2f}h",
             f"${v['cost_so_far']:.2f}",
+            human_duration(v["uptime_s"]),
             v["expires"] or "-",
             v["endpoint"] or "-",
-        )
+            str(v["instance_id"] or "-") if not v.get("replicas") else f"{len(v['replicas'])} replicas",
+            v["profile"],
+        ])
+        styles.append(STATUS_STYLES.get(v["status"]))
+        if v["dph_total"] is not None and v["status"] not in ("destroyed", "failed"):
+            total_dph += v["dph_total"]
+        total_spent += v["cost_so_far"] or 0.0
     for r, f in foreign:
         fv = _foreign_view(r, f)
-        table.add_row(
+        table.append([
             f"({fv['owner'] or 'unknown owner'})",
-            "-",
             f"foreign ({f.status or 'provisioning'})",
-            str(f.instance_id),
             f"{f.dph_total:.3f}" if f.dph_total is not None else "-",
-            f"{fv['age_s'] / 3600:.2f}h" if fv["age_s"] is not None else "-",
+            "-",
+            human_duration(fv["age_s"]) if fv["age_s"] is not None else "-",
             "-",
             "-",
-        )
-    console().print(table)
+            str(f.instance_id),
+            "-",
+        ])
+        styles.append("dim")
+    footer = ["total", "", f"{total_dph:.3f}", f"${total_spent:.2f}", "", "", "", "", ""] if table else None
+    print_table(columns, table, wide=output == "wide", styles=styles, footer=footer)
     if foreign:
         say(f"{len(foreign)} foreign instance(s): rented by other owners on this account; read-only here "
             "('destroy --include-foreign --instance ID' removes one on purpose)")
@@ -209,7 +231,8 @@ def list_deployments(
                 f"runs (the watchdog did not destroy it): run 'glmdeploy destroy {v['name']}'")
     for o in orphans:
         say(
-            f"orphan: instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: {o.reason}; "
+            f"{paint('orphan:', '1;31')} instance {o.instance_id} ({o.label}) bills ${o.dph_total or 0:.3f}/h: "
+            f"{o.reason}; "
             "run 'glmdeploy destroy --orphans'"
         )
 
@@ -262,15 +285,21 @@ def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey =
     if json_output:
         emit_json(view)
         return
+    import sys
+
+    from glmdeploy.durations import human_duration
+
+    style = {"failed": "31", "orphaned": "1;31"}.get(d.status)
+    shown_status = paint(d.status, style, sys.stdout) if style else d.status
     lines = [
-        f"{d.name}: {d.status}" + (f" (instance {d.instance_id}: {live})" if live else ""),
+        f"{d.name}: {shown_status}" + (f" (instance {d.instance_id}: {live})" if live else ""),
         f"  profile:  {d.profile}",
         f"  endpoint: {d.endpoint or '-'}" + (f"  [{health}]" if health else ""),
         *([f"  health:   {health}: {reason}"] if health and reason else []),
         *([f"  tls:      pinned, sha256 {colon_form(d.tls_fingerprint)}"] if d.tls_fingerprint else []),
         f"  model:    {d.model or '-'}",
         f"  $/h:      {d.dph_total if d.dph_total is not None else '-'}; so far ${view['cost_so_far']:.2f}"
-        f" over {view['uptime_s'] / 3600:.2f}h",
+        f" over {human_duration(view['uptime_s'])}",
     ]
     if d.expires_at and view["ttl_overdue"]:
         lines.append(f"  expires:  OVERDUE: the TTL watchdog should have destroyed it at "
@@ -388,7 +417,7 @@ InsecureHttp = Annotated[
 
 @handles_errors
 def env(name: Name = None, insecure_http: InsecureHttp = False) -> None:
-    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY, MODEL and the CA bundle (for eval).
+    """Print export lines for OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL, MODEL and the CA bundle (for eval).
 
     The base URL is https://; SSL_CERT_FILE (httpx, openai), REQUESTS_CA_BUNDLE (requests) and
     CURL_CA_BUNDLE (curl) name a per-deployment bundle: the system CAs plus the endpoint's pinned
@@ -419,6 +448,8 @@ def env(name: Name = None, insecure_http: InsecureHttp = False) -> None:
                  f"export CURL_CA_BUNDLE={bundle}"]
     print(f"export OPENAI_BASE_URL={shlex.quote(endpoint)}")
     print(f"export OPENAI_API_KEY={shlex.quote(d.endpoint_key() or '')}")
+    # The served name differs across profiles (and engines): clients need it in every request.
+    print(f"export OPENAI_MODEL={shlex.quote(d.model or '')}")
     print(f"export MODEL={shlex.quote(d.model or '')}")
     for line in lines:
         print(line)

@@ -525,6 +525,13 @@ class World:
         elif status in ("stopped", "exited"):
             instance.running_since = None
 
+    def _engine_faults(self, instance: Instance) -> dict[str, str | None]:
+        faults = self.faults.engine_faults()
+        if "slow_download" in faults and not faults["slow_download"]:
+            # No speed given: the download runs at the speed the rented offer advertises.
+            faults["slow_download"] = str(instance.offer.get("inet_down") or "")
+        return faults
+
     def _start_engine(self, instance: Instance) -> None:
         try:
             engines = importlib.import_module("glmdeploy.sandbox.engines")
@@ -552,7 +559,7 @@ class World:
             spec, port=host_port, log=instance.container_log.append,
             timing=engine_timing(time_scale=self.time_scale, seed=self.seed + instance.id, ttft_s=self.ttft_s,
                                  tpot_s=self.tpot_s),
-            faults=self.faults.engine_faults(),
+            faults=self._engine_faults(instance),
             sock=instance.reserved.pop(host_port, None),
             gpu_name=instance.offer.get("gpu_name"),
             gpu_ram_mib=instance.offer.get("gpu_ram"),

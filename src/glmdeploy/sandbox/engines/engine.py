@@ -41,6 +41,9 @@ ENGINE_FAULTS: frozenset[str] = frozenset(
         # the engine's port opens as usual; the first request it receives kills the process (the
         # connection drops, the port refuses from then on, nothing more is logged)
         "engine_exit",
+        # value = the download speed in Mbit/s (default: the rented offer's inet_down, set by the world),
+        # instead of the sandbox's 4000 Mbit/s: a download that takes as long as a real one, for progress displays
+        "slow_download",
         *LAUNCH_FAULTS,  # launches that die before serving (failures.py)
     }
 )

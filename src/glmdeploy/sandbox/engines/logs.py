@@ -107,8 +107,17 @@ def _shard_points(total: int) -> list[int]:
     return [0, *points, total]
 
 
-def _download_s(cfg: EngineConfig) -> float:
-    return cfg.weights_gb * 1e9 / DOWNLOAD_BYTES_PER_S
+def _download_s(cfg: EngineConfig, faults: Mapping[str, str | None]) -> float:
+    """Simulated seconds the weights take to download; ``slow_download=MBPS`` sets the speed in Mbit/s."""
+    speed = DOWNLOAD_BYTES_PER_S
+    if "slow_download" in faults:
+        try:
+            mbps = float(faults["slow_download"] or 0)
+        except ValueError:
+            mbps = 0.0
+        if mbps > 0:
+            speed = mbps * 1e6 / 8
+    return cfg.weights_gb * 1e9 / speed
 
 
 def _load_s(cfg: EngineConfig) -> float:
@@ -147,7 +156,7 @@ def sglang_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random
     p.line(tp0(f"Load weight begin. avail mem={avail:.2f} GB"))
     p.line(tp0("Using model weights format ['*.safetensors']"))
     # snapshot_download runs with tqdm disabled: silence for the whole download (engines.md §2.3 step 1).
-    p.wait(_download_s(cfg))
+    p.wait(_download_s(cfg, faults))
     load = _load_s(cfg)
     points = _shard_points(cfg.num_shards)
     for prev, done in zip([0, *points], points, strict=False):
@@ -267,8 +276,11 @@ def vllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.R
         p.line(api(f"Resolved architecture: {cfg.architecture_name}", "model.py:598"))
     p.line(api(f"Using max model len {cfg.context_len}", W["max_len"]))
     p.wait(3)
+    if rec24:
+        # Recorded (startup-default.log): the engine core says so before it downloads and loads the weights.
+        p.line(core(f"Starting to load model {cfg.model_path}...", "gpu_model_runner.py:5160"))
     # tqdm is disabled for the download; one line once it is done (engines.md §3.3 step 3).
-    download = _download_s(cfg)
+    download = _download_s(cfg, faults)
     p.wait(download)
     p.line(core(f"Time spent downloading weights for {cfg.model_path}: {download:.6f} seconds", "weight_utils.py:514"))
     load = _load_s(cfg)
@@ -462,11 +474,10 @@ def lightllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: rand
     if cfg.spec.download:
         # The onstart downloads the weights first (LightLLM reads a local directory only, §4.1).
         files = cfg.num_shards + 8
-        p.wait(_download_s(cfg))
+        download = _download_s(cfg, faults)
+        p.wait(download)
         local_dir = _hf_local_dir(cfg.spec.download)
-        p.line(
-            lambda _ts: f"Fetching {files} files: 100%|██████████| {files}/{files} [{_mmss(_download_s(cfg))}<00:00]"
-        )
+        p.line(lambda _ts: f"Fetching {files} files: 100%|██████████| {files}/{files} [{_mmss(download)}<00:00]")
         p.line(lambda _ts: local_dir)
     p.wait(3)
     ports = [cfg.port, *sorted(rng.sample(range(10000, 60000), 6))]
