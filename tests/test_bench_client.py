@@ -31,7 +31,9 @@ SCRIPTS = {
         "--reasoning-parser glm45 --served-model-name glm-4.7-flash --port 8000\n",
     ),
     "sglang": (
-        "lmsysorg/sglang:v0.5.9-cu129",
+        # The shipped 4x3090 profile's image: SGLang <= 0.5.9 pins transformers 4.57.1, which does not know
+        # glm4_moe_lite (engines.md §1), so a release tag that old crashes in the sandbox as in reality.
+        "lmsysorg/sglang:dev-pr-17247",
         "#!/bin/bash\nexec python3 -m sglang.launch_server --model-path zai-org/GLM-4.7-Flash "
         '--served-model-name glm-4.7-flash --reasoning-parser glm45 --port 8000 --api-key "${GLM_API_KEY}"\n',
     ),
@@ -79,12 +81,15 @@ def engine(kind: str = "vllm", ttft_s: float = TTFT_S, tpot_s: float = TPOT_S) -
     port = free_port()
     timing = EngineTiming(time_scale=0.0005, ttft_s=ttft_s, tpot_s=tpot_s)
     with background_loop() as loop:
-        sim = SimulatedEngine(spec, port=port, log=lambda _line: None, timing=timing, faults={})
+        lines: list[str] = []
+        sim = SimulatedEngine(spec, port=port, log=lines.append, timing=timing, faults={})
         task = asyncio.run_coroutine_threadsafe(sim.run(), loop)
         try:
             deadline = time.monotonic() + HANG_S
             while sim.state != "serving":
-                assert time.monotonic() < deadline, f"engine never served (state {sim.state})"
+                last = "\n".join(lines[-5:])
+                assert sim.state != "crashed", f"engine crashed; its last lines:\n{last}"
+                assert time.monotonic() < deadline, f"engine never served (state {sim.state}):\n{last}"
                 time.sleep(0.005)
             yield f"http://127.0.0.1:{port}/v1"
         finally:
