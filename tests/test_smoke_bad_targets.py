@@ -119,3 +119,50 @@ def test_the_auth_check_alone_reads_404_as_the_wrong_server(plain_web_server: st
     [auth] = json.loads(result.stdout)["checks"]
     assert auth["detail"].startswith("not an OpenAI-compatible endpoint: GET /v1/models without a key: 404")
     assert "not enforced" not in result.output
+
+
+@pytest.fixture
+def answers_health_then_dies() -> Iterator[int]:
+    """A server that answers one request (``GET /health`` 200) and stops listening before it does: the
+    next connection is refused, as when an engine dies mid-run after its health check passed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = int(listener.getsockname()[1])
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()  # before answering: once the client has the answer, the port refuses
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port
+    if thread.is_alive():  # never connected to: unblock accept()
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_a_connection_lost_after_health_passed_is_a_failed_check_not_unreachable(answers_health_then_dies: int) -> None:
+    # Issue 9 item 5 against issue 10 item 6: exit 7 is for a target that cannot be reached at all; a
+    # server that answered and then refuses (its engine died) fails the check that found it (exit 5).
+    result = smoke("--url", f"http://127.0.0.1:{answers_health_then_dies}", "--api-key", "k", "--model", "m",
+                   "--only", "health,chat,stream", "--json")
+    assert result.exit_code == EXIT_SMOKE_FAILED, result.output
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # after progress lines
+    assert line.startswith("error: smoke checks failed: chat (chat could not connect after the server had answered")
+    assert "Connection refused" in line and "not run: stream" in line, line
+    data = json.loads(result.stdout)
+    assert "unreachable" not in data and data["connection_lost"].startswith("chat could not connect"), data
+    health, chat, stream = data["checks"]
+    assert health["status"] == "passed" and chat["status"] == "failed", data
+    assert stream["detail"] == f"not run: {data['connection_lost']}", data

@@ -79,7 +79,14 @@ class LogVerdict:
 
 
 class ReadinessWatcher:
-    """Feed it log snapshots; it says when the engine logged readiness or a fatal failure."""
+    """Feed it log snapshots; it says when the engine logged readiness or a fatal failure.
+
+    The failure reported is the first specific one seen; a generic one (``GENERIC_FAILURES``) stands
+    only until a specific one is seen. "First" is the order in which lines are first seen, which is the
+    log's own order as long as each tail reaches no further back than the one before (``up`` asks for a
+    fixed ``LOG_TAIL``). A tail that shrinks and then grows again can show an earlier line after a later
+    one; the verdict does not change then (a reported cause never flips to another).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -6,8 +6,13 @@ a one-line reason. ``timeout`` is each check's whole budget: connecting (at most
 cut, so a server that accepts and never answers, or trickles, costs one budget, not minutes.
 
 A wrong target stops the run: when a check cannot connect, or the server has not answered anything
-within a budget, the report says ``unreachable``; when neither the health path nor ``/v1/models``
-exists (404), ``not_openai``. The checks after it are reported as not run.
+within a budget, before the server has answered anything in this run, the report says
+``unreachable``; when neither the health path nor ``/v1/models`` exists (404), ``not_openai``. The
+checks after it are reported as not run.
+
+A server that answered and then stops accepting connections (an engine that died mid-run, a host that
+went away) is not a wrong target but a failed check: the report says ``connection_lost``, and the
+checks after it are reported as not run, so they do not each wait out a connect timeout.
 
 Nothing here assumes more than the OpenAI chat completions API plus the GLM extras the engines
 document (shared/reference/engines.md): the reasoning field under either name (``reasoning_content``
@@ -119,6 +124,9 @@ class SmokeReport(BaseModel):
     checks: list[CheckResult]
     unreachable: str | None = Field(default=None, description="Why the target could not be reached, if so.")
     not_openai: str | None = Field(default=None, description="Why the target is not an OpenAI-compatible server.")
+    connection_lost: str | None = Field(
+        default=None, description="Which check could no longer connect after the server had answered, and why."
+    )
 
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status == "failed"]
@@ -154,7 +162,7 @@ class SmokeReport(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
-        for verdict in ("unreachable", "not_openai"):
+        for verdict in ("unreachable", "not_openai", "connection_lost"):
             if data[verdict] is None:
                 del data[verdict]
         for check in data["checks"]:
@@ -385,6 +393,7 @@ def run_smoke(
         checks=results,
         unreachable=runner.unreachable,
         not_openai=runner.not_openai,
+        connection_lost=runner.connection_lost,
     )
 
 
@@ -407,6 +416,8 @@ class _Runner:
         self.unreachable: str | None = None
         # Set when the target is not an OpenAI-compatible server at all (a plain web server's 404s).
         self.not_openai: str | None = None
+        # Set when a connection fails after the server had answered: a failed check, not a wrong target.
+        self.connection_lost: str | None = None
         self.answered = False  # whether the server has sent any HTTP answer yet
         self.deadline = 0.0  # the running check's: perf_counter() time
 
@@ -428,6 +439,8 @@ class _Runner:
                 raise _Fail(f"not run: {self.unreachable}")
             if self.not_openai is not None:
                 raise _Fail(f"not run: {self.not_openai}")
+            if self.connection_lost is not None:
+                raise _Fail(f"not run: {self.connection_lost}")
             outcome: _Outcome = getattr(self, f"check_{name}")()
             status, detail, ttft, info = "passed", outcome.detail, outcome.ttft_ms, outcome.info
         except _Skip as exc:
@@ -439,7 +452,9 @@ class _Runner:
             status, detail = "failed", str(exc)
         except Exception as exc:  # a check reports, it never crashes the run
             status, detail = "failed", describe_error(exc)
-            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and self.answered:
+                self.connection_lost = f"{name} could not connect after the server had answered ({detail})"
+            elif isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
                 self.unreachable = f"{name} could not connect ({detail})"
             elif isinstance(exc, httpx.TimeoutException) and not self.answered:
                 self.unreachable = (

@@ -147,7 +147,8 @@ def smoke(
 
     Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails, or if the
     target is not an OpenAI-compatible server; exit 7 if it cannot be reached or never answers (the other
-    checks are then not run).
+    checks are then not run). A server that answered and then refuses connections (its engine died) fails
+    the check that found it (exit 5, the rest not run), and a deployment is then recorded as unhealthy.
     """
     import sys
 
@@ -183,13 +184,18 @@ def smoke(
             data["health_reason"] = unhealthy
         emit_json(data)
     if report.unreachable:  # one line, not a table of checks that were never run
-        raise EndpointUnreachable(f"cannot smoke {report.target}: {report.unreachable}")
+        also = f"; the deployment is unhealthy: {unhealthy}" if unhealthy else ""
+        raise EndpointUnreachable(f"cannot smoke {report.target}: {report.unreachable}{also}")
     if report.not_openai:
         raise SmokeFailed(f"cannot smoke {report.target}: {report.not_openai}")
     if not json_output:
         _print_table(report)
     if not report.passed:
-        failed = ", ".join(c.name for c in report.failed())
+        not_run = [c.name for c in report.failed() if c.detail.startswith("not run: ")]
+        failed = ", ".join(c.name for c in report.failed() if c.name not in not_run)
+        if report.connection_lost:  # the engine died (or the host went away) after it had answered
+            rest = f"; not run: {', '.join(not_run)}" if not_run else ""
+            failed += f" ({report.connection_lost}{rest})"
         if unhealthy:
             raise SmokeFailed(f"smoke checks failed: {failed}; the deployment is unhealthy: {unhealthy}")
         raise SmokeFailed(f"smoke checks failed: {failed}")
