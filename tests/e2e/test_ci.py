@@ -13,7 +13,7 @@ import pytest
 
 from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, wait_exit
 
-from .conftest import GLMDEPLOY, Sandbox
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -31,7 +31,8 @@ def test_ci_passes_reports_junit_and_destroys(
 ) -> None:
     sb = sandbox()
     report = tmp_path / "ci.xml"
-    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report), "--bench", "--bench-prompts", "8")
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--ttl", LONG_TTL, "--json", "--junit", str(report),
+               "--bench", "--bench-prompts", "8")
     assert proc.returncode == 0, proc.stderr
     outcome = last_json(proc.stdout)
     assert outcome["event"] == "ci" and outcome["passed"] is True
@@ -55,7 +56,7 @@ def test_ci_passes_reports_junit_and_destroys(
 def test_ci_tears_down_on_smoke_failure_with_exit_5(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
     sb = sandbox(faults="broken_tool_parser")
     report = tmp_path / "ci.xml"
-    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report))
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--ttl", LONG_TTL, "--json", "--junit", str(report))
     assert proc.returncode == 5, proc.stderr
     outcome = last_json(proc.stdout)
     assert outcome["passed"] is False and outcome["phase"] == "smoke"
@@ -78,7 +79,7 @@ def test_ci_aborts_and_tears_down_when_the_cost_limit_is_reached(cli: Cli, sandb
 def test_ci_destroys_on_sigterm(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox(faults="never_ready")
     # The readiness timeout must not fire before the signal, however long this test takes to send it.
-    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--json", *LONG_TIMEOUT],
+    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--json", *LONG_TIMEOUT],
                             env={**cli_env, **FAULTHANDLER_ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     stream = EventStream(proc)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from .conftest import GLMDEPLOY, Sandbox
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -44,7 +44,7 @@ def test_a_sandbox_only_state_dir_sweeps_without_a_key(cli: Cli, sandbox: StartS
     """Every record names a sandbox, here one that has stopped (its instances ended with it): the
     sweep has checked all this state dir used, so it passes, and says Vast.ai was not looked at."""
     sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "sb", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--name", "sb", check_exit=0)
     cli("sandbox", "stop", check_exit=0)
     proc = cli("destroy", "--orphans", "--yes", check_exit=0)
     assert not error_lines(proc.stderr), proc.stderr
@@ -62,7 +62,7 @@ def test_a_sweep_without_a_key_fails_when_a_record_names_vast(cli: Cli, sandbox:
         old = store.create(profile="4x3090", profile_snapshot={}, name="on-vast", api_url=DEFAULT_BASE_URL)
         store.mark_destroyed(old.id)
     sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "sb", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--name", "sb", check_exit=0)
     proc = cli("destroy", "--orphans", "--yes", check_exit=2)
     [line] = error_lines(proc.stderr)
     assert "could not look for orphans" in line and "API key" in line, proc.stderr
@@ -72,7 +72,7 @@ def test_a_sweep_without_a_key_fails_when_a_record_names_vast(cli: Cli, sandbox:
 
 def test_a_destroy_answered_404_not_found_marks_the_deployment_gone(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "gone", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--name", "gone", check_exit=0)
     [instance] = sb.running()
     headers = {"Authorization": f"Bearer {sb.api_key}"}
     url = f"{sb.url}/api/v0/instances/{instance['id']}/"
@@ -97,7 +97,7 @@ def test_logs_follow_ends_with_exit_0_and_one_line_when_the_instance_goes(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox
 ) -> None:
     sb = sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", "--name", "followed", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--name", "followed", check_exit=0)
     proc = subprocess.Popen([*GLMDEPLOY, "logs", "followed", "-f"], env=cli_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -120,7 +120,7 @@ def test_logs_of_an_instance_destroyed_behind_our_back_is_one_line_not_a_raw_404
     cli: Cli, sandbox: StartSandbox
 ) -> None:
     sb = sandbox()
-    cli("up", "--profile", "4x3090", "--sandbox", "--yes", check_exit=0)
+    cli("up", "--profile", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", check_exit=0)
     [instance] = sb.running()
     headers = {"Authorization": f"Bearer {sb.api_key}"}
     url = f"{sb.url}/api/v0/instances/{instance['id']}/"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .conftest import GLMDEPLOY, Sandbox
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -31,7 +31,7 @@ def closed_stdout(cli_env: dict[str, str], *args: str) -> subprocess.CompletedPr
 
 def test_logs_into_a_closed_pipe_exits_quietly(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sandbox()
-    cli("up", "-p", "4x3090", "--sandbox", "--no-smoke", "--name", "piped", check_exit=0)
+    cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--no-smoke", "--name", "piped", check_exit=0)
     for args in (["logs", "piped"], ["logs", "piped", "--tail", "5"], ["status", "piped"], ["list"]):
         proc = closed_stdout(cli_env, *args)
         assert (proc.returncode, proc.stderr) == (EXIT_OUTPUT_CLOSED, ""), args
@@ -43,7 +43,8 @@ def test_up_whose_output_is_closed_mid_deploy_destroys_what_it_rented(
 ) -> None:
     """`up --json | head -3`: nobody reads the rest. Like a hang-up, that tears the instance down."""
     sb = sandbox(time_scale=0.01)  # loading takes seconds: the close lands long before ready
-    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", "4x3090", "--sandbox", "--json", "--no-smoke"], env=cli_env,
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--json", "--no-smoke"],
+                            env=cli_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     seen = []

@@ -154,7 +154,7 @@ def test_json_progress_events_carry_the_same_fields(cli: Cli, sandbox: StartSand
 
 def test_ci_json_gets_the_same_progress_events(cli: Cli, sandbox: StartSandbox) -> None:
     sb = _slowed_sandbox(cli, sandbox)
-    proc = cli("ci", "-p", PROFILE, "--sandbox", "--json", timeout=HANG_S * 2)
+    proc = cli("ci", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--json", timeout=HANG_S * 2)
     assert proc.returncode == 0, proc.stderr
     progress = [e for e in events(proc.stdout) if e["event"] == "progress"]
     assert any(e["stage"] == "downloading weights" and e["eta_s"] for e in progress), progress[:3]

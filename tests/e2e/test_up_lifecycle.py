@@ -79,7 +79,7 @@ def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
 
 def test_up_json_emits_phase_events_and_ends_with_the_deployment(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox()
-    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", "ci-run", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--json", "--name", "ci-run", check_exit=0)
     evs = events(up.stdout)
     phases = [e["phase"] for e in evs if e["event"] == "phase"]
     assert phases == [
@@ -142,7 +142,8 @@ def test_keep_on_failure_keeps_the_instance_and_says_how_to_destroy_it(cli: Cli,
 
 def test_max_attempts_moves_to_another_machine(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox(faults="exited=1")
-    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--max-attempts", "3", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--json", "--max-attempts", "3",
+             check_exit=0)
     evs = events(up.stdout)
     assert evs[-1]["event"] == "ready"
     rented = sb.ledger()["instances"]
@@ -267,7 +268,7 @@ def _instance_key(sb: Sandbox, instance_id: int) -> str:
 )
 def test_up_survives_api_trouble_without_renting_twice(cli: Cli, sandbox: StartSandbox, faults: str) -> None:
     sb = sandbox(faults=faults)
-    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--json", check_exit=0)
     assert events(up.stdout)[-1]["event"] == "ready"
     ledger = sb.ledger()
     assert len(ledger["instances"]) == 1, ledger

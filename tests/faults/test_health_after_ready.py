@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import InProcess
+from .conftest import LONG_TTL, InProcess
 from .test_fault_matrix import assert_one_line_reason
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("profile", ["4x3090", "2x5090-nvfp4"])  # SGLang, vLLM
 def test_status_smoke_and_list_report_a_dead_engine(in_process: Any, profile: str) -> None:
     w: InProcess = in_process(faults="engine_death=3")
-    up = w.glm("up", "-p", profile, "--sandbox", "--yes", "--name", "dies")
+    up = w.glm("up", "-p", profile, "--sandbox", "--ttl", LONG_TTL, "--yes", "--name", "dies")
     assert_one_line_reason(up, 0)
 
     # Before the death: healthy, and list has nothing to say about health.

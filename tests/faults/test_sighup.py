@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import GLMDEPLOY, InProcess, assert_consistent, state_rows
+from .conftest import GLMDEPLOY, LONG_TTL, InProcess, assert_consistent, state_rows
 from .test_kill9 import PHASES, EventReader, _kill9, _settle, _spawn
 from .test_kill9 import world as world  # a fixture, shared with the kill -9 suite
 
@@ -182,7 +182,7 @@ def _drain_pty(fd: int) -> None:
 def test_sighup_of_ci_destroys_and_exits_129(world: InProcess, cli_env: dict[str, str]) -> None:
     """`ci` shares the guard: a hang-up of the runner's session tears its instance down too."""
     world.admin.set_faults("never_ready")
-    proc = _spawn(cli_env, "ci", "-p", "4x3090", "--sandbox", "--json", "--timeout", "2h")
+    proc = _spawn(cli_env, "ci", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--json", "--timeout", "2h")
     reader = EventReader(proc)
     try:
         assert reader.wait_phase("wait_ready")
