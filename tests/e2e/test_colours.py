@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
 
-from waits import HANG_S
-
-from .conftest import GLMDEPLOY, Sandbox
+from .conftest import Sandbox
+from .pty_screen import run_on_pty
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -23,31 +18,8 @@ RED_ERROR = "\x1b[1;31merror:\x1b[0m"
 
 
 def _on_pty(env: dict[str, str], *args: str) -> tuple[int, str]:
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([*GLMDEPLOY, *args], stdin=slave, stdout=slave, stderr=slave,
-                            env={**env, "TERM": "xterm-256color", "COLUMNS": "120"})
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + HANG_S
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=HANG_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    return code, seen.decode(errors="replace")
+    run = run_on_pty({**env, "TERM": "xterm-256color", "COLUMNS": "120"}, list(args))
+    return run.code, run.screen
 
 
 def test_error_lines_are_red_on_a_terminal_and_plain_under_no_color(cli_env: dict[str, str]) -> None:

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import pty
 import re
-import select
-import struct
 import subprocess
-import termios
-import time
 from collections.abc import Callable
-from fcntl import ioctl
 
 import pytest
 
 from waits import HANG_S
 
-from .conftest import GLMDEPLOY, LONG_TTL, Sandbox, events
+from .conftest import LONG_TTL, Sandbox, events
+from .pty_screen import run_on_pty
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -50,33 +44,10 @@ def _slowed_sandbox(cli: Cli, sandbox: StartSandbox) -> Sandbox:
 
 def _run_on_pty(cli_env: dict[str, str], args: list[str]) -> tuple[int, str]:
     """Run the CLI on a pseudo-terminal (120x40) and return its exit code and everything it drew."""
-    master, slave = pty.openpty()
-    ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**cli_env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([*GLMDEPLOY, *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    screen = bytearray()
-    deadline = time.monotonic() + HANG_S * 2
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=HANG_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    return code, screen.decode(errors="replace")
+    run = run_on_pty(env, args, size=(40, 120), read_s=HANG_S * 2)
+    return run.code, run.screen
 
 
 def _frames(screen: str) -> list[str]:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from waits import HANG_S
-
-from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
+from .conftest import LONG_TTL, Sandbox
+from .pty_screen import run_on_pty
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -69,35 +64,9 @@ def test_declining_the_rent_prompt_is_an_answer_not_an_interrupt(
     cli_env: dict[str, str], sandbox: StartSandbox
 ) -> None:
     sb = sandbox()
-    master, slave = pty.openpty()
     args = ["up", "-p", "4x3090", "--api-url", sb.url, "--api-key", sb.api_key, "--ttl", "3h"]
-    proc = subprocess.Popen([*GLMDEPLOY, *args], stdin=slave, stdout=slave, stderr=slave, env=cli_env)
-    os.close(slave)
-    seen = b""
-    answered = False
-    deadline = time.monotonic() + HANG_S
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-                if not answered and b"[y/N]" in seen:
-                    os.write(master, b"n\n")
-                    answered = True
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=HANG_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    text = seen.decode(errors="replace")
+    run = run_on_pty(cli_env, args, answer=(b"[y/N]", b"n\n"))
+    code, text, answered = run.code, run.screen, run.answered
     assert answered, text
     prompt = text[: text.index("[y/N]")].rsplit("Rent offer", 1)[1]
     assert "first hour $" in prompt and "download ~" in prompt and "TTL 3h00m" in prompt
