@@ -12,6 +12,12 @@ in lightseekorg/smg), checked on 127.0.0.1:
   the background and shows in ``GET /workers`` once SMG has probed it;
 - ``GET /workers`` -> ``{"workers": [{"id", "url", "is_healthy", "status", "load", ...}]}``;
 - ``DELETE /workers/<id>`` answers 202; the worker turns ``draining`` and then disappears.
+
+A replica is an ``https://`` endpoint with a self-signed, pinned certificate (issue 14), which SMG
+cannot pin. ``add_worker`` first hands the replica's URL and certificate to glmdeploy's guard, which
+answers with a loopback ``http://127.0.0.1:<port>/replica/<index>`` URL it forwards over pinned TLS;
+SMG is given that URL (a path prefix is kept by SMG 1.13.0 on every call: ``/replica/7/health``,
+``/replica/7/v1/chat/completions``, checked on 127.0.0.1). See ``glmdeploy.gateway_guard``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Protocol
 import httpx
 
 from glmdeploy.errors import GlmdeployError, UsageError
+from glmdeploy.gateway_guard import FORWARDERS_PATH
 
 SMG_VERSION = "1.13.0"
 INSTALL_HINT = "pip install 'glmdeploy[gateway]'"
@@ -60,7 +67,7 @@ class Gateway(Protocol):
     pid: int | None
     policy: str
 
-    def add_worker(self, url: str, api_key: str) -> str: ...
+    def add_worker(self, index: int, url: str, api_key: str, certificate_pem: str | None) -> str: ...
 
     def remove_worker(self, worker_id: str) -> None: ...
 
@@ -206,8 +213,21 @@ class SmgGateway:
             for w in data.get("workers", [])
         ]
 
-    def add_worker(self, url: str, api_key: str) -> str:
-        """Register a replica (its own key goes with it) and wait until SMG routes to it."""
+    def add_worker(self, index: int, url: str, api_key: str, certificate_pem: str | None) -> str:
+        """Register replica ``index`` (its own key goes with it) and wait until SMG routes to it.
+
+        ``url`` is the replica's ``https://`` server root and ``certificate_pem`` the certificate it was
+        pinned to: the guard reaches it over TLS that trusts that certificate only, SMG reaches the guard
+        on loopback. A replica without a pinned certificate is refused: its key would travel in clear.
+        """
+        if not url.startswith("https://") or not certificate_pem:
+            raise GatewayError(f"replica {index} has no pinned https endpoint; it was not registered "
+                               "(its key would cross the network unpinned)")
+        pinned = self._call("POST", FORWARDERS_PATH,
+                            json={"index": index, "url": url, "certificate_pem": certificate_pem})
+        url = str(pinned.json().get("worker_url") or "")
+        if not url.startswith("http://127.0.0.1:"):
+            raise GatewayError("the gateway did not give a loopback forwarder for the replica")
         r = self._call("POST", "/workers", json={"url": url, "api_key": api_key})
         worker_id = str(r.json().get("worker_id") or "")
         deadline = time.monotonic() + REGISTER_TIMEOUT_S

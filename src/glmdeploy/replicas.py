@@ -144,7 +144,8 @@ def add_replica(deployer: Deployer, request: UpRequest, group: Deployment, gatew
     deployer.current = None  # ready and recorded: a later failure tears it down through the group
     assert replica.endpoint is not None
     try:
-        worker_id = gateway.add_worker(worker_url(replica.endpoint), replica.endpoint_key() or "")
+        worker_id = gateway.add_worker(index, worker_url(replica.endpoint), replica.endpoint_key() or "",
+                                       replica.tls_certificate)
     except GatewayError:
         assert replica.instance_id is not None
         tear_down(deployer.client, replica.instance_id, pacing=deployer.pacing, store=store, deployment=replica,
@@ -277,8 +278,9 @@ def scale_group(deployer: Deployer, request: UpRequest, group: Deployment, wante
         note(f"gateway was down: restarted on {gateway.url}, pid {gateway.pid}")
         for r in store.replicas_of(group.id):
             if r.is_active and r.endpoint:
-                store.update(r.id, gateway_worker_id=gateway.add_worker(worker_url(r.endpoint),
-                                                                         r.endpoint_key() or ""))
+                worker_id = gateway.add_worker(r.replica_index or 0, worker_url(r.endpoint), r.endpoint_key() or "",
+                                               r.tls_certificate)
+                store.update(r.id, gateway_worker_id=worker_id)
     replicas = store.replicas_of(group.id)
     registered = {w.worker_id: w for w in _workers(gateway)}
     for r in replicas:

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -130,11 +131,14 @@ def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sa
     # Keys: a replica refuses the gateway's key; it takes its own, which clients never see.
     r0 = _env(cli, replicas[0]["name"])
     assert r0["OPENAI_API_KEY"] != gateway_key
-    refused = httpx.post(replicas[0]["endpoint"] + "/chat/completions", timeout=10,
+    # Each replica is its own https endpoint, trusted through its own pinned certificate (env's bundle).
+    assert replicas[0]["endpoint"].startswith("https://") and r0["SSL_CERT_FILE"]
+    pinned = ssl.create_default_context(cafile=r0["SSL_CERT_FILE"])
+    refused = httpx.post(replicas[0]["endpoint"] + "/chat/completions", timeout=10, verify=pinned,
                          headers={"Authorization": f"Bearer {gateway_key}"},
                          json={"model": env["MODEL"], "messages": [{"role": "user", "content": "hi"}]})
     assert refused.status_code == 401
-    assert httpx.get(replicas[0]["endpoint"] + "/models", timeout=10,
+    assert httpx.get(replicas[0]["endpoint"] + "/models", timeout=10, verify=pinned,
                      headers={"Authorization": f"Bearer {r0['OPENAI_API_KEY']}"}).status_code == 200
     # The gateway refuses anything but its own key, a replica's included.
     assert httpx.get(gw["url"] + "/v1/models", timeout=10,

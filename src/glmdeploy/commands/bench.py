@@ -195,16 +195,21 @@ def _replica_counter(name: str | None) -> Callable[[], dict[str, int]] | None:
     """For a replica group: a function reading SMG's per-replica request counts, by replica name."""
     if name is None:
         return None
-    from glmdeploy.gateway import request_counts
-    from glmdeploy.replicas import attach, worker_url
+    from glmdeploy.gateway import GatewayError, request_counts
+    from glmdeploy.replicas import attach
     from glmdeploy.state import StateStore
 
     with StateStore.open() as store:
         group = store.get(name)
         if not group.is_group:
             return None
-        names = {worker_url(r.endpoint): r.name for r in store.replicas_of(group.id) if r.endpoint}
+        by_worker = {r.gateway_worker_id: r.name for r in store.replicas_of(group.id) if r.gateway_worker_id}
     gateway = attach(group)
+    # SMG names a worker by the URL it was given: the guard's loopback forwarder for that replica.
+    try:
+        names = {w.url: by_worker[w.worker_id] for w in gateway.workers() if w.worker_id in by_worker}
+    except GatewayError:
+        names = {}
 
     def read() -> dict[str, int]:
         return {names.get(url, url): n for url, n in request_counts(gateway).items()}
