@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 SCALE = 0.0005
 KEY = "k-test"
 SCRIPTS = {
-    "sglang": ("lmsysorg/sglang:v0.5.9-cu129",
+    "sglang": ("lmsysorg/sglang:dev-pr-17247",
                "exec python3 -m sglang.launch_server --model-path zai-org/GLM-4.7-Flash --served-model-name "
                'glm-4.7-flash --host 0.0.0.0 --port 8000 --api-key "${GLM_API_KEY}"'),
     "vllm": ("vllm/vllm-openai:v0.24.0",

@@ -76,6 +76,8 @@ def show(
         f"hardware: {hw.num_gpus}x {' / '.join(hw.gpu_names)}, >= {hw.min_vram_gb:g} GB each, "
         f"disk {hw.disk_gb} GB, <= ${hw.max_price:.2f}/h",
         f"image:    {profile.engine.image}",
+        f"engine:   {detail['engine_check']['engine']}"
+        + ("" if detail["engine_check"]["problems"] else ", every flag of the command accepted"),
         "command:",
         f"  {detail['launch_command']}",
     ]
@@ -83,7 +85,7 @@ def show(
         lines.append("env:")
         lines += [f"  {k}={v}" for k, v in profile.env.items()]
     lines.append(f"ready:    within {profile.readiness.timeout}")
-    for w in profile.warnings:
+    for w in [*detail["engine_check"]["problems"], *profile.warnings]:
         lines.append(f"warning:  {w}")
     print("\n".join(lines))
 

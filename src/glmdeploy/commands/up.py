@@ -82,9 +82,11 @@ def up(
 
     from glmdeploy.durations import parse_duration
     from glmdeploy.errors import Declined, GlmdeployError, UsageError
+    from glmdeploy.paths import ensure_home
     from glmdeploy.profiles import load_profile
     from glmdeploy.profiles.model import with_overrides
 
+    ensure_home()  # an unusable state dir is one line, before any warning or request
     group_spec = None
     if replicas > 1:
         from glmdeploy.gateway import check_port_free, smg_binary
