@@ -145,8 +145,16 @@ def test_kill9_during_scale_leaks_nothing(cli: Any, cli_env: dict[str, str], san
 
 
 def _second_wait_running(stream: EventStream) -> bool:
+    """Replica 1's ``wait_running`` phase event: its instance is rented, replica 0 is registered.
+
+    Only ``event == "phase"`` counts: the ``progress`` events that ``wait_running`` emits carry the same
+    ``phase`` key, and counting them fired while replica 0 was still loading.
+    """
+    def is_wait_running(e: dict[str, Any]) -> bool:
+        return e.get("event") == "phase" and e.get("phase") == "wait_running"
+
     def second(e: dict[str, Any]) -> bool:
-        return e.get("phase") == "wait_running" and sum(x.get("phase") == "wait_running" for x in stream.seen) >= 2
+        return is_wait_running(e) and sum(is_wait_running(x) for x in stream.seen) >= 2
 
     return stream.wait_for(second, "replica 1's wait_running")
 
