@@ -78,17 +78,8 @@ def test_without_a_terminal_one_line_per_phase_and_progress_at_most_once_a_minut
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox
 ) -> None:
     sb = _slowed_sandbox(cli, sandbox)
-    cli_env["UV_RUN_RECURSION_DEPTH"] = "1"  # what `uv run` sets: the snippets must say `uv run glmdeploy`
     up = cli("up", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--no-smoke", check_exit=0, timeout=HANG_S * 2)
     name = up.stdout.split("ready: ", 1)[1].split()[0]
-    assert f'eval "$(uv run glmdeploy env {name})"' in up.stdout
-    assert f"until 'uv run glmdeploy destroy {name}'" in up.stdout
-    exports = cli("env", name, check_exit=0).stdout
-    assert "export OPENAI_MODEL=glm-4.7-flash" in exports
-    del cli_env["UV_RUN_RECURSION_DEPTH"]
-    plain = cli("up", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--no-smoke", "--name", "plain", check_exit=0,
-                timeout=HANG_S * 2).stdout
-    assert 'eval "$(python -m glmdeploy env plain)"' in plain  # how this test runs it: no uv, no PATH entry
     lines = up.stderr.splitlines()
     progress = [line for line in lines if line.startswith("progress: ")]
     assert progress, up.stderr
@@ -100,6 +91,24 @@ def test_without_a_terminal_one_line_per_phase_and_progress_at_most_once_a_minut
         totals.append(int(m.group(1) or 0) * 60 + int(m.group(2)))
     assert all(b - a >= 59 for a, b in itertools.pairwise(totals)), totals
     assert "\r" not in up.stderr and "\x1b[" not in up.stderr
+    cli("destroy", name, "--yes", check_exit=0)
+    assert sb.running() == []
+
+
+def test_the_snippets_use_the_invocation_that_ran(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
+    """A normal-speed sandbox: what `up` and `env` print must run as printed (issue 13 §3)."""
+    sb = sandbox()
+    cli_env["UV_RUN_RECURSION_DEPTH"] = "1"  # what `uv run` sets: the snippets must say `uv run glmdeploy`
+    up = cli("up", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--no-smoke", check_exit=0, timeout=HANG_S * 2)
+    name = up.stdout.split("ready: ", 1)[1].split()[0]
+    assert f'eval "$(uv run glmdeploy env {name})"' in up.stdout
+    assert f"until 'uv run glmdeploy destroy {name}'" in up.stdout
+    exports = cli("env", name, check_exit=0).stdout
+    assert "export OPENAI_MODEL=glm-4.7-flash" in exports
+    del cli_env["UV_RUN_RECURSION_DEPTH"]
+    plain = cli("up", "-p", PROFILE, "--sandbox", "--ttl", LONG_TTL, "--no-smoke", "--name", "plain", check_exit=0,
+                timeout=HANG_S * 2).stdout
+    assert 'eval "$(python -m glmdeploy env plain)"' in plain  # how this test runs it: no uv, no PATH entry
     cli("destroy", name, "--yes", check_exit=0)
     cli("destroy", "plain", "--yes", check_exit=0)
     assert sb.running() == []

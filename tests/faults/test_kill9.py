@@ -139,15 +139,26 @@ def _recover_and_check(w: InProcess, *, may_be_ready: bool) -> dict[str, int]:
     return {"rented": len(ledger["instances"]), "leaked": len(leaked)}
 
 
-def test_kill_9_at_seeded_points_leaves_nothing_billing(
-    world: InProcess, cli_env: dict[str, str], fault_figures: dict[str, Any]
-) -> None:
+# The points run in a few chunks, each against its own sandbox, so that xdist can spread them over its
+# workers instead of one worker serialising all of them at the end of the run.
+CHUNKS = 4
+
+
+def test_the_kill_points_cover_every_phase() -> None:
     points = kill_points()
     assert len(points) >= 20 and {p.phase for p in points} >= set(PHASES)
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_kill_9_at_seeded_points_leaves_nothing_billing(
+    chunk: int, world: InProcess, cli_env: dict[str, str], fault_figures: dict[str, Any]
+) -> None:
+    points = kill_points()[chunk::CHUNKS]
+    assert points
     rented_before = 0
     for n, point in enumerate(points):
         world.admin.set_faults(point.faults)
-        proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", f"k{n}",
+        proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", f"k{chunk}-{n}",
                       "--ttl", LONG_TTL, *point.args)
         reader = EventReader(proc)
         try:
