@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from glmdeploy.onstart import proxy_config_snippet
+from waits import wait_until
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs nginx-light)")
@@ -82,13 +83,15 @@ def proxy(tmp_path: Path) -> Iterator[str]:
     )
     proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"])
     url = f"http://127.0.0.1:{listen}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
-            httpx.get(url + "/health", timeout=1)
-            break
+            httpx.get(url + "/health", timeout=5)
         except httpx.TransportError:
-            time.sleep(0.05)
+            return proc.poll() is not None  # nginx exited: stop waiting, the test fails on its own
+        return True
+
+    wait_until(answers, "nginx to answer", interval=0.05)
     try:
         yield url
     finally:

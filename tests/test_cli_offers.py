@@ -91,7 +91,7 @@ def test_table_lists_offers_in_score_order(vast: respx.MockRouter) -> None:
     for header in ("score", "$/h", "GPU", "reliability", "inet_down", "download", "CUDA", "location"):
         assert header in out
     lines = out.strip().splitlines()
-    assert [line.split()[-1] for line in lines[1:]] == ["102", "104", "103", "101"]
+    assert [line.split()[0] for line in lines[1:]] == ["102", "104", "103", "101"]  # the key column leads
     assert "2.400" in out and "1x H200" in out and "Oregon, US" in out and "2,000 Mbit/s" in out
     assert "4 offer(s) for profile h200 at or under $4.50/h" in result.stderr
     assert "offer(s)" not in out
@@ -166,8 +166,8 @@ def test_api_url_option_picks_the_server(vast: respx.MockRouter) -> None:
     ("args", "message"),
     [
         (["--profile", "nope"], "unknown profile 'nope'"),
-        (["--profile", "h200", "--max-price", "0"], "--max-price must be a positive"),
-        (["--profile", "h200", "--max-price", "inf"], "--max-price must be a positive"),
+        (["--profile", "h200", "--max-price", "0"], "'--max-price': must be a positive"),
+        (["--profile", "h200", "--max-price", "inf"], "'--max-price': must be a positive"),
         (["--profile", "h200", "--limit", "0"], "--limit"),
     ],
 )

@@ -18,21 +18,12 @@ from glmdeploy.engines import get_engine
 from glmdeploy.engines.vllm_memory import GRAPH_BAND, GRAPH_MIB_PER_LAYER, capture_sizes
 from glmdeploy.planner import Plan, plan_profile
 from glmdeploy.profiles import Profile, load_all, load_profile
+from profile_variants import variant
 
 GIB = 2**30
 FLASH = MODEL_ARCHS["glm-4.7-flash"]
 H200_TOTAL = 139.80  # cudaMemGetInfo total of an H200 (catalog)
 
-
-def variant(base: str, **changes: Any) -> Profile:
-    data = load_profile(base).model_dump(mode="json")
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return Profile.model_validate(data)
 
 
 def h200_vllm(**changes: Any) -> Profile:

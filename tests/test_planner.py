@@ -20,20 +20,10 @@ from glmdeploy.planner import (
     weights_per_rank_gib,
 )
 from glmdeploy.profiles import Profile, load_all, load_profile
+from profile_variants import variant
 
 FLASH_MAX = 202_752
 
-
-def variant(base: str, **changes: Any) -> Profile:
-    """A shipped profile with dotted-key changes, validated like a user's file would be."""
-    data = load_profile(base).model_dump(mode="json")
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return Profile.model_validate(data)
 
 
 def h100_sglang_mtp() -> Profile:

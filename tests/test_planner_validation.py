@@ -12,26 +12,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from glmdeploy.planner import Plan, plan_profile
 from glmdeploy.profiles import Profile, load_profile
+from profile_variants import variant
 
 RECORDING = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "real-vllm-0.24.0"
 FLASH_MAX = 202_752
 
-
-def variant(base: str, **changes: Any) -> Profile:
-    data = load_profile(base).model_dump(mode="json")
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return Profile.model_validate(data)
 
 
 def recorded_h200(*, eager: bool) -> Profile:

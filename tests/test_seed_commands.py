@@ -99,14 +99,16 @@ CASES = {
         {},
     ),
     # --download-dir is the blog author's local disk; on a rented box the HF cache is used.
-    "2x5090": (VLLM_BF16, {"--download-dir": None}, {}),
+    # --swap-space went away in vLLM 0.18.0; the pinned 0.24.0 refuses it (see the profile's warnings).
+    "2x5090": (VLLM_BF16, {"--download-dir": None, "--swap-space": None}, {}),
     "2x5090-nvfp4": (VLLM_NVFP4, {"--download-dir": None}, {}),
     # glmdeploy always binds explicitly; the seed relies on vLLM's defaults (all interfaces, 8000).
     "4xh200-glm47-fp8-mtp": (VLLM_FP8_MTP, HOST_PORT, {}),
     # 20 attention heads cannot split 8 ways: one MI300X, tp 1 (see the profile's warnings).
+    # --disable-log-requests went away in vLLM 0.17.0; request logging is off by default since.
     "mi300x": (
         VLLM_ROCM,
-        {**HOST_PORT, "--tensor-parallel-size": "1"},
+        {**HOST_PORT, "--tensor-parallel-size": "1", "--disable-log-requests": None},
         {"$model_name": "zai-org/GLM-4.7-Flash"},
     ),
 }

@@ -15,12 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from glmdeploy.cli import app
-from glmdeploy.onstart import render
+from glmdeploy.onstart import OnstartOptions, render
 from glmdeploy.profiles import load_profile
 from glmdeploy.sandbox.engines import launch_spec_from
 from glmdeploy.smoke import CHECK_NAMES
 from glmdeploy.state import StateStore
 from test_smoke_engines import KEY, MODEL, Served, serve, spec_for
+
+# These in-process tests speak plain http to the simulated engine; TLS has its own tests (test_tls_*).
+PLAIN_HTTP = OnstartOptions(tls=False)
 
 runner = CliRunner()
 
@@ -140,7 +143,7 @@ def test_an_unreachable_url_fails_every_check_with_the_reason() -> None:
     from test_smoke_engines import free_port
 
     result = invoke("--url", f"http://127.0.0.1:{free_port()}", "--api-key", "k", "--json")
-    assert result.exit_code == 5
+    assert result.exit_code == 7  # unreachable, like Vast.ai unreachable: not "smoke checks failed"
     data = json.loads(result.stdout)
     assert all(not c["passed"] and "cannot connect" in c["detail"] for c in data["checks"])
 
@@ -165,7 +168,7 @@ def record(profile_name: str, served: Served, key: str = KEY, model: str | None 
 def test_a_deployment_is_smoked_with_its_profile_in_mind(profile_name: str) -> None:
     """4x3090 (SGLang) enables no reasoning nor tool parser: those two are skipped, and say why."""
     profile = load_profile(profile_name)
-    spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+    spec = launch_spec_from(profile.engine.image, render(profile, PLAIN_HTTP), {"GLM_API_KEY": KEY})
     assert spec is not None
     with serve(spec) as served:
         name = record(profile_name, served)

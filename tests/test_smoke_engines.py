@@ -19,10 +19,14 @@ from typing import Any
 
 import pytest
 
-from glmdeploy.onstart import render
+from glmdeploy.onstart import OnstartOptions, render
 from glmdeploy.profiles import load_profile
 from glmdeploy.sandbox.engines import EngineTiming, LaunchSpec, SimulatedEngine, launch_spec_from
 from glmdeploy.smoke import CHECK_NAMES, WEATHER_PROMPT, WEATHER_TOOL, SmokeReport, Target, run_smoke
+from waits import HANG_S
+
+# These in-process tests speak plain http to the simulated engine; TLS has its own tests (test_tls_*).
+PLAIN_HTTP = OnstartOptions(tls=False)
 
 KEY = "k-smoke-test"
 SCALE = 0.0005
@@ -31,7 +35,7 @@ MODEL = "glm-4.7-flash"
 
 SCRIPTS = {
     "sglang": (
-        "lmsysorg/sglang:v0.5.9-cu129",
+        "lmsysorg/sglang:v0.5.10-cu129",  # 0.5.10: the first stock image that loads glm4_moe_lite
         "#!/bin/bash\nexec python3 -m sglang.launch_server --model-path zai-org/GLM-4.7-Flash "
         "--served-model-name glm-4.7-flash --tool-call-parser glm47 --reasoning-parser glm45 "
         '--host 0.0.0.0 --port 8000 --api-key "${GLM_API_KEY}"\n',
@@ -42,9 +46,10 @@ SCRIPTS = {
         "--tool-call-parser glm47 --reasoning-parser glm45 --enable-auto-tool-choice "
         "--served-model-name glm-4.7-flash --host 0.0.0.0 --port 8000\n",
     ),
+    # The stock 0.15 image cannot load GLM-4.7-Flash (transformers<5); its dialect is served with GLM-4.5-Air.
     "vllm-0.15": (
         "vllm/vllm-openai:v0.15.0",
-        '#!/bin/bash\nexport VLLM_API_KEY="${GLM_API_KEY}"\nexec vllm serve zai-org/GLM-4.7-Flash '
+        '#!/bin/bash\nexport VLLM_API_KEY="${GLM_API_KEY}"\nexec vllm serve zai-org/GLM-4.5-Air '
         "--tool-call-parser glm47 --reasoning-parser glm45 --enable-auto-tool-choice "
         "--served-model-name glm-4.7-flash --port 8000\n",
     ),
@@ -67,7 +72,7 @@ class Served:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    def wait(self, predicate: Callable[[], bool], timeout: float = HANG_S) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             assert time.monotonic() < deadline, f"engine state {self.engine.state}"
@@ -101,7 +106,7 @@ def spec_for(kind: str) -> LaunchSpec:
     if kind == "lightllm":
         # LightLLM is always deployed behind the onstart's authenticating nginx (h200 profile).
         profile = load_profile("h200")
-        spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+        spec = launch_spec_from(profile.engine.image, render(profile, PLAIN_HTTP), {"GLM_API_KEY": KEY})
     else:
         image, script = SCRIPTS[kind]
         spec = launch_spec_from(image, script, {"GLM_API_KEY": KEY})
@@ -340,7 +345,7 @@ def test_smoke_endpoint_with_a_profile_and_a_shared_client() -> None:
     from glmdeploy.smoke import smoke_endpoint
 
     profile = load_profile("4x3090")
-    spec = launch_spec_from(profile.engine.image, render(profile), {"GLM_API_KEY": KEY})
+    spec = launch_spec_from(profile.engine.image, render(profile, PLAIN_HTTP), {"GLM_API_KEY": KEY})
     assert spec is not None
     seen: list[str] = []
     with serve(spec) as served, httpx.Client() as http:

@@ -55,7 +55,8 @@ def test_round_trip_keeps_every_field(store: StateStore, snapshot: dict[str, Any
     )
     assert created.status == "creating"
     assert len(created.id) == 12 and int(created.id, 16) >= 0
-    assert created.label == f"glmdeploy:{created.id}"
+    owner = (store.path.parent / "owner-id").read_text().strip()
+    assert created.label == f"glmdeploy:{owner}:{created.id}"
     assert created.name.startswith("glm-h200-")
     assert created.name != created.id
 
@@ -427,3 +428,35 @@ def test_concurrent_processes_share_one_database(tmp_path: Path) -> None:
             assert d.endpoint_key() == f"key-{worker}-{index}"
         assert len({d.id for d in rows}) == 60
         assert store.get("contested").status == "creating"
+
+
+def test_each_state_dir_has_one_stable_private_owner_id(tmp_path: Path, snapshot: dict[str, Any]) -> None:
+    with StateStore.open(tmp_path / "a" / "state.db") as a1:
+        first = a1.create(profile="h200", profile_snapshot=snapshot)
+    with StateStore.open(tmp_path / "a" / "state.db") as a2:
+        second = a2.create(profile="h200", profile_snapshot=snapshot)
+    with StateStore.open(tmp_path / "b" / "state.db") as b:
+        other = b.create(profile="h200", profile_snapshot=snapshot)
+    owner_file = tmp_path / "a" / "owner-id"
+    owner = owner_file.read_text().strip()
+    assert stat.S_IMODE(owner_file.stat().st_mode) == 0o600
+    assert first.label.split(":")[1] == second.label.split(":")[1] == owner
+    assert other.label.split(":")[1] != owner
+
+
+def test_glmdeploy_owner_sets_the_scope_and_is_validated(
+    store: StateStore, snapshot: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLMDEPLOY_OWNER", "acme-ci")
+    assert store.create(profile="h200", profile_snapshot=snapshot).label.startswith("glmdeploy:acme-ci:")
+    monkeypatch.setenv("GLMDEPLOY_OWNER", "a:b")
+    with pytest.raises(UsageError, match="GLMDEPLOY_OWNER"):
+        store.create(profile="h200", profile_snapshot=snapshot)
+
+
+def test_labels_parse_in_the_new_and_the_old_form() -> None:
+    from glmdeploy.ownership import LabelParts, parse_label
+
+    assert parse_label("glmdeploy:ab12cd34-ci:0123456789ab") == LabelParts("ab12cd34-ci", "0123456789ab")
+    assert parse_label("glmdeploy:0123456789ab") == LabelParts(None, "0123456789ab")
+    assert parse_label("someone-else") is None and parse_label(None) is None

@@ -28,6 +28,12 @@ Definitions (vLLM's, with glmdeploy's choices where vLLM versions differ):
   ``finish_reason`` or ``[DONE]``, a non-JSON ``data:`` line, an error object in the stream, a JSON answer
   instead of a stream, or a stream with no output at all. Failed requests count in ``failed`` and their
   first errors are kept; they do not stop the run and do not enter the latency statistics or token totals.
+- A request sent on a pooled keep-alive connection that the server closes (or resets) before a single
+  response header is re-sent once on a new connection and does not count as failed: that is how a server's
+  idle close crossing the request looks (llama-server's cpp-httplib closes connections idle for 5 s
+  without a word), and such a server never read it. The request's clock keeps running from the first send.
+  A new connection closed without an answer is a failure; the re-sends are counted in
+  ``stale_connection_retries``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import asyncio
 import json
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +53,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from glmdeploy.errors import UsageError
+from glmdeploy.urls import check_port
 
 BACKEND = "openai-chat"
 MAX_ERRORS_KEPT = 10
@@ -152,6 +160,8 @@ class RequestOutcome:
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
     start_time: float = 0.0
+    # Re-sends after a pooled connection turned out closed by the server (see the module docstring).
+    stale_retries: int = 0
 
 
 def outcome_from_stream(events: Sequence[tuple[float, bytes]], sent_at: float, request: BenchRequest) -> RequestOutcome:
@@ -331,6 +341,9 @@ class BenchResult(BaseModel):
     std_e2el_ms: float
     p99_e2el_ms: float
     errors: list[str] = Field(default_factory=list, description=f"The first {MAX_ERRORS_KEPT} failure reasons.")
+    stale_connection_retries: int = Field(
+        default=0, description="Requests re-sent once because the server had closed their pooled connection."
+    )
 
 
 def _json_number(value: float) -> float | str:
@@ -380,6 +393,7 @@ def summarize(
         max_output_tokens_per_s=peak_chunks,
         max_concurrent_requests=peak_active,
         errors=[o.error for o in outcomes if not o.success][:MAX_ERRORS_KEPT],
+        stale_connection_retries=sum(o.stale_retries for o in outcomes),
         **stats,
     )
 
@@ -414,6 +428,8 @@ def format_summary(result: BenchResult) -> str:
     row("Peak output token throughput (tok/s):", result.max_output_tokens_per_s)
     row("Peak concurrent requests:", float(result.max_concurrent_requests))
     row("Total Token throughput (tok/s):", result.total_token_throughput)
+    if result.stale_connection_retries:
+        row("Re-sent on a new connection:", result.stale_connection_retries)
     values = result.model_dump()
     for key, short, title in _SECTIONS:
         rows.append("{s:{c}^{n}}".format(s=title, n=50, c="-"))
@@ -433,9 +449,23 @@ def chat_url(base_url: str) -> str:
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--url must look like http(s)://HOST[:PORT]/v1, got {base_url!r}")
+    check_port(base, option="--url")
     if not parts.path:
         base += "/v1"
     return f"{base}/chat/completions"
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: no user:password@, query or fragment (a key may sit in any of them)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _is_local(url: str) -> bool:
@@ -463,9 +493,19 @@ async def _send_one(client: Any, http_request: Any, request: BenchRequest, timeo
     events: list[tuple[float, bytes]] = []
     perf = time.perf_counter
     sent_at = perf()
+    retries = 0
     try:
         async with asyncio.timeout(timeout_s):
-            response = await client.send(http_request, stream=True)
+            while True:
+                attempt = _Attempt()
+                http_request.extensions["trace"] = attempt.trace
+                try:
+                    response = await client.send(http_request, stream=True)
+                    break
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                    if retries or not attempt.stale_connection(exc):
+                        raise
+                    retries += 1  # the pool drops the dead connection; the next send opens a new one
             try:
                 if response.status_code != 200:
                     raw = b""
@@ -494,14 +534,52 @@ async def _send_one(client: Any, http_request: Any, request: BenchRequest, timeo
             finally:
                 await response.aclose()
     except TimeoutError:
-        return RequestOutcome(start_time=sent_at, error=f"timed out after {timeout_s:g} s")
+        return RequestOutcome(start_time=sent_at, error=f"timed out after {timeout_s:g} s", stale_retries=retries)
     except httpx.RemoteProtocolError as exc:
-        return RequestOutcome(start_time=sent_at, error=f"connection closed mid-response: {exc}")
+        return RequestOutcome(
+            start_time=sent_at, error=f"connection closed mid-response: {exc}", stale_retries=retries
+        )
     except httpx.HTTPError as exc:
-        return RequestOutcome(start_time=sent_at, error=_describe(exc))
+        return RequestOutcome(start_time=sent_at, error=_describe(exc), stale_retries=retries)
     except OSError as exc:
-        return RequestOutcome(start_time=sent_at, error=f"{type(exc).__name__}: {exc}")
-    return outcome_from_stream(events, sent_at, request)
+        return RequestOutcome(start_time=sent_at, error=f"{type(exc).__name__}: {exc}", stale_retries=retries)
+    outcome = outcome_from_stream(events, sent_at, request)
+    outcome.stale_retries = retries
+    return outcome
+
+
+class _Attempt:
+    """What httpcore's ``trace`` extension (documented by httpx) tells about one send of a request."""
+
+    def __init__(self) -> None:
+        self.new_connection = False
+        self.headers_failed = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.started":
+            self.new_connection = True
+        elif event == "http11.receive_response_headers.failed":
+            self.headers_failed = True
+
+    def stale_connection(self, exc: Exception) -> bool:
+        """Whether the server closed a pooled keep-alive connection under this request, before answering.
+
+        Only a reused connection qualifies (a new one closed without an answer is the server refusing the
+        request), and only before any response header arrived, as an EOF ("Server disconnected without
+        sending a response") or a reset.
+        """
+        import httpx
+
+        if self.new_connection or not self.headers_failed:
+            return False
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return "without sending a response" in str(exc)
+        seen: BaseException | None = exc
+        while seen is not None:  # httpx.ReadError <- httpcore.ReadError <- ConnectionResetError
+            if isinstance(seen, ConnectionResetError | BrokenPipeError):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return "connection reset" in str(exc).lower()
 
 
 def _describe(exc: BaseException) -> str:
@@ -516,6 +594,8 @@ async def run_bench_async(
     model: str,
     options: BenchOptions,
     on_done: Callable[[RequestOutcome], None] | None = None,
+    *,
+    verify: ssl.SSLContext | None = None,
 ) -> BenchResult:
     """Run the benchmark against the OpenAI base URL ``url`` (``.../v1``) and summarize it."""
     import httpx
@@ -530,7 +610,8 @@ async def run_bench_async(
     # The per-request limit is enforced around the whole exchange; httpx's own timeouts only as a backstop.
     timeout = httpx.Timeout(options.timeout_s + 5, connect=min(30.0, options.timeout_s + 5))
     local = _is_local(url)
-    ssl_context = httpx.create_ssl_context()  # built once: each client would otherwise load the CA bundle
+    # Built once (each client would otherwise load the CA bundle); a pinned endpoint's trusts only its certificate.
+    ssl_context = verify if verify is not None else httpx.create_ssl_context()
     semaphore = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
     outcomes: list[RequestOutcome] = [RequestOutcome() for _ in requests]
     # The connection pool is sized to the concurrency (max_concurrency, else one slot per request), but kept
@@ -545,7 +626,8 @@ async def run_bench_async(
         if idle:
             return idle.pop()
         client = httpx.AsyncClient(
-            limits=one_connection, headers=headers, timeout=timeout, verify=ssl_context, trust_env=not local
+            limits=one_connection, headers=headers, timeout=timeout, verify=ssl_context,
+            trust_env=not local and verify is None,
         )
         lanes.append(client)
         return client
@@ -597,9 +679,10 @@ def run_bench(
     model: str,
     options: BenchOptions,
     on_done: Callable[[RequestOutcome], None] | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> BenchResult:
     """Blocking ``run_bench_async`` (for ``glmdeploy bench`` and ``glmdeploy ci``)."""
-    return asyncio.run(run_bench_async(url, api_key, model, options, on_done))
+    return asyncio.run(run_bench_async(url, api_key, model, options, on_done, verify=verify))
 
 
 def _bearer(api_key: str) -> str:
@@ -614,17 +697,23 @@ def _bearer(api_key: str) -> str:
     return f"Bearer {api_key}"
 
 
-def first_model(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
+def first_model(url: str, api_key: str | None, timeout_s: float = 30.0, verify: ssl.SSLContext | None = None) -> str:
     """The first model id ``GET /models`` lists (what vLLM's bench does without --model)."""
     import httpx
 
     base = chat_url(url).removesuffix("/chat/completions")
     headers = {"Authorization": _bearer(api_key)} if api_key else {}
     try:
-        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout_s, trust_env=not _is_local(url))
+        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout_s,
+                             trust_env=not _is_local(url) and verify is None,
+                             verify=verify if verify is not None else True)
         response.raise_for_status()
         data = response.json()["data"]
         return str(data[0]["id"])
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        from glmdeploy.errors import EndpointUnreachable
+
+        raise EndpointUnreachable(f"cannot reach {shown_url(base)}: {_describe(exc)}") from None
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
         reason = type(exc).__name__
         raise UsageError(f"could not read the model name from {base}/models ({reason}); pass --model") from None

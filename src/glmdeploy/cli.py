@@ -7,10 +7,12 @@ from typing import Annotated
 import typer
 
 from glmdeploy import __version__
-from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, smoke, up
+from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, scale, smoke, up
+from glmdeploy.commands._common import OneLineErrors
 
 app = typer.Typer(
     name="glmdeploy",
+    cls=OneLineErrors,
     help="Serve GLM-4.7-Flash on rented Vast.ai GPUs: tested, secured, and torn down when you say so.",
     no_args_is_help=True,
     add_completion=False,
@@ -43,6 +45,7 @@ app.command("status")(deployments.status)
 app.command("logs")(deployments.logs)
 app.command("env")(deployments.env)
 app.command("destroy")(deployments.destroy)
+app.command("scale")(scale.scale)
 app.command("smoke")(smoke.smoke)
 app.command("bench")(bench.bench)
 app.command("ci")(ci.ci)
@@ -50,4 +53,4 @@ app.add_typer(sandbox.sandbox_app, name="sandbox")
 
 
 def main() -> None:
-    app()
+    app(prog_name="glmdeploy")  # not "python -m glmdeploy" in messages that say what to run

@@ -38,6 +38,18 @@ def connect(api_key: str | None, api_url: str | None, sandbox: bool) -> Connecti
     return Connection(client, client.base_url, Pacing(), sandbox=False)
 
 
+def connect_default(api_key: str | None, api_url: str | None, sandbox: bool) -> Connection | None:
+    """The account a command looks at beyond its own records (``list``, ``destroy --orphans``).
+
+    With ``sandbox``: the running sandbox, or None when none runs (it is not started: a new one
+    holds nothing). Otherwise Vast.ai with the discovered key; ``MissingApiKey`` when there is none.
+    """
+    if sandbox:
+        running = _running_sandbox()
+        return None if running is None else _sandbox_connection(running)
+    return connect(api_key, api_url, False)
+
+
 def connect_for(deployment: Deployment, api_key: str | None) -> Connection:
     """The API server ``deployment`` lives on; a sandbox deployment needs its sandbox running."""
     from glmdeploy.deploy import Pacing

@@ -14,14 +14,19 @@ display on a terminal, NDJSON with ``--json``). The rules that keep users' money
   ``--keep-on-failure``, keeps it and says how to destroy it); if the destroy itself fails the row
   is marked ``orphaned`` so ``destroy --orphans`` retries it;
 - "running" is not "ready": readiness needs the engine's ready marker in the logs and its health
-  endpoint answering, and a failure signature in the logs ends the wait at once.
+  endpoint answering. What each poll's logs, instance and health probe mean is the ready-wait rule,
+  ``readiness.ReadyWait``: a failure signature, an error status_msg, a dead state, a port never mapped
+  or an engine that exited ends the wait within two polls; this module only does the polling.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -31,17 +36,19 @@ import httpx
 
 from glmdeploy.engines import API_KEY_ENV, get_engine
 from glmdeploy.errors import (
+    Declined,
     DeploymentFailed,
     GlmdeployError,
-    Interrupted,
     NoOfferError,
     SmokeFailed,
     UsageError,
 )
-from glmdeploy.lifecycle import destroy_and_verify
+from glmdeploy.loadprogress import LoadTracker
 from glmdeploy.onstart import VAST_URL_ENV, OnstartOptions, render
-from glmdeploy.readiness import ReadinessWatcher
+from glmdeploy.readiness import LaunchFailure, ReadyWait, instance_failure
 from glmdeploy.state import DeploymentReleased
+from glmdeploy.teardown import ORPHAN_HINT, orphan_hint, tear_down
+from glmdeploy.tls import EXIT_TLS_REFUSED, EndpointNotTrusted, fingerprint_in_log, https_url, pin_certificate
 from glmdeploy.vast.errors import (
     AuthError,
     CreateOutcomeUnknown,
@@ -81,11 +88,8 @@ PHASE_STATUS: dict[Phase, str] = {
     Phase.SMOKE: "loading",
     Phase.DONE: "ready",
 }
-# Instance states that never reach running (vast-api.md §6.5).
-DEAD_STATES = frozenset({"exited", "offline", "unknown", "stopped"})
 LOG_TAIL = 400
 UP_SMOKE_CHECKS = ("health", "auth", "models", "chat", "stream")
-ORPHAN_HINT = "an instance may still be billing: run 'glmdeploy destroy --orphans' once Vast.ai answers"
 OFFERS_TRIED = 5
 TOP_OFFERS_SHOWN = 5
 
@@ -106,7 +110,6 @@ class Pacing:
     logs_first: float = 5.0
     logs_max: float = 30.0
     factor: float = 1.6
-    destroy_check: float = 3.0
 
     def interval(self, attempt: int, first: float, cap: float) -> float:
         return min(cap, first * self.factor**attempt) * self.scale
@@ -126,6 +129,15 @@ class UpRequest:
     # The checks `up` runs before it calls a deployment ready; `glmdeploy smoke`/`ci` run them all.
     smoke_checks: tuple[str, ...] = UP_SMOKE_CHECKS
     force: bool = False
+    # The owner scope the instance's label carries (glmdeploy.ownership); None: the state dir's.
+    owner: str | None = None
+    # Dollars the rented instance may cost (price x time rented) before the wait gives up and tears down.
+    max_cost: float | None = None
+    # A replica of a group (issue 12, glmdeploy.replicas): its row is a child of ``parent`` and its
+    # label the group's plus ``-r<replica_index>``; ``exclude_machines`` keeps replicas on different machines.
+    parent: Deployment | None = None
+    replica_index: int | None = None
+    exclude_machines: tuple[int, ...] = ()
 
 
 class UpEvents(Protocol):
@@ -137,12 +149,23 @@ class UpEvents(Protocol):
 
     def offers(self, ranked: Sequence[RankedOffer]) -> None: ...
 
+    def progress(self, **fields: Any) -> None:
+        """One poll's view of a rented instance: phase, elapsed, status_msg, load stage, ETA, cost, TTL."""
+        ...
+
 
 class StepFailed(DeploymentFailed):
     """A failure after an instance exists: carries what the user needs to understand it."""
 
     def __init__(
-        self, message: str, *, kind: str, phase: Phase, excerpt: Sequence[str] = (), hint: str | None = None
+        self,
+        message: str,
+        *,
+        kind: str,
+        phase: Phase,
+        excerpt: Sequence[str] = (),
+        hint: str | None = None,
+        retry_elsewhere: bool = True,
     ) -> None:
         super().__init__(message, hint=hint)
         self.kind = kind
@@ -150,6 +173,25 @@ class StepFailed(DeploymentFailed):
         self.excerpt = list(excerpt)
         # The host it failed on, so a retry with --max-attempts goes elsewhere.
         self.machine_id: int | None = None
+        # False when another machine would fail the same way (the image or the profile is the cause).
+        self.retry_elsewhere = retry_elsewhere
+
+
+class EndpointRefused(StepFailed):
+    """The endpoint did not present the certificate its host reported (or answered in plain http).
+
+    Its own exit code; the key was never sent. Not retried elsewhere: the interception may sit on the
+    path from here, and every retry rents another instance.
+    """
+
+    exit_code = EXIT_TLS_REFUSED
+    code = "tls_refused"
+
+
+class CostLimitReached(StepFailed):
+    """The accrued cost (dph_total x time rented) reached ``max_cost`` (``ci --max-cost``)."""
+
+    code = "cost_limit"
 
 
 class PlanRefused(UsageError):
@@ -158,6 +200,18 @@ class PlanRefused(UsageError):
 
 class _OfferGone(Exception):
     """The offer was rented by someone else between search and create: nothing exists, try the next."""
+
+
+def _nothing_rented(exc: AuthError) -> AuthError:
+    """The same refusal, saying what it means for the user's money: a refused key rents nothing."""
+    return AuthError(
+        f"{exc}: nothing was rented",
+        status_code=exc.status_code,
+        error=exc.error,
+        msg=exc.msg,
+        operation=exc.operation,
+        hint=exc.hint,
+    )
 
 
 @dataclass
@@ -170,6 +224,11 @@ class _Attempt:
     rented_at: float | None = None
     # The KV pool the engine's own startup line reported (issue 11 §5: calibrates the planner).
     kv_tokens_reported: int | None = None
+    # Vast.ai refused the create outright (401/403): it is certain that nothing was rented.
+    nothing_rented: bool = False
+    # The endpoint's pin, from the marked log line, and the client that trusts exactly that certificate.
+    tls_fingerprint: str | None = None
+    endpoint_http: httpx.Client | None = None
 
 
 @dataclass
@@ -188,16 +247,29 @@ class Deployer:
     current: _Attempt | None = None
     # The phase reached last, so a failure that is not a StepFailed (an API error) still says where.
     phase_now: Phase | None = None
+    # Runs around every teardown: the command's InterruptGuard.shielded, so a signal cannot cut it short.
+    shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+    # What the last teardown left ("nothing", "kept" or "orphaned"): an interrupt during it reports this.
+    left: str = "nothing"
+    max_cost: float | None = None
+    # (dph_total, rented_at) of the instance rented last: what --max-cost counts.
+    rented: tuple[float | None, float] | None = None
+    # The smoke report of the deployment that became ready (None when --no-smoke): `up` lists what ran.
+    smoke_report: Any = None
+    # When the current phase began (Deployer clock), for the live display's per-phase elapsed time.
+    phase_started: float = 0.0
 
     # ------------------------------------------------------------------ public
 
     def up(self, request: UpRequest) -> Deployment:
         self.started = self.clock()
+        self.max_cost = request.max_cost
         profile = request.profile
         self._phase(Phase.PLAN_CHECK, None)
         plan = self._plan_check(profile, force=request.force)
+        self._check_key()
         cap = profile.hardware.max_price if request.max_price is None else request.max_price
-        failed_machines: list[int] = []
+        failed_machines: list[int] = list(request.exclude_machines)
         last_error: GlmdeployError | None = None
         for attempt_no in range(1, max(1, request.max_attempts) + 1):
             self._phase(Phase.SEARCH, None, try_number=attempt_no)
@@ -206,8 +278,12 @@ class Deployer:
                 return self._attempt(request, plan, ranked, cap)
             except StepFailed as exc:
                 last_error = exc
+                if isinstance(exc, CostLimitReached):
+                    raise  # another machine would cost more, not less
                 if exc.machine_id is not None:
                     failed_machines.append(exc.machine_id)
+                if not exc.retry_elsewhere:
+                    raise  # the image or the profile: another machine would fail the same way
                 if attempt_no < request.max_attempts and not request.keep_on_failure:
                     self.events.note(f"attempt {attempt_no} failed ({exc}); trying another machine")
                     continue
@@ -216,13 +292,36 @@ class Deployer:
         raise last_error
 
     def abort(self, reason: str) -> str:
-        """Clean up after an interrupt (Ctrl-C, SIGTERM): destroy whatever this run rented.
+        """Clean up after an interrupt (Ctrl-C, SIGTERM, SIGHUP): destroy whatever this run rented.
 
-        Returns what is left, as ``_cleanup`` does ("nothing" or "orphaned").
+        Returns what is left, as ``_cleanup`` does ("nothing" or "orphaned"); when the interrupt came
+        during a teardown already under way, what that teardown left.
         """
         if self.current is None:
-            return "nothing"
+            return self.left
         return self._cleanup(self.current, reason=reason, keep=False, status="failed")
+
+    def accrued_cost(self) -> float:
+        """Dollars the instance rented last has cost so far (price x provider time since it was rented)."""
+        if self.rented is None:
+            return 0.0
+        dph, since = self.rented
+        if dph is None:
+            return 0.0
+        return dph * (self.clock() - since) / self.pacing.scale / 3600
+
+    def check_cost(self) -> None:
+        """Raise ``CostLimitReached`` once the rented instance has cost ``max_cost``."""
+        if self.max_cost is None or self.rented is None:
+            return
+        cost = self.accrued_cost()
+        if cost >= self.max_cost:
+            raise CostLimitReached(
+                f"cost limit reached: ${cost:.3f} accrued at ${self.rented[0] or 0:.3f}/h (--max-cost "
+                f"${self.max_cost:.2f}); tearing down",
+                kind="cost_limit",
+                phase=self.phase_now or Phase.CREATE,
+            )
 
     # ------------------------------------------------------------------ phases
 
@@ -238,6 +337,17 @@ class Deployer:
                 )
             self.events.note(f"planner says it does not fit ({plan.reason}); continuing because of --force")
         return plan
+
+    def _check_key(self) -> None:
+        """One authenticated call before searching, which needs no key: a wrong key is reported now,
+        not after search and ranking, at the create. Only a refused key stops here; any other
+        trouble is the later calls' to report (the create authenticates anyway)."""
+        try:
+            next(iter(self.client.iter_instances()), None)
+        except AuthError as exc:
+            raise _nothing_rented(exc) from None
+        except VastError as exc:
+            self.events.note(f"could not check the API key before searching ({exc}); going on")
 
     def _search_and_rank(self, profile: Profile, cap: float, failed: list[int]) -> list[RankedOffer]:
         from glmdeploy.market import search_ranked
@@ -271,26 +381,27 @@ class Deployer:
         profile = request.profile
         engine = get_engine(profile.engine.kind)
         key = secrets.token_hex(32)
-        expires = None
-        if request.ttl_s:
-            from glmdeploy.state import utcnow
-
-            expires = utcnow() + timedelta(seconds=request.ttl_s)
         deployment = self.store.create(
             profile=profile.name,
             profile_snapshot=profile.model_dump(mode="json"),
             name=request.name,
             api_url=request.api_url,
-            expires_at=expires,
+            expires_at=self._expiry(request),
             endpoint_api_key=key,
             model=engine.reported_model_name(profile),
             phase=Phase.CREATE.value,
+            owner=request.owner,
+            parent=request.parent,
+            replica_index=request.replica_index,
         )
         attempt = _Attempt(offer=offer, deployment=deployment)
         self.current = attempt
         try:
             self._create(request, attempt, key)
             instance = self._wait_running(request, attempt)
+            if request.ttl_s:
+                # The watchdog starts with the container (onstart runs then): count from now.
+                self.store.update(deployment.id, expires_at=self._expiry(request))
             endpoint = self._wait_ready(request, attempt, instance, key)
             self._phase(Phase.RESOLVE_ENDPOINT, attempt)
             self._verify_endpoint(attempt, endpoint, key)
@@ -329,11 +440,19 @@ class Deployer:
             left = self._cleanup(attempt, reason=str(exc), keep=request.keep_on_failure, status="failed")
             if left == "orphaned":
                 # The one line the user reads must say that something may still bill, and what to run.
-                exc.hint = ORPHAN_HINT if not exc.hint else f"{exc.hint}; then {ORPHAN_HINT}"
+                hint = orphan_hint(exc)
+                exc.hint = hint if not exc.hint else f"{exc.hint}; then {hint}"
             raise
+        self._close_endpoint_http(attempt)
         self._phase(Phase.DONE, None, endpoint=endpoint)
         self.current = None
         return done
+
+    def _expiry(self, request: UpRequest) -> Any:
+        """When the host watchdog destroys the instance (the wall clock; the sandbox's runs faster)."""
+        if not request.ttl_s:
+            return None
+        return _now() + timedelta(seconds=request.ttl_s * self.pacing.scale)
 
     @staticmethod
     def _released(deployment: Deployment) -> DeploymentFailed:
@@ -345,7 +464,7 @@ class Deployer:
         offer: Offer = candidate.offer  # type: ignore[assignment]
         self._phase(Phase.CONFIRM, None, offer=offer.id, dph_total=offer.dph_total)
         if not self.confirm(candidate):
-            raise Interrupted("declined: nothing was rented")
+            raise Declined("declined: nothing was rented")
         # Prices move and offers vanish: look at the exact offer right before renting (anchors.md §1.5).
         query = offer_query(profile.hardware)
         query.pop("dph_total", None)
@@ -396,6 +515,10 @@ class Deployer:
                 raise
             except OfferUnavailable:
                 raise _OfferGone from None
+            except AuthError as exc:
+                # Refused before anything was created: say so, so no one goes looking for a billing instance.
+                attempt.nothing_rented = True
+                raise _nothing_rented(exc) from None
             if result.new_contract is None:
                 raise StepFailed(
                     "Vast.ai accepted the create but returned no instance id", kind="create", phase=Phase.CREATE
@@ -420,6 +543,7 @@ class Deployer:
         attempt.rented_at = self.clock()
         attempt.machine_id = machine_id
         offer = attempt.offer
+        self.rented = (offer.dph_total, attempt.rented_at)
         self.store.update(
             attempt.deployment.id,
             instance_id=instance_id,
@@ -458,14 +582,13 @@ class Deployer:
                 last_msg = instance.status_msg
                 self.events.note(f"instance {instance.id}: {instance.actual_status or 'provisioning'}: {last_msg}")
             status = instance.actual_status
+            # An error status_msg while still loading (a pull error) or a dead state ends the wait now.
+            failure = instance_failure(instance.id, status, instance.status_msg)
+            if failure is not None:
+                raise _failed(failure, Phase.WAIT_RUNNING)
             if status == "running":
                 return instance
-            if status in DEAD_STATES:
-                raise StepFailed(
-                    f"instance {instance.id} is {status}: {instance.status_msg or 'no status message'}",
-                    kind=f"instance_{status}",
-                    phase=Phase.WAIT_RUNNING,
-                )
+            self._progress(attempt, instance.status_msg)
             if self.clock() >= deadline:
                 raise StepFailed(
                     f"instance {instance.id} still '{status or 'provisioning'}' at the timeout",
@@ -477,50 +600,77 @@ class Deployer:
             polls += 1
 
     def _wait_ready(self, request: UpRequest, attempt: _Attempt, instance: Instance, key: str) -> str:
+        """Poll logs, instance and health until ``ReadyWait`` (readiness.py) says ready or failed."""
+        from glmdeploy.engines.health import HealthReading, HealthState, probe_health
+
         self._phase(Phase.WAIT_READY, attempt)
         profile = request.profile
         engine = get_engine(profile.engine.kind)
-        watcher = ReadinessWatcher(engine)
+        rule = ReadyWait(engine, container_port=profile.engine.port)
         deadline = self._deadline(request, attempt)
-        endpoint: str | None = None
+        endpoint: str | None = instance.service_url(profile.engine.port)
+        # The look that saw it running counts: a host that maps no port has shown it once already.
+        failure = rule.feed_instance(instance.id, instance.actual_status, instance.status_msg, endpoint)
+        if failure is not None:
+            raise _failed(failure, Phase.WAIT_READY)
         polls = 0
-        seen_lines = 0
+        looks = 0
+        seen = 0
+        status_msg = instance.status_msg
+        tracker = LoadTracker(download_s=self._download_estimate_s(profile, attempt.offer))
+        if engine.model_dir(profile) is not None:
+            tracker.begin_download(self._provider_now())  # the onstart's `hf download` runs first
         assert attempt.instance_id is not None
         while True:
             # An engine may print its arguments, key included: the lines that reach the failure
             # message, the log excerpt and the state DB are masked before anything reads them.
-            verdict = watcher.feed(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+            verdict = rule.feed_logs(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+            tracker.feed(rule.watcher.fresh, self._provider_now())
             if verdict.failure_is_generic:
                 # The cause usually follows in the traceback: read once more before giving up.
                 self._wait(self.pacing.interval(0, self.pacing.logs_first, self.pacing.logs_max), deadline)
-                verdict = watcher.feed(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
-            if verdict.failure is not None:
-                raise StepFailed(
-                    f"engine failed: {verdict.failure.kind}: {verdict.failure_line}",
-                    kind=verdict.failure.kind,
-                    phase=Phase.WAIT_READY,
-                    excerpt=verdict.excerpt,
-                    hint=verdict.failure.advice,
-                )
-            if endpoint is None:
-                if (polls and polls % 3 == 0) or verdict.ready:
-                    refreshed = self.client.show_instance(attempt.instance_id)
-                    if refreshed is None:
-                        raise StepFailed("instance disappeared while loading", kind="vanished", phase=Phase.WAIT_READY)
-                    if refreshed.actual_status in DEAD_STATES:
-                        raise StepFailed(
-                            f"instance {refreshed.id} is {refreshed.actual_status}: {refreshed.status_msg or ''}",
-                            kind=f"instance_{refreshed.actual_status}",
-                            phase=Phase.WAIT_READY,
-                            excerpt=verdict.excerpt,
-                        )
-                    instance = refreshed
-                endpoint = instance.service_url(profile.engine.port)
-            if verdict.ready and endpoint is not None and self._healthy(engine.health_path, endpoint, key):
-                attempt.kv_tokens_reported = verdict.kv_tokens
-                return endpoint + "/v1"
+                verdict = rule.feed_logs(_masked(self.client.request_logs(attempt.instance_id, tail=LOG_TAIL), key))
+                tracker.feed(rule.watcher.fresh, self._provider_now())
+            failure = rule.log_failure()
+            if failure is not None:
+                raise _failed(failure, Phase.WAIT_READY)
+            fingerprint = fingerprint_in_log(rule.watcher.fresh)
+            if fingerprint is not None and fingerprint != attempt.tls_fingerprint:
+                # Read through the authenticated Vast API: the pin a man in the middle cannot touch.
+                attempt.tls_fingerprint = fingerprint
+                self._close_endpoint_http(attempt)
+                self.store.update(attempt.deployment.id, tls_fingerprint=fingerprint)
+            # The instance is looked at every poll until its port is known, then every other poll, so
+            # a state or status_msg change is seen within two polls.
+            looks += 1
+            if endpoint is None or looks % 2 == 0 or verdict.ready:
+                refreshed = self.client.show_instance(attempt.instance_id)
+                if refreshed is None:
+                    raise StepFailed("instance disappeared while loading", kind="vanished", phase=Phase.WAIT_READY)
+                endpoint = refreshed.service_url(profile.engine.port)
+                status_msg = refreshed.status_msg
+                failure = rule.feed_instance(refreshed.id, refreshed.actual_status, refreshed.status_msg, endpoint)
+                if failure is not None:
+                    raise _failed(failure, Phase.WAIT_READY)
+            if endpoint is not None and attempt.tls_fingerprint is not None:
+                # The engine's port costs no Vast.ai request: probe it every poll, so an engine that
+                # exits (its port refuses again, the log stops) is seen at the next poll. Only over TLS
+                # that presents the pinned certificate: before the pin is known nothing is sent.
+                endpoint = https_url(endpoint)
+                http = self._endpoint_http(attempt, endpoint)
+                reading = (probe_health(engine, http, endpoint, key) if http is not None
+                           else HealthReading(HealthState.REFUSED, engine.health_path, detail="connection refused"))
+                failure = rule.feed_health(reading)
+                if failure is not None:
+                    raise _failed(failure, Phase.WAIT_READY)
+                if verdict.ready and reading.healthy:
+                    attempt.kv_tokens_reported = verdict.kv_tokens
+                    return endpoint + "/v1"
+            self._progress(attempt, status_msg, tracker)
             if self.clock() >= deadline:
                 why = "the ready marker never appeared" if not verdict.ready else "the health check never passed"
+                if attempt.tls_fingerprint is None:
+                    why += " (the host never logged its TLS certificate's fingerprint)"
                 if endpoint is None:
                     why = "the port was never mapped (ports stayed null)"
                 raise StepFailed(
@@ -530,22 +680,46 @@ class Deployer:
                     excerpt=verdict.excerpt,
                     hint="raise --timeout or the profile's readiness.timeout",
                 )
-            # New log lines mean progress: keep polling at the current pace instead of backing off.
-            if watcher.lines_seen == seen_lines:
+            # New engine output means progress: keep polling at the current pace instead of backing off.
+            if rule.progress == seen:
                 polls += 1
-            seen_lines = watcher.lines_seen
+            seen = rule.progress
             self._wait(self.pacing.interval(polls, self.pacing.logs_first, self.pacing.logs_max), deadline)
 
-    def _healthy(self, health_path: str, endpoint: str, key: str) -> bool:
+    def _endpoint_http(self, attempt: _Attempt, endpoint: str) -> httpx.Client | None:
+        """The client that trusts only the pinned certificate, once one TLS handshake presented it.
+
+        None while the port refuses or times out (not yet up). A different certificate or a plain-http
+        answer is ``EndpointRefused``: nothing has been sent, least of all the key.
+        """
+        if attempt.endpoint_http is not None:
+            return attempt.endpoint_http
+        assert attempt.tls_fingerprint is not None
+        from glmdeploy.tls import pinned_context
+
         try:
-            r = self.http.get(endpoint + health_path, headers={"Authorization": f"Bearer {key}"})
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+            pem = pin_certificate(endpoint, attempt.tls_fingerprint, timeout_s=10.0)
+        except EndpointNotTrusted as exc:
+            raise EndpointRefused(str(exc), kind=exc.code, phase=Phase.WAIT_READY, hint=exc.hint,
+                                  retry_elsewhere=False) from None
+        except OSError:
+            return None
+        self.store.update(attempt.deployment.id, tls_certificate=pem)
+        attempt.endpoint_http = httpx.Client(verify=pinned_context(pem), timeout=self.http.timeout,
+                                             follow_redirects=False, trust_env=False)
+        return attempt.endpoint_http
+
+    @staticmethod
+    def _close_endpoint_http(attempt: _Attempt) -> None:
+        if attempt.endpoint_http is not None:
+            attempt.endpoint_http.close()
+            attempt.endpoint_http = None
 
     def _verify_endpoint(self, attempt: _Attempt, endpoint: str, key: str) -> None:
+        http = attempt.endpoint_http
+        assert http is not None
         try:
-            r = self.http.get(endpoint + "/models", headers={"Authorization": f"Bearer {key}"})
+            r = http.get(endpoint + "/models", headers={"Authorization": f"Bearer {key}"})
             ids = [m.get("id") for m in r.json().get("data", [])] if r.status_code == 200 else []
         except (httpx.HTTPError, ValueError, AttributeError):
             ids = []
@@ -566,20 +740,33 @@ class Deployer:
             model=attempt.deployment.model,
             profile=request.profile,
             only=request.smoke_checks,
-            http=self.http,
+            http=attempt.endpoint_http,
             on_result=lambda r: self.events.note(f"smoke {r.name}: {r.status}: {r.detail}")
             if r.status != "passed"
             else None,
         )
+        self.smoke_report = report
         report.raise_for_failure()
 
     # ------------------------------------------------------------------ cleanup
 
     def _cleanup(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> str:
-        """Destroy what this attempt rented; returns what is left: "nothing", "kept" or "orphaned"."""
+        """Destroy what this attempt rented; returns what is left: "nothing", "kept" or "orphaned".
+
+        Runs shielded: a signal that arrives meanwhile is acted on once the teardown is over.
+        """
+        self._close_endpoint_http(attempt)
+        with self.shield():
+            self.left = self._tear_down_attempt(attempt, reason=reason, keep=keep, status=status)
+        return self.left
+
+    def _tear_down_attempt(self, attempt: _Attempt, *, reason: str, keep: bool, status: str) -> str:
         d = attempt.deployment
         self.current = None
         if attempt.instance_id is None:
+            if attempt.nothing_rented:
+                self._closing_write(d.id, status="failed", error=reason, destroyed=True)
+                return "nothing"
             # The row exists but nothing was rented, unless a create is in doubt: look by label.
             try:
                 found = self._find_by_label(d.label)
@@ -602,24 +789,18 @@ class Deployer:
                 f"run 'glmdeploy destroy {d.name}' when done"
             )
             return "kept"
-        self._closing_write(d.id, status="destroying", error=reason)
-        try:
-            destroy_and_verify(
-                self.client,
-                attempt.instance_id,
-                sleep=self.sleep,
-                pause=self.pacing.destroy_check * self.pacing.scale,
-            )
-        except GlmdeployError as exc:
-            self._closing_write(d.id, status="orphaned", error=f"{reason}; destroy failed: {exc}")
-            self.events.note(
-                f"could not destroy instance {attempt.instance_id} ({exc}); "
-                "it is recorded: run 'glmdeploy destroy --orphans'"
-            )
-            return "orphaned"
-        self._closing_write(d.id, status=status, error=reason, destroyed=True)
-        self.events.note(f"destroyed instance {attempt.instance_id}")
-        return "nothing"
+        result = tear_down(
+            self.client,
+            attempt.instance_id,
+            pacing=self.pacing,
+            store=self.store,
+            deployment=d,
+            reason=reason,
+            status="failed" if status == "failed" else "destroyed",
+            sleep=self.sleep,
+        )
+        self.events.note(result.message())
+        return result.left
 
     def _closing_write(self, deployment_id: str, *, destroyed: bool = False, **fields: Any) -> None:
         """A write made while tearing down. If another process already closed the row (``destroy`` in
@@ -634,8 +815,43 @@ class Deployer:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _provider_now(self) -> float:
+        """Seconds since `up` started, in the provider's time (the sandbox's clock runs faster)."""
+        return (self.clock() - self.started) / self.pacing.scale
+
+    @staticmethod
+    def _download_estimate_s(profile: Profile, offer: Offer) -> float | None:
+        from glmdeploy.ranking import estimated_download_minutes
+
+        minutes = estimated_download_minutes(profile.model.weights_gb, offer.inet_down)
+        return minutes * 60 if math.isfinite(minutes) else None
+
+    def _progress(self, attempt: _Attempt, status_msg: str | None, tracker: LoadTracker | None = None) -> None:
+        """Tell the display where a rented instance is: every poll of the waits (issue 13 §1)."""
+        report = getattr(self.events, "progress", None)
+        if report is None or self.phase_now is None:
+            return
+        now = self._provider_now()
+        load = tracker.progress(now) if tracker is not None else None
+        expires = self.store.get(attempt.deployment.id).expires_at
+        report(
+            phase=self.phase_now.value,
+            elapsed_s=round(now, 1),
+            phase_elapsed_s=round((self.clock() - self.phase_started) / self.pacing.scale, 1),
+            status_msg=status_msg,
+            stage=load.stage if load else None,
+            percent=load.percent if load else None,
+            eta_s=load.eta_s if load else None,
+            estimated=load.estimated if load else None,
+            spent_usd=round(self.accrued_cost(), 4),
+            dph_total=attempt.offer.dph_total,
+            expires_at=expires.isoformat(timespec="seconds") if expires is not None else None,
+            clock_scale=self.pacing.scale,
+        )
+
     def _phase(self, phase: Phase, attempt: _Attempt | None, **detail: Any) -> None:
         self.phase_now = phase
+        self.phase_started = self.clock()
         if attempt is not None:
             fields: dict[str, Any] = {"phase": phase.value}
             status = PHASE_STATUS.get(phase)
@@ -645,7 +861,19 @@ class Deployer:
         self.events.phase(phase, round(self.clock() - self.started, 3), **detail)
 
     def _wait(self, seconds: float, deadline: float) -> None:
+        self.check_cost()
         self.sleep(max(0.0, min(seconds, deadline - self.clock())))
+
+
+def _failed(failure: LaunchFailure, phase: Phase) -> StepFailed:
+    return StepFailed(
+        failure.message,
+        kind=failure.kind,
+        phase=phase,
+        excerpt=failure.excerpt,
+        hint=failure.advice,
+        retry_elsewhere=failure.host_fault,
+    )
 
 
 def _masked(text: str, key: str) -> str:
@@ -658,4 +886,15 @@ def _now() -> Any:
     return utcnow()
 
 
-__all__ = ["AuthError", "Deployer", "Pacing", "Phase", "PlanRefused", "StepFailed", "UpEvents", "UpRequest"]
+__all__ = [
+    "ORPHAN_HINT",
+    "AuthError",
+    "CostLimitReached",
+    "Deployer",
+    "Pacing",
+    "Phase",
+    "PlanRefused",
+    "StepFailed",
+    "UpEvents",
+    "UpRequest",
+]

@@ -8,6 +8,8 @@ from glmdeploy.errors import UsageError
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# No timeout or TTL of a rented GPU needs more than a year; beyond it lie dates that overflow (9999999999d).
+MAX_DURATION_S = 366 * 86400.0
 
 
 def parse_duration(text: str | int | float, *, option: str = "duration") -> float:
@@ -30,8 +32,10 @@ def parse_duration(text: str | int | float, *, option: str = "duration") -> floa
                 pos = match.end()
             if pos != len(raw) or not raw:
                 raise UsageError(f"{option}: expected a duration like 90s, 45m or 2h, got {text!r}")
-    if seconds <= 0:
+    if not seconds > 0:  # also nan, from a float argument
         raise UsageError(f"{option}: must be positive, got {text!r}")
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"{option}: {text!r} is longer than {MAX_DURATION_S / 86400:g} days")
     return seconds
 
 
@@ -42,3 +46,18 @@ def format_duration(seconds: float) -> str:
     if whole % 60 == 0:
         return f"{whole // 60}m"
     return f"{whole}s"
+
+
+def human_duration(seconds: float, *, precise: bool = False) -> str:
+    """A duration people read at a glance: ``42s``, ``12m`` (``12m05s`` when precise), ``3h05m``, ``2d04h``."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        minutes, secs = divmod(whole, 60)
+        return f"{minutes}m{secs:02d}s" if precise else f"{minutes}m"
+    if whole < 48 * 3600:
+        hours, rest = divmod(whole, 3600)
+        return f"{hours}h{rest // 60:02d}m"
+    days, rest = divmod(whole, 86400)
+    return f"{days}d{rest // 3600:02d}h"

@@ -12,9 +12,15 @@ is a bug: exit 1 with a pointer to the issue tracker, never a traceback unless
     ├── NoOfferError (3)          nothing matches the profile and price cap
     ├── DeploymentFailed (4)      failed before ready; instance destroyed or kept
     ├── SmokeFailed (5)           smoke checks failed
+    ├── EndpointUnreachable (7)   smoke/bench target cannot be reached or never answers
     ├── VastError (7)             API failures (see glmdeploy.vast.errors)
-    │   └── AuthError (6)         credentials refused
+    │   ├── AuthError (6)         credentials refused
+    │   └── InsufficientCredit (8) the account lacks credit / hit its spend limit
+    ├── EndpointNotTrusted (9)    the endpoint's TLS certificate is not the pinned one, or it spoke plain http
     └── Interrupted (130)         Ctrl-C / SIGTERM, after cleanup
+        └── HungUp (129)          SIGHUP (terminal or SSH session gone), after cleanup
+
+A closed stdout or stderr (EPIPE) ends a command quietly with 141, like a tool killed by SIGPIPE.
 
 Exit codes are part of the public surface (shared/spec/cli.md): never renumber.
 """
@@ -29,7 +35,12 @@ EXIT_DEPLOY_FAILED = 4
 EXIT_SMOKE_FAILED = 5
 EXIT_AUTH = 6
 EXIT_UNREACHABLE = 7
+EXIT_NO_CREDIT = 8
+EXIT_TLS_REFUSED = 9
+EXIT_HUNG_UP = 129
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE, what a shell reports for a tool that a closed pipe ended (`yes | head -1`).
+EXIT_OUTPUT_CLOSED = 141
 
 
 class GlmdeployError(Exception):
@@ -87,8 +98,29 @@ class SmokeFailed(GlmdeployError):
     code = "smoke_failed"
 
 
+class EndpointUnreachable(GlmdeployError):
+    """The endpoint given to smoke or bench cannot be connected to, or accepts and never answers."""
+
+    exit_code = EXIT_UNREACHABLE
+    code = "endpoint_unreachable"
+
+
+class Declined(GlmdeployError):
+    """The user answered no at the rent prompt: nothing was rented, nothing went wrong (exit 0)."""
+
+    exit_code = EXIT_OK
+    code = "declined"
+
+
 class Interrupted(GlmdeployError):
     """The user interrupted; whatever was rented has been cleaned up."""
 
     exit_code = EXIT_INTERRUPTED
     code = "interrupted"
+
+
+class HungUp(Interrupted):
+    """The terminal went away (SIGHUP: a closed window, a dropped SSH session); cleaned up like Ctrl-C."""
+
+    exit_code = EXIT_HUNG_UP
+    code = "hung_up"

@@ -7,7 +7,9 @@ rows with the instances Vast.ai reports under our label prefix:
   destroyed;
 - a labelled instance with no active row, or whose row is stuck mid-``up`` because the process
   that owned it died (crash, kill -9), or whose row says ``orphaned``, is an *orphan*: it bills
-  and nobody is watching it.
+  and nobody is watching it;
+- but a labelled instance with no row whose label names another owner (``glmdeploy.ownership``)
+  is *foreign*: a teammate's or CI's live deployment, never this machine's to destroy.
 
 ``destroy_instance`` destroys and then checks the instance is really gone, because a destroy
 that was accepted is not yet a destroy that happened.
@@ -38,6 +40,22 @@ class Orphan:
     reason: str
     deployment: Deployment | None
     dph_total: float | None
+    started_at: float | None = None  # Vast's start_date (epoch seconds), for --older-than
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """A glmdeploy instance of another owner scope (another machine, CI, an older glmdeploy).
+
+    Read-only by default: ``list`` shows it, ``destroy --orphans`` leaves it alone.
+    """
+
+    instance_id: int
+    label: str
+    owner: str | None  # None: the old label form without an owner
+    dph_total: float | None
+    status: str | None
+    started_at: float | None
 
 
 @dataclass
@@ -45,7 +63,10 @@ class Reconciled:
     api_url: str
     instances: dict[str, Instance] = field(default_factory=dict)
     orphans: list[Orphan] = field(default_factory=list)
+    foreign: list[Foreign] = field(default_factory=list)
     marked_gone: list[str] = field(default_factory=list)
+    # Real seconds per provider second (Pacing.scale): a sandbox's clock runs faster. Ages use it.
+    time_scale: float = 1.0
 
 
 def owner_alive(deployment: Deployment) -> bool:
@@ -56,9 +77,24 @@ def owner_alive(deployment: Deployment) -> bool:
     return pid is not None and pid > 0 and pid_alive(pid)
 
 
-def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled:
-    """Merge the rows created on ``api_url`` with the labelled instances it reports."""
-    result = Reconciled(api_url=api_url)
+def reconcile(
+    store: StateStore,
+    client: VastClient,
+    api_url: str,
+    *,
+    own: frozenset[str] | None = None,
+    time_scale: float = 1.0,
+) -> Reconciled:
+    """Merge the rows created on ``api_url`` with the labelled instances it reports.
+
+    An untracked instance is an orphan only when its label's owner is one of ``own`` (default: the
+    store's own scopes, ``glmdeploy.ownership.own_scopes``); otherwise it is foreign.
+    """
+    from glmdeploy.ownership import own_scopes, parse_label
+
+    if own is None:
+        own = own_scopes(store.path.parent)
+    result = Reconciled(api_url=api_url, time_scale=time_scale)
     live = {
         inst.label: inst
         for inst in client.list_instances(label_prefix=LABEL_PREFIX)
@@ -66,8 +102,8 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
     }
     result.instances = dict(live)
     for d in store.list(include_destroyed=True):
-        if d.api_url != api_url:
-            continue
+        if d.api_url != api_url or d.is_group:
+            continue  # a replica group rents nothing itself: its replicas are rows of their own
         inst = live.pop(d.label, None)
         if not d.is_active:
             if inst is not None:
@@ -81,7 +117,7 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
             if d.instance_id is None and d.status == "creating":
                 store.mark_destroyed(d.id, status="failed", error="interrupted before an instance was rented")
             else:
-                store.mark_destroyed(d.id, status="destroyed", error=d.error or "instance no longer exists on Vast.ai")
+                store.mark_destroyed(d.id, status="destroyed", error=d.error or _gone_reason(d))
             result.marked_gone.append(d.name)
             continue
         if d.status == "orphaned":
@@ -93,9 +129,30 @@ def reconcile(store: StateStore, client: VastClient, api_url: str) -> Reconciled
         if d.instance_id is None:
             store.update(d.id, instance_id=inst.id, machine_id=inst.machine_id)
     for label, inst in live.items():
-        result.orphans.append(Orphan(inst.id, label, "no local record (another machine, or a lost state DB)",
-                                     None, inst.dph_total))
+        parts = parse_label(label)
+        owner = parts.owner if parts is not None else None
+        if owner is not None and owner in own:
+            result.orphans.append(Orphan(inst.id, label, f"no local record under owner {owner} (a lost state DB, "
+                                         "or another machine sharing the scope)", None, inst.dph_total,
+                                         inst.start_date))
+        else:
+            result.foreign.append(Foreign(inst.id, label, owner, inst.dph_total, inst.actual_status, inst.start_date))
     return result
+
+
+def _gone_reason(deployment: Deployment) -> str:
+    """Why an instance of an active record no longer exists, as far as this side can tell."""
+    from datetime import timedelta
+
+    from glmdeploy.state import utcnow
+    from glmdeploy.ttl import OVERDUE_GRACE_S, clock_scale
+
+    # The watchdog starts with the container, a poll before `up` saw it running and recorded expires_at.
+    early = timedelta(seconds=OVERDUE_GRACE_S * clock_scale(deployment.api_url))
+    if deployment.expires_at is not None and utcnow() >= deployment.expires_at - early:
+        expired = deployment.expires_at.isoformat(timespec="seconds")
+        return f"its TTL expired at {expired}: the host watchdog destroyed it"
+    return "instance no longer exists on Vast.ai"
 
 
 def sandbox_gone(api_url: str | None) -> bool:
@@ -124,6 +181,10 @@ def close_if_sandbox_gone(store: StateStore, deployment: Deployment) -> bool:
     """Close the record of a deployment whose sandbox has stopped; True if it did."""
     if not deployment.is_active or not sandbox_gone(deployment.api_url):
         return False
+    if deployment.is_group and deployment.gateway_url is not None:
+        from glmdeploy.replicas import attach
+
+        attach(deployment).stop()  # its replicas ended with the sandbox: the gateway has nothing to route to
     store.mark_destroyed(deployment.id, status="destroyed",
                          error=deployment.error or "its sandbox stopped; the instance ended with it")
     return True

@@ -38,4 +38,6 @@ def search_ranked(
     found = [o for o in client.search_offers(query) if matches_hardware(o, profile.hardware)]
     if exclude_machines:
         found = [o for o in found if o.machine_id not in exclude_machines]
-    return rank_offers(found, weights_gb=profile.model.weights_gb, max_price=cap)
+    return rank_offers(
+        found, weights_gb=profile.model.weights_gb, max_price=cap, reference_price=profile.hardware.max_price
+    )

@@ -3,15 +3,21 @@
 Pure functions, no I/O. Vast's own default order (``score``) and "cheapest first" both ignore
 that the weights (~60 GB for GLM-4.7-Flash BF16) must be downloaded at the host's speed while the
 meter runs, and that an unreliable host costs a failed attempt. The formula, for an offer at
-``dph_total`` = *p* $/h, reliability *r* (0-1), download speed *d* Mbit/s, and the cap *C* $/h:
+``dph_total`` = *p* $/h, reliability *r* (0-1), download speed *d* Mbit/s, and the reference price
+*S* $/h:
 
     minutes          = weights_gb * 8000 / d / 60            (∞ when d is unknown or 0)
     first_hour_cost  = p * (1 + minutes / 60)                 ($: download the weights, then serve 1 h)
-    cost_term        = C / (C + first_hour_cost)              (1 when free, ½ at one cap's worth)
+    cost_term        = S / (S + first_hour_cost)              (1 when free, ½ at one reference hour's worth)
     reliability_term = clamp((r - 0.80) / 0.20, 0, 1)         (0 at r ≤ 0.80, 1 at r = 1)
     network_term     = 10 / (10 + minutes)                    (½ for a 10-minute download)
 
     score = 100 * (0.50 * cost_term + 0.30 * reliability_term + 0.20 * network_term)
+
+*S* is the profile's own default cap (``hardware.max_price``): what an hour of that hardware is
+expected to cost, fixed for the profile. It is deliberately not the ``--max-price`` the user gives:
+a cap only filters. With *S* = *C*, raising the cap shrank the cost term's spread, so a dearer but
+more reliable offer could overtake one that ranked above it under the lower cap (issue 10).
 
 Offers above the cap (or without a price) are excluded, not penalised. Missing values count as
 the worst case: no reliability → 0, no download speed → an endless download. Each term only
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COST_WEIGHT",
+    "MAX_PRICE_CAP",
     "NETWORK_WEIGHT",
     "RELIABILITY_WEIGHT",
     "OfferLike",
@@ -57,6 +64,9 @@ RELIABILITY_FLOOR = 0.80
 NETWORK_HALF_MINUTES = 10.0
 SERVING_HOURS = 1.0
 MEGABITS_PER_GB = 8000.0  # 1 GB = 10^9 bytes = 8000 Mbit
+# The highest cap accepted, $/h for the whole instance: Vast.ai takes hourly bids of 0.001-128 $/h per
+# machine (shared/reference/vast-api.md, create instance, `price`). A cap above it filters nothing.
+MAX_PRICE_CAP = 128.0
 
 
 class OfferLike(Protocol):
@@ -110,9 +120,16 @@ def offer_reliability(offer: object) -> float | None:
     return None
 
 
-def score_offer(offer: OfferLike, *, weights_gb: float, max_price: float) -> RankedOffer | None:
-    """The offer's score, or None when it is above the cap or has no price."""
+def score_offer(
+    offer: OfferLike, *, weights_gb: float, max_price: float, reference_price: float
+) -> RankedOffer | None:
+    """The offer's score, or None when it is above the cap or has no price.
+
+    ``max_price`` only decides whether the offer is scored; ``reference_price`` (the profile's default
+    cap) is the scale of the cost term, so the score does not depend on the cap.
+    """
     _check_cap(max_price)
+    _check_cap(reference_price)
     price = _number(offer.dph_total)
     if price is None or price < 0 or price > max_price:
         return None
@@ -120,7 +137,7 @@ def score_offer(offer: OfferLike, *, weights_gb: float, max_price: float) -> Ran
     minutes = estimated_download_minutes(weights_gb, _number(getattr(offer, "inet_down", None)))
 
     first_hour_cost = price * (SERVING_HOURS + minutes / 60.0) if price > 0 else 0.0
-    cost_term = max_price / (max_price + first_hour_cost)
+    cost_term = reference_price / (reference_price + first_hour_cost)
     if reliability is None:
         reliability_term = 0.0
     else:
@@ -147,13 +164,20 @@ def _check_cap(max_price: float) -> None:
         raise ValueError(f"the price cap must be a positive, finite $/h, got {max_price!r}")
 
 
-def rank_offers(offers: Iterable[OfferLike], *, weights_gb: float, max_price: float) -> list[RankedOffer]:
+def rank_offers(
+    offers: Iterable[OfferLike], *, weights_gb: float, max_price: float, reference_price: float
+) -> list[RankedOffer]:
     """Offers at or under ``max_price`` $/h, best score first (see the module docstring)."""
     _check_cap(max_price)
     ranked = [
         scored
         for offer in offers
-        if (scored := score_offer(offer, weights_gb=weights_gb, max_price=max_price)) is not None
+        if (
+            scored := score_offer(
+                offer, weights_gb=weights_gb, max_price=max_price, reference_price=reference_price
+            )
+        )
+        is not None
     ]
     ranked.sort(key=lambda r: (-r.score, _number(r.offer.dph_total) or 0.0, r.offer.id))
     return ranked

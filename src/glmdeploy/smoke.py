@@ -1,11 +1,24 @@
 """Smoke checks: named, timed probes of an OpenAI-compatible endpoint (issue 5 §1).
 
 Each check sends a few plain OpenAI requests and reports ``passed``, ``failed`` or ``skipped`` with
-a one-line reason. Nothing here assumes more than the OpenAI chat completions API plus the GLM
-extras the engines document (shared/reference/engines.md): the reasoning field under either name
-(``reasoning_content`` or ``reasoning``), ``chat_template_kwargs.enable_thinking``, and, only when
-the engine is known, ``ignore_eos``. Every network or protocol failure becomes a failed check with
-its reason; a check never raises.
+a one-line reason. ``timeout`` is each check's whole budget: connecting (at most
+``CONNECT_TIMEOUT_S``), waiting and reading, over all its requests; at the deadline the connection is
+cut, so a server that accepts and never answers, or trickles, costs one budget, not minutes.
+
+A wrong target stops the run: when a check cannot connect, or the server has not answered anything
+within a budget, before the server has answered anything in this run, the report says
+``unreachable``; when neither the health path nor ``/v1/models`` exists (404), ``not_openai``. The
+checks after it are reported as not run.
+
+A server that answered and then stops accepting connections (an engine that died mid-run, a host that
+went away) is not a wrong target but a failed check: the report says ``connection_lost``, and the
+checks after it are reported as not run, so they do not each wait out a connect timeout.
+
+Nothing here assumes more than the OpenAI chat completions API plus the GLM extras the engines
+document (shared/reference/engines.md): the reasoning field under either name (``reasoning_content``
+or ``reasoning``), ``chat_template_kwargs.enable_thinking``, and, only when the engine is known,
+``ignore_eos``. Every network or protocol failure becomes a failed check with its reason; a check
+never raises.
 
 The checks, in order:
 
@@ -26,6 +39,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,19 +51,24 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, Field
 
+from glmdeploy.engines.kinds import ENGINE_KINDS as KNOWN_ENGINE_KINDS
 from glmdeploy.errors import SmokeFailed, UsageError
 from glmdeploy.sse import ChatStreamAssembly, SSEParser, StreamFormatError, ToolCallDraft, reasoning_text
+from glmdeploy.urls import check_port
 
 if TYPE_CHECKING:
     from glmdeploy.junit import Suite
     from glmdeploy.profiles.model import Profile
     from glmdeploy.state import Deployment
+    from glmdeploy.tls import EndpointTrust
 
 JUNIT_SUITE = "glmdeploy.smoke"
 CHECK_NAMES: tuple[str, ...] = ("health", "auth", "models", "chat", "stream", "reasoning", "tools", "max_tokens")
-ENGINE_KINDS: tuple[str, ...] = ("sglang", "vllm", "lightllm")
+ENGINE_KINDS = KNOWN_ENGINE_KINDS  # engines/kinds.py: the one list
 DEFAULT_TIMEOUT_S = 120.0
-# SGLang's /health runs a generation and may take up to its own 20 s timeout to answer (engines.md §5 tip b).
+CONNECT_TIMEOUT_S = 10.0
+# SGLang's /health runs a generation and may take up to its own 20 s timeout to answer (engines.md §5 tip b):
+# a --timeout below this may fail a healthy SGLang's health check. It is honoured all the same.
 SGLANG_HEALTH_TIMEOUT_S = 25.0
 # A stream whose first and last chunks arrive closer than this came in one piece (a buffering proxy):
 # at least 1 ms, and 0.1 ms per chunk, i.e. 10,000 chunks/s, far above any engine's single-stream decode
@@ -102,6 +122,11 @@ class SmokeReport(BaseModel):
     engine: str | None = None
     model: str | None = None
     checks: list[CheckResult]
+    unreachable: str | None = Field(default=None, description="Why the target could not be reached, if so.")
+    not_openai: str | None = Field(default=None, description="Why the target is not an OpenAI-compatible server.")
+    connection_lost: str | None = Field(
+        default=None, description="Which check could no longer connect after the server had answered, and why."
+    )
 
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status == "failed"]
@@ -137,6 +162,9 @@ class SmokeReport(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
+        for verdict in ("unreachable", "not_openai", "connection_lost"):
+            if data[verdict] is None:
+                del data[verdict]
         for check in data["checks"]:
             if check["ttft_ms"] is None:
                 del check["ttft_ms"]
@@ -154,6 +182,8 @@ class Target:
     # Checks the profile rules out, with the reason (a profile without a reasoning parser, ...).
     profile_skips: Mapping[str, str] = field(default_factory=dict)
     label: str | None = None
+    # How the endpoint's TLS is trusted: a deployment's pin, or --pin/--ca-cert (glmdeploy.tls).
+    trust: EndpointTrust | None = None
 
     @property
     def root(self) -> str:
@@ -161,7 +191,8 @@ class Target:
 
     @classmethod
     def from_url(
-        cls, url: str, *, api_key: str | None = None, model: str | None = None, engine: str | None = None
+        cls, url: str, *, api_key: str | None = None, model: str | None = None, engine: str | None = None,
+        trust: EndpointTrust | None = None,
     ) -> Target:
         """``url`` may be the base URL ending in ``/v1`` or the server root."""
         from glmdeploy.vast.keys import sendable
@@ -173,7 +204,7 @@ class Target:
                 "so it cannot be sent; a key is one line of printable ASCII"
             )
         return cls(api_base=normalise_base_url(url), api_key=api_key or None, model=model or None,
-                   engine=_engine_kind(engine))
+                   engine=_engine_kind(engine), trust=trust)
 
     @classmethod
     def from_profile(
@@ -203,13 +234,19 @@ class Target:
     def from_deployment(cls, deployment: Deployment) -> Target:
         if not deployment.endpoint:
             raise UsageError(f"deployment {deployment.name!r} has no endpoint (status {deployment.status})")
-        return cls.from_profile(
+        from dataclasses import replace
+
+        from glmdeploy.tls import EndpointTrust
+
+        target = cls.from_profile(
             deployment.endpoint,
             deployment.endpoint_key(),
             model=deployment.model,
             profile=deployment.profile_snapshot,
             label=deployment.name,
         )
+        trust = EndpointTrust(fingerprint=deployment.tls_fingerprint, certificate_pem=deployment.tls_certificate)
+        return replace(target, trust=trust)
 
 
 def normalise_base_url(url: str) -> str:
@@ -217,6 +254,7 @@ def normalise_base_url(url: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"not an http(s) URL: {url!r} (give the server root or its base URL ending in /v1)")
+    check_port(text, option="--url")
     if parts.query or parts.fragment:
         # Not repeated whole: a query is where a key would sit (?api_key=...).
         bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
@@ -248,9 +286,23 @@ def profile_skips(snapshot: Mapping[str, Any]) -> dict[str, str]:
     has_tool_parser = bool(engine.get("tool_call_parser")) or "--tool-call-parser" in extra
     if not has_tool_parser:
         skips["tools"] = f"profile {name} enables no tool-call parser: tool calls arrive as raw text"
-    elif kind == "vllm" and not engine.get("auto_tool_choice") and "--enable-auto-tool-choice" not in extra:
-        skips["tools"] = f"profile {name} does not set auto_tool_choice: vLLM refuses tool_choice auto"
+    elif (switch := _auto_tool_choice_flag(kind)) and not engine.get("auto_tool_choice") and switch not in extra:
+        skips["tools"] = f"profile {name} does not set auto_tool_choice: {_display(kind)} refuses tool_choice auto"
     return skips
+
+
+def _auto_tool_choice_flag(kind: object) -> str | None:
+    if kind not in ENGINE_KINDS:
+        return None
+    from glmdeploy.engines import get_engine
+
+    return get_engine(str(kind)).auto_tool_choice_flag
+
+
+def _display(kind: object) -> str:
+    from glmdeploy.engines import get_engine
+
+    return get_engine(str(kind)).display_name
 
 
 def select_checks(only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[str]:
@@ -275,6 +327,10 @@ class _Skip(Exception):
     """A check does not apply; the message says why."""
 
 
+class _NotOpenAI(_Fail):
+    """The target answers HTTP, but neither its health path nor /v1/models exists: the wrong server."""
+
+
 @dataclass
 class _Outcome:
     detail: str
@@ -294,9 +350,12 @@ def smoke_endpoint(
     on_start: Callable[[str], None] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
     http: httpx.Client | None = None,
+    trust: EndpointTrust | None = None,
 ) -> SmokeReport:
     """Smoke a deployment's endpoint the way ``up`` does before it reports ready."""
-    target = Target.from_profile(endpoint, api_key, model=model, profile=profile)
+    from dataclasses import replace
+
+    target = replace(Target.from_profile(endpoint, api_key, model=model, profile=profile), trust=trust)
     return run_smoke(target, only=only, skip=skip, timeout=timeout, on_start=on_start, on_result=on_result, http=http)
 
 
@@ -332,6 +391,9 @@ def run_smoke(
         engine=target.engine,
         model=runner.model_id or target.model,
         checks=results,
+        unreachable=runner.unreachable,
+        not_openai=runner.not_openai,
+        connection_lost=runner.connection_lost,
     )
 
 
@@ -341,14 +403,23 @@ class _Runner:
         self.timeout = timeout
         host = urlsplit(target.api_base).hostname or ""
         self._own_http = http is None
-        # A proxy from the environment must not stand between us and a local server.
+        # A proxy from the environment must not stand between us and a local server. A pinned endpoint is
+        # checked with one handshake first (CertificateMismatch, exit 9, before anything is sent).
+        verify = target.trust.context(target.api_base) if http is None and target.trust is not None else True
         self.http = http or httpx.Client(
-            trust_env=host not in ("127.0.0.1", "localhost", "::1"), follow_redirects=False
+            trust_env=host not in ("127.0.0.1", "localhost", "::1") and target.trust is None,
+            follow_redirects=False, verify=verify,
         )
         self.model_id: str | None = target.model
-        # Set once a check could not even connect: the later checks fail at once instead of each
-        # waiting out its own connect timeout (a firewalled host would cost minutes).
+        # Set once a check could not even connect, or got no answer at all: the later checks fail at once
+        # instead of each waiting out its own budget (a firewalled or hung host would cost minutes).
         self.unreachable: str | None = None
+        # Set when the target is not an OpenAI-compatible server at all (a plain web server's 404s).
+        self.not_openai: str | None = None
+        # Set when a connection fails after the server had answered: a failed check, not a wrong target.
+        self.connection_lost: str | None = None
+        self.answered = False  # whether the server has sent any HTTP answer yet
+        self.deadline = 0.0  # the running check's: perf_counter() time
 
     def close(self) -> None:
         if self._own_http:
@@ -356,6 +427,7 @@ class _Runner:
 
     def run(self, name: str) -> CheckResult:
         started = time.perf_counter()
+        self.deadline = started + self.timeout
         status: Status
         ttft: float | None = None
         info: dict[str, Any] = {}
@@ -365,16 +437,34 @@ class _Runner:
                 raise _Skip(reason)
             if self.unreachable is not None:
                 raise _Fail(f"not run: {self.unreachable}")
+            if self.not_openai is not None:
+                raise _Fail(f"not run: {self.not_openai}")
+            if self.connection_lost is not None:
+                raise _Fail(f"not run: {self.connection_lost}")
             outcome: _Outcome = getattr(self, f"check_{name}")()
             status, detail, ttft, info = "passed", outcome.detail, outcome.ttft_ms, outcome.info
         except _Skip as exc:
             status, detail = "skipped", str(exc)
+        except _NotOpenAI as exc:
+            status, detail = "failed", str(exc)
+            self.not_openai = detail
         except _Fail as exc:
             status, detail = "failed", str(exc)
         except Exception as exc:  # a check reports, it never crashes the run
             status, detail = "failed", describe_error(exc)
-            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and self.answered:
+                self.connection_lost = f"{name} could not connect after the server had answered ({detail})"
+            elif isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
                 self.unreachable = f"{name} could not connect ({detail})"
+            elif isinstance(exc, httpx.TimeoutException) and not self.answered:
+                self.unreachable = (
+                    f"{name} got no answer in {self.timeout:g} s: the server accepts connections but does not "
+                    f"respond ({detail})"
+                )
+        if status == "failed" and not detail.startswith("not run: "):
+            stopped = "unreachable" if self.unreachable else "not_openai" if self.not_openai else None
+            if stopped:
+                info = {**info, "stopped": stopped}  # this check found the target wrong; the rest are not run
         duration = (time.perf_counter() - started) * 1000
         key = self._maskable_key()
         if key:  # streamed text is not masked as it arrives: mask what is reported
@@ -405,24 +495,51 @@ class _Runner:
         key = self.target.api_key
         return key if key and len(key) >= MIN_MASKED_KEY else None
 
-    def _timeout(self, read: float | None = None) -> httpx.Timeout:
-        return httpx.Timeout(read or self.timeout, connect=min(10.0, self.timeout))
+    def _timeout(self) -> httpx.Timeout:
+        """What is left of the check's budget, for connecting, writing and each read."""
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            raise _Fail(f"out of time: the check's {self.timeout:g} s are used up")
+        return httpx.Timeout(left, connect=min(CONNECT_TIMEOUT_S, left))
 
-    def get(self, url: str, auth: Literal["key", "none", "wrong"] = "key", read: float | None = None) -> _Answer:
-        return self._send("GET", url, auth=auth, read=read)
+    @contextmanager
+    def _cut_at_deadline(self, response: httpx.Response) -> Iterator[None]:
+        """Close the connection under a read at the check's deadline.
+
+        httpx's read timeout bounds each read, not the whole answer: a server sending a byte every few
+        seconds would keep a check going for ever. The socket comes from httpx's documented
+        ``network_stream`` response extension; shutting it down ends the read at once.
+        """
+        self.answered = True
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is None:
+            yield
+            return
+        timer = threading.Timer(max(0.0, self.deadline - time.perf_counter()), _shutdown, args=(sock,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _past_deadline(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
+    def get(self, url: str, auth: Literal["key", "none", "wrong"] = "key") -> _Answer:
+        return self._send("GET", url, auth=auth)
 
     def post_chat(self, body: dict[str, Any], auth: Literal["key", "none", "wrong"] = "key") -> _Answer:
         return self._send("POST", self.target.api_base + "/chat/completions", auth=auth, body=body)
 
     def _send(
         self, method: str, url: str, *, auth: Literal["key", "none", "wrong"], body: dict[str, Any] | None = None,
-        read: float | None = None,
     ) -> _Answer:
-        limit = read or self.timeout
         with self.http.stream(
-            method, url, json=body, headers=self._headers(auth), timeout=self._timeout(read)
-        ) as response:
-            content = _read_capped(response, f"{method} {urlsplit(url).path}", time.perf_counter() + limit, limit)
+            method, url, json=body, headers=self._headers(auth), timeout=self._timeout()
+        ) as response, self._cut_at_deadline(response):
+            content = _read_capped(response, f"{method} {urlsplit(url).path}", self.deadline, self.timeout)
             return _Answer(response.status_code, self._masked(content), response.headers)
 
     @contextmanager
@@ -430,7 +547,7 @@ class _Runner:
         with self.http.stream(
             "POST", self.target.api_base + "/chat/completions", json={**body, "stream": True},
             headers=self._headers("key"), timeout=self._timeout(),
-        ) as response:
+        ) as response, self._cut_at_deadline(response):
             yield response
 
     def model(self) -> str:
@@ -470,7 +587,7 @@ class _Runner:
         request = {"model": self.model(), **body}  # looked up first: the lookup is not time to first token
         started = time.perf_counter()
         with self.stream_chat(request) as response:
-            deadline = started + self.timeout
+            deadline = self.deadline
             content_type = response.headers.get("content-type", "")
             if response.status_code != 200 or content_type.startswith("application/json"):
                 answer = _Answer(
@@ -496,6 +613,8 @@ class _Runner:
                     if now > deadline:
                         raise _Fail(f"{what}: the stream was still going after {self.timeout:g} s")
             except httpx.TransportError as exc:
+                if self._past_deadline():  # cut by _cut_at_deadline
+                    raise _Fail(f"{what}: the stream was still going after {self.timeout:g} s") from None
                 raise _Fail(
                     f"{what}: the connection broke mid-stream after {assembly.chunks} chunks "
                     f"({describe_error(exc)})"
@@ -515,27 +634,34 @@ class _Runner:
     # ------------------------------------------------------------------------------ the checks
 
     def check_health(self) -> _Outcome:
-        engine = self.target.engine
-        if engine is not None:
-            from glmdeploy.engines import get_engine
+        # The health rule (path, read timeout, what a code means) is the engine's (engines/health.py);
+        # this check keeps its own guarded transport (body limits, masking) for hostile servers.
+        from glmdeploy.engines import get_engine
+        from glmdeploy.engines.health import HealthState
 
-            path = get_engine(engine).health_path
-        else:
-            path = "/health"
-        read = max(self.timeout, SGLANG_HEALTH_TIMEOUT_S) if engine in (None, "sglang") else None
-        response = self.get(self.target.root + path, read=read)
+        engine = self.target.engine
+        rule = get_engine(engine) if engine is not None else None
+        path = rule.health_path if rule is not None else "/health"
+        # The check's whole budget is --timeout (connect, wait and read), SGLang's generating /health
+        # included: a longer engine default here was how `health` came to ignore --timeout.
+        response = self.get(self.target.root + path)
         code = response.status_code
         if code == 200:
             return _Outcome(f"GET {path}: 200", info={"path": path})
-        if code == 503:
+        if code == 503 or (rule is not None and rule.read_health(code) is HealthState.STARTING):
             models = self._models_status()
             also = f"; /v1/models answers {models}" if models is not None else ""
-            raise _Fail(f"GET {path}: 503, the server is not ready (still warming up?){also}")
-        if engine is None and code in (404, 405):
+            raise _Fail(f"GET {path}: {code}, the server is not ready (still warming up?){also}")
+        if code in (404, 405):
             models_response = self.get(self.target.api_base + "/models")
-            if models_response.status_code == 200:
+            if models_response.status_code == 404:
+                raise _NotOpenAI(
+                    f"not an OpenAI-compatible server: GET {path} answered {code} and GET /v1/models 404"
+                )
+            if engine is None and models_response.status_code == 200:
                 return _Outcome(f"no {path} ({code}); GET /v1/models: 200", info={"path": "/v1/models"})
-            raise _Fail(f"no {path} ({code}) and GET /v1/models answered {_status(models_response)}")
+            if engine is None:
+                raise _Fail(f"no {path} ({code}) and GET /v1/models answered {_status(models_response)}")
         raise _Fail(f"GET {path}: HTTP {_status(response)}")
 
     def _models_status(self) -> int | None:
@@ -553,6 +679,8 @@ class _Runner:
             "max_tokens": 1,
         }
         let_in: list[str] = []
+        missing: list[str] = []
+        odd: list[str] = []
         seen: set[int] = set()
         modes: tuple[tuple[Literal["none", "wrong"], str], ...] = (
             ("none", "without a key"),
@@ -565,15 +693,25 @@ class _Runner:
                 else:
                     code = self.post_chat(body, auth=auth).status_code
                 seen.add(code)
-                if code not in (401, 403):
+                if 200 <= code < 300:  # only an answer is a way in; a 404 or a 500 lets nobody in
                     let_in.append(f"{what} {how}: {code}")
+                elif code == 404:
+                    missing.append(f"{what} {how}: 404")
+                elif code not in (401, 403):
+                    odd.append(f"{what} {how}: {code}")
         if let_in:
             raise _Fail("the key is not enforced: " + "; ".join(let_in))
+        if missing:
+            raise _Fail("not an OpenAI-compatible endpoint: " + "; ".join(missing))
+        if odd:
+            raise _Fail("expected 401 or 403 without a valid key: " + "; ".join(odd))
         codes = "/".join(str(c) for c in sorted(seen))
         return _Outcome(f"{codes} without a key and with a wrong key on /v1/models and /v1/chat/completions")
 
     def check_models(self) -> _Outcome:
         response = self.get(self.target.api_base + "/models")
+        if response.status_code == 404:
+            raise _Fail("GET /v1/models: 404: not an OpenAI-compatible server")
         if response.status_code != 200:
             raise _Fail(f"GET /v1/models: HTTP {_status(response)}")
         ids = _model_ids(_json_body(response, "GET /v1/models"))
@@ -766,13 +904,25 @@ class _Answer:
 def _read_capped(response: httpx.Response, what: str, deadline: float, limit: float) -> bytes:
     """The body, but no more than MAX_BODY_BYTES and no later than the deadline: an endpoint may be hostile."""
     body = bytearray()
-    for piece in response.iter_bytes():
-        body += piece
-        if len(body) > MAX_BODY_BYTES:
-            raise _Fail(f"{what}: the answer exceeds {MAX_BODY_BYTES >> 20} MiB")
-        if time.perf_counter() > deadline:
-            raise _Fail(f"{what}: the answer was still arriving after {limit:g} s")
+    try:
+        for piece in response.iter_bytes():
+            body += piece
+            if len(body) > MAX_BODY_BYTES:
+                raise _Fail(f"{what}: the answer exceeds {MAX_BODY_BYTES >> 20} MiB")
+            if time.perf_counter() > deadline:
+                raise _Fail(f"{what}: the answer was still arriving after {limit:g} s")
+    except httpx.TransportError:
+        if time.perf_counter() >= deadline:  # the connection was cut at the deadline
+            raise _Fail(f"{what}: the answer was still arriving after {limit:g} s") from None
+        raise
     return bytes(body)
+
+
+def _shutdown(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 def _json_body(response: _Answer, what: str) -> dict[str, Any]:

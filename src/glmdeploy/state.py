@@ -14,7 +14,8 @@ whose instance was destroyed is not. Names are unique among active deployments, 
 partial unique index so two concurrent ``up --name x`` cannot both win.
 
 The record is written (status ``creating``) before the Vast create call: if the process dies
-between the two, the label ``glmdeploy:<id>`` stored here is how the orphan is found again.
+between the two, the label ``glmdeploy:<owner>:<id>`` stored here is how the orphan is found again
+(older records hold ``glmdeploy:<id>``; see ``glmdeploy.ownership``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from glmdeploy.errors import GlmdeployError, UsageError
-from glmdeploy.paths import ensure_home
+from glmdeploy.paths import ensure_home, unusable_state
 
 DB_FILENAME = "state.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -86,7 +87,7 @@ class Deployment(BaseModel):
     destroyed_at: datetime | None = None
     expires_at: datetime | None = Field(default=None, description="When the TTL watchdog destroys it.")
     dph_total: float | None = None
-    label: str = Field(description="Vast instance label, glmdeploy:<id>.")
+    label: str = Field(description="Vast instance label, glmdeploy:<owner>:<id> (older rows: glmdeploy:<id>).")
     api_url: str | None = Field(default=None, description="Vast API server the instance was created on.")
     owner_pid: int | None = Field(
         default=None, description="PID of the process driving it (up, destroy): tells in-flight from abandoned."
@@ -99,19 +100,51 @@ class Deployment(BaseModel):
     kv_tokens_reported: int | None = Field(
         default=None, description="KV pool the engine reported in its startup log (tokens)."
     )
+    tls_fingerprint: str | None = Field(
+        default=None, description="SHA-256 of the endpoint's certificate, as its host logged it (hex)."
+    )
+    tls_certificate: str | None = Field(
+        default=None, description="The endpoint's certificate (PEM) once a TLS connection presented that pin."
+    )
     endpoint_api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    # Replicas (issue 12, migration 5). A *group* row (replicas_wanted set) rents nothing itself: it
+    # owns the gateway, and its replicas are ordinary deployment rows whose parent_id names it.
+    parent_id: str | None = Field(default=None, description="The replica group this row is a replica of.")
+    replica_index: int | None = Field(default=None, description="Replica number within its group (never reused).")
+    gateway_worker_id: str | None = Field(default=None, description="The gateway's id for this replica.")
+    retired_at: datetime | None = Field(
+        default=None, description="When scale/destroy removed this replica on purpose (else a gone one is lost)."
+    )
+    replicas_wanted: int | None = Field(default=None, description="Replicas a group should have.")
+    gateway_url: str | None = Field(default=None, description="The group's one endpoint (the gateway), no /v1.")
+    gateway_pid: int | None = None
+    gateway_policy: str | None = None
+    gateway_api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
 
     @property
     def is_active(self) -> bool:
         return self.destroyed_at is None and self.status != "destroyed"
 
+    @property
+    def is_group(self) -> bool:
+        """A replica group: rents nothing itself, owns a gateway and its replicas (children rows)."""
+        return self.replicas_wanted is not None
+
+    def gateway_key(self) -> str | None:
+        """The gateway's client key in clear, for ``glmdeploy env`` and the smoke client only."""
+        return None if self.gateway_api_key is None else self.gateway_api_key.get_secret_value()
+
     def endpoint_key(self) -> str | None:
-        """The endpoint's API key in clear, for ``glmdeploy env`` and the smoke client only."""
+        """The endpoint's API key in clear, for ``glmdeploy env`` and the smoke client only.
+
+        A replica group's endpoint is its gateway, so its key is the gateway's (never a replica's)."""
+        if self.is_group:
+            return self.gateway_key()
         return None if self.endpoint_api_key is None else self.endpoint_api_key.get_secret_value()
 
     def public(self, *, snapshots: bool = False) -> dict[str, Any]:
         """The JSON view for ``--json`` output; the snapshots are bulky, so only on request."""
-        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot"}
+        exclude = None if snapshots else {"profile_snapshot", "offer_snapshot", "tls_certificate"}
         return self.model_dump(mode="json", exclude=exclude)
 
 
@@ -167,15 +200,42 @@ def _migrate_v4(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE deployments ADD COLUMN {column} INTEGER")
 
 
+def _migrate_v5(conn: sqlite3.Connection) -> None:
+    """Replicas (issue 12): a group row owns a gateway; its replicas are rows pointing at it."""
+    for column, kind in (
+        ("parent_id", "TEXT"),
+        ("replica_index", "INTEGER"),
+        ("gateway_worker_id", "TEXT"),
+        ("retired_at", "TEXT"),
+        ("replicas_wanted", "INTEGER"),
+        ("gateway_url", "TEXT"),
+        ("gateway_pid", "INTEGER"),
+        ("gateway_policy", "TEXT"),
+        ("gateway_api_key", "TEXT"),
+    ):
+        conn.execute(f"ALTER TABLE deployments ADD COLUMN {column} {kind}")
+    conn.execute("CREATE INDEX deployments_parent ON deployments(parent_id)")
+
+
+def _migrate_v6(conn: sqlite3.Connection) -> None:
+    """The endpoint's TLS pin (read from the instance log through the Vast API) and its certificate."""
+    conn.execute("ALTER TABLE deployments ADD COLUMN tls_fingerprint TEXT")
+    conn.execute("ALTER TABLE deployments ADD COLUMN tls_certificate TEXT")
+
+
 # Applied in order; the database's user_version counts how many have run. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS: tuple[str, ...] = tuple(Deployment.model_fields)
 _JSON_COLUMNS = frozenset({"profile_snapshot", "offer_snapshot"})
-_TIME_COLUMNS = frozenset({"created_at", "updated_at", "ready_at", "destroyed_at", "expires_at"})
+_TIME_COLUMNS = frozenset({"created_at", "updated_at", "ready_at", "destroyed_at", "expires_at", "retired_at"})
 # What update() may change: identity and creation facts are fixed.
-_UPDATABLE = frozenset(_COLUMNS) - {"id", "label", "created_at", "updated_at", "profile", "profile_snapshot"}
+_UPDATABLE = frozenset(_COLUMNS) - {
+    "id", "label", "created_at", "updated_at", "profile", "profile_snapshot", "parent_id", "replica_index",
+}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -193,8 +253,11 @@ def new_deployment_id() -> str:
     return secrets.token_hex(6)
 
 
-def label_for(deployment_id: str) -> str:
-    return f"{LABEL_PREFIX}{deployment_id}"
+def label_for(deployment_id: str, owner: str) -> str:
+    """``glmdeploy:<owner>:<deployment id>`` (glmdeploy.ownership says who the owner is)."""
+    from glmdeploy.ownership import make_label
+
+    return make_label(owner, deployment_id)
 
 
 def validate_name(name: str) -> str:
@@ -226,7 +289,7 @@ def _encode(column: str, value: Any) -> Any:
         if value.tzinfo is None:
             raise ValueError(f"{column} must be timezone-aware (UTC)")
         return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if column == "endpoint_api_key" and isinstance(value, SecretStr):
+    if column in ("endpoint_api_key", "gateway_api_key") and isinstance(value, SecretStr):
         return value.get_secret_value()
     if column == "status" and value not in STATUSES:
         raise ValueError(f"unknown status {value!r}; one of {', '.join(STATUSES)}")
@@ -263,9 +326,12 @@ class StateStore:
     def open(cls, path: Path | None = None) -> StateStore:
         """Open (creating and migrating if needed) the store; default ``<home>/state.db``."""
         db_path = default_path() if path is None else Path(path)
-        if path is not None:
-            db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _create_private(db_path)
+        try:
+            if path is not None:
+                db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(db_path)
+        except OSError as exc:  # a directory or a broken link where the database should be, ...
+            raise unusable_state(db_path, exc) from None
         conn = sqlite3.connect(
             db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
@@ -327,17 +393,36 @@ class StateStore:
         model: str | None = None,
         phase: str | None = None,
         owner_pid: int | None = None,
+        owner: str | None = None,
+        parent: Deployment | None = None,
+        replica_index: int | None = None,
+        replicas_wanted: int | None = None,
     ) -> Deployment:
         """Record a new deployment in status ``creating``; call this before renting anything.
+
+        ``owner`` is the scope its label carries (default: this state dir's, see
+        ``glmdeploy.ownership.rental_owner``).
 
         ``name`` is validated and must not belong to an active deployment; without it one is
         generated (``glm-<profile>-xxxx``), retrying on the rare collision. ``owner_pid``
         defaults to this process.
+
+        A replica (``parent`` and ``replica_index`` given) is named ``<group name>-r<index>`` and
+        labelled ``<group label>-r<index>``: the label still parses to the group's owner scope, so
+        ``destroy --orphans`` finds a replica a crash left behind (``glmdeploy.ownership``).
         """
+        from glmdeploy.ownership import rental_owner, validate_owner
+
         chosen = validate_name(name) if name is not None else None
+        scope = validate_owner(owner, source="owner") if owner is not None else rental_owner(self.path.parent)
         for _ in range(_NAME_ATTEMPTS):
             candidate = chosen or generate_name(profile)
             deployment_id = new_deployment_id()
+            label = label_for(deployment_id, scope)
+            if parent is not None and replica_index is not None:
+                suffix = f"-r{replica_index}"
+                candidate = parent.name[: NAME_MAX_LEN - len(suffix)].rstrip("-") + suffix
+                label = parent.label + suffix
             now = utcnow()
             values: dict[str, Any] = {
                 "id": deployment_id,
@@ -349,8 +434,11 @@ class StateStore:
                 "model": model,
                 "created_at": now,
                 "updated_at": now,
-                "label": label_for(deployment_id),
+                "label": label,
                 "api_url": api_url,
+                "parent_id": parent.id if parent is not None else None,
+                "replica_index": replica_index,
+                "replicas_wanted": replicas_wanted,
                 "expires_at": expires_at,
                 "endpoint_api_key": endpoint_api_key,
                 "owner_pid": os.getpid() if owner_pid is None else owner_pid,
@@ -364,7 +452,7 @@ class StateStore:
             except sqlite3.IntegrityError as exc:
                 if not _is_name_conflict(exc):
                     continue  # a 48-bit id collision: draw again
-                if chosen is not None:
+                if chosen is not None or parent is not None:
                     raise UsageError(
                         f"a deployment named {chosen!r} already exists",
                         hint=f"pick another --name, or run 'glmdeploy destroy {chosen}' first",
@@ -452,6 +540,16 @@ class StateStore:
         rows = self._rows("SELECT * FROM deployments WHERE id = ?", (ref,))
         return rows[0] if rows else None
 
+    def check_name_free(self, name: str) -> None:
+        """Raise the ``UsageError`` that ``create`` would, before anything is rented under that name."""
+        validate_name(name)
+        existing = self.find(name)
+        if existing is not None and existing.name == name and existing.is_active:
+            raise UsageError(
+                f"a deployment named {name!r} already exists",
+                hint=f"pick another --name, or run 'glmdeploy destroy {name}' first",
+            )
+
     def get(self, ref: str) -> Deployment:
         """Like ``find`` but an unknown name is a usage error listing the known ones."""
         found = self.find(ref)
@@ -474,13 +572,26 @@ class StateStore:
                 return row
         return None
 
-    def list(self, *, include_destroyed: bool = False) -> builtins.list[Deployment]:
-        """Oldest first; without ``include_destroyed`` only the active ones."""
-        where = "" if include_destroyed else f"WHERE {_ACTIVE_SQL}"
+    def list(self, *, include_destroyed: bool = False, replicas: bool = True) -> builtins.list[Deployment]:
+        """Oldest first; without ``include_destroyed`` only the active ones; ``replicas=False`` leaves
+        out the rows that are replicas of a group (the group row stands for them)."""
+        conditions = [] if include_destroyed else [_ACTIVE_SQL]
+        if not replicas:
+            conditions.append("parent_id IS NULL")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         return self._rows(f"SELECT * FROM deployments {where} ORDER BY created_at, rowid")  # noqa: S608
 
     def active(self) -> builtins.list[Deployment]:
-        return self.list(include_destroyed=False)
+        """The active deployments a user names: replica groups stand for their replicas."""
+        return self.list(include_destroyed=False, replicas=False)
+
+    def replicas_of(self, group_id: str, *, include_retired: bool = False) -> builtins.list[Deployment]:
+        """A group's replicas by index; without ``include_retired`` only those not removed on purpose."""
+        extra = "" if include_retired else " AND retired_at IS NULL"
+        return self._rows(
+            f"SELECT * FROM deployments WHERE parent_id = ?{extra} ORDER BY replica_index",  # noqa: S608
+            (group_id,),
+        )
 
     def resolve(self, ref: str | None) -> Deployment:
         """What a command's optional NAME argument means."""

@@ -9,6 +9,10 @@ if TYPE_CHECKING:
 
 
 def profile_summary(profile: Profile) -> dict[str, Any]:
+    from glmdeploy.smoke import profile_skips
+
+    # The smoke checks' own rule: without the parser flags the engine cannot return tool calls/reasoning.
+    skips = profile_skips(profile.model_dump(mode="json"))
     return {
         "name": profile.name,
         "description": profile.description,
@@ -21,6 +25,8 @@ def profile_summary(profile: Profile) -> dict[str, Any]:
         "image": profile.engine.image,
         "max_price": profile.hardware.max_price,
         "source": profile.source.seed,
+        "tools": "tools" not in skips,
+        "reasoning": "reasoning" not in skips,
     }
 
 
@@ -37,5 +43,21 @@ def profile_detail(profile: Profile) -> dict[str, Any]:
         "launch_command": display_command(argv),
         "auth": "engine" if engine.native_auth else "proxy",
         "reported_model_name": engine.reported_model_name(profile),
+        "engine_check": engine_check(profile),
         "warnings": list(profile.warnings),
+    }
+
+
+def engine_check(profile: Profile) -> dict[str, Any]:
+    """The launch check of ``glmdeploy.engines.checks``, as ``profiles show`` reports it."""
+    from glmdeploy.engines.checks import check_launch
+    from glmdeploy.engines.flags import version_text
+
+    check = check_launch(profile)
+    return {
+        "engine": check.engine_label,
+        "version": version_text(check.table.version) if check.table is not None else None,
+        "version_known": check.version_known,
+        "rejected": [{"flag": r.flag, "reason": r.reason} for r in check.rejected],
+        "problems": [p for p in (check.flags_refusal, check.model_refusal, check.version_warning) if p],
     }

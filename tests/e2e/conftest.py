@@ -21,6 +21,9 @@ import pytest
 
 GLMDEPLOY = [sys.executable, "-m", "glmdeploy"]
 TIME_SCALE = 0.002
+# The sandbox's clock runs fast: at the default TTL (readiness timeout + 30m) its watchdog would destroy
+# a deployment within seconds of real time. Deployments a test uses after `up` get a long one.
+LONG_TTL = "1000h"
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Sandbox
+from .conftest import LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -70,7 +70,7 @@ def test_unknown_deployment_name_exits_2(cli: Cli) -> None:
 
 def test_two_deployments_with_the_same_name_are_refused(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox()
-    cli("up", "-p", "4x3090", "--yes", "--sandbox", "--name", "twin", check_exit=0)
+    cli("up", "-p", "4x3090", "--yes", "--sandbox", "--ttl", LONG_TTL, "--name", "twin", check_exit=0)
     proc = cli("up", "-p", "2x5090", "--yes", "--sandbox", "--name", "twin")
     assert proc.returncode == 2
     assert "already exists" in one_error_line(proc)
@@ -80,7 +80,7 @@ def test_two_deployments_with_the_same_name_are_refused(cli: Cli, sandbox: Start
 
 def test_destroying_something_already_gone_is_success(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox()
-    cli("up", "-p", "4x3090", "--yes", "--sandbox", "--name", "gone", check_exit=0)
+    cli("up", "-p", "4x3090", "--yes", "--sandbox", "--ttl", LONG_TTL, "--name", "gone", check_exit=0)
     cli("destroy", "gone", "--yes", check_exit=0)
     again = cli("destroy", "gone", "--yes", "--json")
     assert again.returncode == 0
@@ -92,7 +92,7 @@ def test_destroyed_outside_glmdeploy_is_reconciled(cli: Cli, sandbox: StartSandb
     import httpx
 
     sb = sandbox()
-    up = cli("up", "-p", "4x3090", "--yes", "--sandbox", "--json", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--yes", "--sandbox", "--ttl", LONG_TTL, "--json", check_exit=0)
     instance_id = json.loads(up.stdout.splitlines()[-1])["deployment"]["instance_id"]
     httpx.request("DELETE", f"{sb.url}/api/v0/instances/{instance_id}/",
                   headers={"Authorization": f"Bearer {sb.api_key}"}, json={}, timeout=10).raise_for_status()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import GLMDEPLOY, Sandbox
+from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, wait_exit
+
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -25,10 +26,13 @@ def last_json(stdout: str) -> dict[str, object]:
     return outcome
 
 
-def test_ci_passes_reports_junit_and_destroys(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
+def test_ci_passes_reports_junit_and_destroys(
+    cli: Cli, sandbox: StartSandbox, tmp_path: Path, isolated_env: Path
+) -> None:
     sb = sandbox()
     report = tmp_path / "ci.xml"
-    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report), "--bench", "--bench-prompts", "8")
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--ttl", LONG_TTL, "--json", "--junit", str(report),
+               "--bench", "--bench-prompts", "8")
     assert proc.returncode == 0, proc.stderr
     outcome = last_json(proc.stdout)
     assert outcome["event"] == "ci" and outcome["passed"] is True
@@ -42,6 +46,9 @@ def test_ci_passes_reports_junit_and_destroys(cli: Cli, sandbox: StartSandbox, t
     assert len(list(suites["glmdeploy.smoke"].iter("testcase"))) == 8
     assert root.get("failures") == "0"
     assert sb.running() == [] and len(sb.ledger()["instances"]) == 1
+    # CI rents in its own owner scope, so a sweep scoped to CI never touches a person's instances.
+    owner = (isolated_env / "owner-id").read_text().strip()
+    assert sb.ledger()["instances"][0]["label"].startswith(f"glmdeploy:{owner}-ci:")
     listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]
     assert [d["status"] for d in listed] == ["destroyed"]
 
@@ -49,7 +56,7 @@ def test_ci_passes_reports_junit_and_destroys(cli: Cli, sandbox: StartSandbox, t
 def test_ci_tears_down_on_smoke_failure_with_exit_5(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
     sb = sandbox(faults="broken_tool_parser")
     report = tmp_path / "ci.xml"
-    proc = cli("ci", "-p", "2x5090", "--sandbox", "--json", "--junit", str(report))
+    proc = cli("ci", "-p", "2x5090", "--sandbox", "--ttl", LONG_TTL, "--json", "--junit", str(report))
     assert proc.returncode == 5, proc.stderr
     outcome = last_json(proc.stdout)
     assert outcome["passed"] is False and outcome["phase"] == "smoke"
@@ -71,13 +78,14 @@ def test_ci_aborts_and_tears_down_when_the_cost_limit_is_reached(cli: Cli, sandb
 
 def test_ci_destroys_on_sigterm(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox(faults="never_ready")
-    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox"], env=cli_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not sb.running():
-        time.sleep(0.1)
-    time.sleep(0.5)
+    # The readiness timeout must not fire before the signal, however long this test takes to send it.
+    proc = subprocess.Popen([*GLMDEPLOY, "ci", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--json", *LONG_TIMEOUT],
+                            env={**cli_env, **FAULTHANDLER_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    stream = EventStream(proc)
+    stream.expect_phase("wait_ready")  # rented, and waiting for the engine
+    assert len(sb.running()) == 1
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert wait_exit(proc) == 130, proc.stderr.read() if proc.stderr else ""
+    assert stream.drain()[-1]["passed"] is False
     assert sb.running() == []

@@ -18,7 +18,7 @@ import pytest
 from glmdeploy.engines import get_engine
 from glmdeploy.sandbox.engines.config import kv_deviation
 
-from .conftest import Sandbox
+from .conftest import LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -34,7 +34,9 @@ def test_up_records_reported_kv_and_status_compares_it_with_the_plan(
 ) -> None:
     sb = sandbox(seed=seed)
     plan = json.loads(cli("plan", "--profile", profile, "--json", check_exit=0).stdout)
-    up = cli("up", "--profile", profile, "--sandbox", "--yes", timeout=120, check_exit=0)
+    # The default TTL (readiness timeout + 30m) is seconds of real time on the sandbox's fast clock: its
+    # watchdog would destroy the instance before `logs` runs.
+    up = cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, timeout=120, check_exit=0)
     status = json.loads(cli("status", "--json", check_exit=0).stdout)
     kv = status["kv_capacity"]
     assert f"KV pool:  planned {kv['planned']:,}" in up.stdout

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Sandbox
+from .conftest import LONG_TTL, Sandbox
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -36,7 +36,7 @@ def test_smoke_passes_on_each_engine_with_json_and_junit(
     cli: Cli, sandbox: StartSandbox, tmp_path: Path, profile: str, skipped: set[str]
 ) -> None:
     sb = sandbox(faults=LATENCY)
-    cli("up", "--profile", profile, "--sandbox", "--yes", timeout=120, check_exit=0)
+    cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, timeout=120, check_exit=0)
     try:
         junit = tmp_path / "smoke.xml"
         result = cli("smoke", "--json", "--junit", str(junit), timeout=120)
@@ -66,7 +66,7 @@ def test_smoke_passes_on_each_engine_with_json_and_junit(
 def test_a_fault_fails_its_check_and_exits_5(cli: Cli, sandbox: StartSandbox, tmp_path: Path) -> None:
     """The engine in the sandbox drops [DONE]; the table goes to stdout, the reason to stderr."""
     sb = sandbox(faults=f"{LATENCY};no_done")
-    cli("up", "--profile", "2x5090", "--sandbox", "--yes", "--no-smoke", timeout=120, check_exit=0)
+    cli("up", "--profile", "2x5090", "--sandbox", "--yes", "--no-smoke", "--ttl", LONG_TTL, timeout=120, check_exit=0)
     try:
         junit = tmp_path / "smoke.xml"
         table = cli("smoke", "--only", "health,stream", "--junit", str(junit), timeout=120)
@@ -78,7 +78,7 @@ def test_a_fault_fails_its_check_and_exits_5(cli: Cli, sandbox: StartSandbox, tm
 
         env = dict(line.removeprefix("export ").split("=", 1) for line in cli("env", check_exit=0).stdout.splitlines())
         by_url = cli("smoke", "--url", env["OPENAI_BASE_URL"], "--api-key", env["OPENAI_API_KEY"].strip("'"),
-                     "--only", "stream", "--json", timeout=120)
+                     "--ca-cert", env["SSL_CERT_FILE"].strip("'"), "--only", "stream", "--json", timeout=120)
         assert by_url.returncode == 5
         assert json.loads(by_url.stdout)["checks"][0]["detail"].startswith("the stream ended without data: [DONE]")
     finally:

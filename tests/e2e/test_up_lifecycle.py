@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
-import time
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import GLMDEPLOY, Sandbox, events
+from waits import FAULTHANDLER_ENV, LONG_TIMEOUT, EventStream, default_sigint, wait_exit, wait_for_request
+
+from .conftest import GLMDEPLOY, LONG_TTL, Sandbox, events
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -36,24 +39,37 @@ def env_exports(cli: Cli, name: str | None = None) -> dict[str, str]:
 
 @pytest.mark.parametrize(("profile", "engine"), [("4x3090", "sglang"), ("h200", "lightllm"), ("2x5090", "vllm")])
 def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
-    cli: Cli, sandbox: StartSandbox, profile: str, engine: str
+    cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, profile: str, engine: str
 ) -> None:
     sb = sandbox()
-    up = cli("up", "--profile", profile, "--sandbox", "--yes", check_exit=0)
+    up = cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, check_exit=0)
     assert "ready:" in up.stdout
     exports = env_exports(cli)
     base, key, model = exports["OPENAI_BASE_URL"], exports["OPENAI_API_KEY"], exports["MODEL"]
-    assert base.startswith("http://127.0.0.1:") and base.endswith("/v1") and len(key) == 64
-    chat = httpx.post(
-        base + "/chat/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16},
-        timeout=30,
+    assert base.startswith("https://127.0.0.1:") and base.endswith("/v1") and len(key) == 64
+    bundle = exports["SSL_CERT_FILE"]
+    assert exports["REQUESTS_CA_BUNDLE"] == exports["CURL_CA_BUNDLE"] == bundle
+    assert os.stat(bundle).st_mode & 0o777 == 0o644 and key not in open(bundle).read()
+    # After eval "$(glmdeploy env)", the OpenAI SDK and curl verify the endpoint with no extra options.
+    shell_env = {k: v for k, v in cli_env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    sdk = (
+        "import os, openai; c = openai.OpenAI(); "
+        "r = c.chat.completions.create(model=os.environ['MODEL'], messages=[{'role': 'user', 'content': 'hi'}], "
+        "max_tokens=16); print('finish', r.choices[0].finish_reason)"
     )
-    assert chat.status_code == 200 and chat.json()["choices"][0]["finish_reason"] in ("stop", "length")
-    # Unauthenticated requests are refused, whatever the engine (LightLLM through the nginx proxy).
-    assert httpx.get(base + "/models", timeout=10).status_code == 401
-    assert httpx.post(base + "/chat/completions", json={}, timeout=10).status_code == 401
+    glm = " ".join(shlex.quote(a) for a in GLMDEPLOY)
+    script = (
+        f'eval "$({glm} env)" && {shlex.quote(sys.executable)} -c {shlex.quote(sdk)} && '
+        'curl -sS --fail -H "Authorization: Bearer $OPENAI_API_KEY" "$OPENAI_BASE_URL/models" && echo && '
+        'curl -sS -o /dev/null -w "%{http_code}\\n" "$OPENAI_BASE_URL/models"'
+    )
+    out = subprocess.run(["bash", "-c", script], env=shell_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] in ("finish stop", "finish length")
+    assert json.loads(lines[1])["data"][0]["id"] == model
+    # Unauthenticated requests are refused, whatever the engine (every engine is behind the nginx proxy).
+    assert lines[2] == "401"
     assert len(sb.running()) == 1
     cli("destroy", "--yes", check_exit=0)
     assert sb.running() == []
@@ -63,7 +79,7 @@ def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
 
 def test_up_json_emits_phase_events_and_ends_with_the_deployment(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox()
-    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", "ci-run", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--json", "--name", "ci-run", check_exit=0)
     evs = events(up.stdout)
     phases = [e["phase"] for e in evs if e["event"] == "phase"]
     assert phases == [
@@ -87,9 +103,10 @@ def test_up_json_emits_phase_events_and_ends_with_the_deployment(cli: Cli, sandb
 @pytest.mark.parametrize(
     ("faults", "extra", "phase", "needle"),
     [
-        ("engine_oom", [], "wait_ready", "cuda_oom"),
-        ("exited=1", [], "wait_running", "exited"),
-        ("ports_null", ["--timeout", "10m"], "wait_ready", "port was never mapped"),
+        # Failures of their own, not the timeout's: it must not be able to fire first on a busy box.
+        ("engine_oom", list(LONG_TIMEOUT), "wait_ready", "cuda_oom"),
+        ("exited=1", list(LONG_TIMEOUT), "wait_running", "exited"),
+        ("ports_null", ["--timeout", "10m"], "wait_ready", "no_ports: instance"),
         ("stuck_loading", ["--timeout", "10m"], "wait_running", "still 'loading'"),
     ],
 )
@@ -125,7 +142,8 @@ def test_keep_on_failure_keeps_the_instance_and_says_how_to_destroy_it(cli: Cli,
 
 def test_max_attempts_moves_to_another_machine(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox(faults="exited=1")
-    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--max-attempts", "3", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--json", "--max-attempts", "3",
+             check_exit=0)
     evs = events(up.stdout)
     assert evs[-1]["event"] == "ready"
     rented = sb.ledger()["instances"]
@@ -138,27 +156,21 @@ def test_max_attempts_moves_to_another_machine(cli: Cli, sandbox: StartSandbox) 
 
 def _start_up(cli_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", *args],
+        [*GLMDEPLOY, "up", "--sandbox", "--yes", "--json", "--ttl", LONG_TTL, *args],
         env=cli_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=default_sigint,  # Ctrl-C reaches it even when this test run was started in the background
     )
 
 
-def _wait_for_phase(proc: subprocess.Popen[str], phase: str, timeout: float = 30) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(json.loads(line))
-        if seen[-1].get("phase") == phase:
-            return seen
-    raise AssertionError(f"never reached {phase}: {seen}")
+def _sandbox_requests(sb: Sandbox) -> dict[str, Any]:
+    r = httpx.get(sb.url + "/_sandbox/requests", timeout=10)
+    r.raise_for_status()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -166,13 +178,16 @@ def test_interrupt_during_wait_ready_destroys_and_exits_130(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, sig: signal.Signals
 ) -> None:
     sb = sandbox(faults="never_ready")
-    proc = _start_up(cli_env, "-p", "4x3090")
-    _wait_for_phase(proc, "wait_ready")
-    time.sleep(0.3)
+    # The profile's 40 min readiness timeout is 4.8 real seconds here: it must not be able to fire
+    # before the signal does, however slowly this test gets to send it.
+    proc = _start_up({**cli_env, **FAULTHANDLER_ENV}, "-p", "4x3090", *LONG_TIMEOUT)
+    stream = EventStream(proc)
+    stream.expect_phase("wait_ready")
+    # Inside the readiness loop: the engine's logs have been asked for at least once.
+    wait_for_request(lambda: _sandbox_requests(sb), "PUT", "/request_logs/")
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert json.loads(out.splitlines()[-1])["event"] == "failed"
+    assert wait_exit(proc) == 130, proc.stderr.read() if proc.stderr else ""
+    assert stream.drain()[-1]["event"] == "failed"
     assert sb.running() == []
     assert json.loads(cli("list", "--json", check_exit=0).stdout)["orphans"] == []
 
@@ -181,8 +196,8 @@ def test_kill_9_leaves_an_orphan_that_destroy_orphans_removes(
     cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox
 ) -> None:
     sb = sandbox(faults="never_ready")
-    proc = _start_up(cli_env, "-p", "4x3090")
-    _wait_for_phase(proc, "wait_ready")
+    proc = _start_up(cli_env, "-p", "4x3090", *LONG_TIMEOUT)  # no readiness timeout before the kill
+    EventStream(proc).expect_phase("wait_ready")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert len(sb.running()) == 1
@@ -199,7 +214,8 @@ def test_kill_9_leaves_an_orphan_that_destroy_orphans_removes(
 
 def test_two_concurrent_ups_share_one_state_db(cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox) -> None:
     sb = sandbox()
-    procs = [_start_up(cli_env, "-p", p) for p in ("4x3090", "2x5090")]
+    # Two deployments at once on a busy box: neither may time out because the other took the CPU.
+    procs = [_start_up(cli_env, "-p", p, *LONG_TIMEOUT) for p in ("4x3090", "2x5090")]
     outs = [p.communicate(timeout=90) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]
@@ -252,7 +268,7 @@ def _instance_key(sb: Sandbox, instance_id: int) -> str:
 )
 def test_up_survives_api_trouble_without_renting_twice(cli: Cli, sandbox: StartSandbox, faults: str) -> None:
     sb = sandbox(faults=faults)
-    up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--json", check_exit=0)
+    up = cli("up", "-p", "4x3090", "--sandbox", "--ttl", LONG_TTL, "--yes", "--json", check_exit=0)
     assert events(up.stdout)[-1]["event"] == "ready"
     ledger = sb.ledger()
     assert len(ledger["instances"]) == 1, ledger

@@ -34,6 +34,9 @@ from glmdeploy.sandbox.process import SandboxConfig, SandboxInfo, ThreadedSandbo
 GLMDEPLOY = [sys.executable, "-m", "glmdeploy"]
 # Real seconds per simulated second. 0.001 keeps a whole deployment well under a second of sandbox time.
 TIME_SCALE = 0.001
+# The sandbox's clock runs fast: at the default TTL (readiness timeout + 30m) its watchdog would destroy
+# a deployment within seconds of real time. Deployments a test uses after `up` get a long one.
+LONG_TTL = "1000h"
 STATUSES = {"creating", "starting", "loading", "ready", "failed", "destroying", "destroyed", "orphaned"}
 
 
@@ -86,10 +89,19 @@ class Admin:
         assert r.status_code == 200, r.text
 
     def requests(self) -> list[dict[str, Any]]:
+        reqs: list[dict[str, Any]] = self.request_log()["requests"]
+        return reqs
+
+    def release(self) -> None:
+        """Let every create answer that ``create_timeout`` holds back go (it is then dropped)."""
+        self._http.post("/_sandbox/release").raise_for_status()
+
+    def request_log(self) -> dict[str, Any]:
+        """The whole ``/_sandbox/requests`` body: answered requests and those ``in_flight``."""
         r = self._http.get("/_sandbox/requests")
         r.raise_for_status()
-        reqs: list[dict[str, Any]] = r.json()["requests"]
-        return reqs
+        body: dict[str, Any] = r.json()
+        return body
 
 
 def register(sb: ThreadedSandbox, home: Path) -> SandboxInfo:
@@ -263,7 +275,7 @@ def is_active(row: dict[str, Any]) -> bool:
 
 # --------------------------------------------------------------------------- figures
 
-_FIGURES: dict[str, Any] = {"cells": [], "kills": []}
+_FIGURES: dict[str, Any] = {"cells": [], "kills": [], "sighups": []}
 
 
 @pytest.fixture
@@ -273,19 +285,20 @@ def fault_figures() -> dict[str, Any]:
 
 
 def figures_summary(figures: dict[str, Any]) -> dict[str, int]:
-    cells, kills = figures["cells"], figures["kills"]
+    cells, kills, sighups = figures["cells"], figures["kills"], figures.get("sighups", [])
     return {
         "cells": len(cells),
         "faults_injected": sum(c["faults_fired"] for c in cells),
         "cells_survived": sum(1 for c in cells if c["leaked"] == 0),
-        "instances_rented": sum(c["rented"] for c in cells) + sum(k["rented"] for k in kills),
+        "instances_rented": sum(c["rented"] for c in cells) + sum(k["rented"] for k in [*kills, *sighups]),
         "kill9_points": len(kills),
-        "leaked": sum(c["leaked"] for c in cells) + sum(k["leaked"] for k in kills),
+        "sighup_points": len(sighups),
+        "leaked": sum(c["leaked"] for c in cells) + sum(k["leaked"] for k in [*kills, *sighups]),
     }
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _FIGURES["cells"] and not _FIGURES["kills"]:
+    if not _FIGURES["cells"] and not _FIGURES["kills"] and not _FIGURES["sighups"]:
         return
     summary = figures_summary(_FIGURES)
     terminalreporter.write_sep("-", "fault matrix figures")

@@ -42,6 +42,11 @@ class Cell:
     recover: str = ""
     slow: bool = False
     profile: str = "4x3090"
+    # Fail-fast cells (issue 9): the error line names this failure, and `up` classified it within
+    # `polls` polls of the fault's first visible sign (the sandbox's ledger `first_sign_at`).
+    reason: str = ""
+    polls: int | None = None
+    rentals: int | None = None  # how many instances the command rented (1: not retried elsewhere)
 
     @property
     def id(self) -> str:
@@ -77,7 +82,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("offer taken x1", "create", "offer_taken=1", 0, READY),
     Cell("offer taken, every offer", "create", "offer_taken", 3, NOTHING),
     Cell("unavailable (410) x1", "create", "unavailable=1", 0, READY),
-    Cell("success:false (create_fail)", "create", "create_fail=1", 7, NOTHING),
+    Cell("no credit (create_fail)", "create", "create_fail=1", 8, NOTHING),
     Cell("create timeout after the server created it", "create", "create_timeout=1", 0, READY),
     Cell("create timeout, every create", "create", "create_timeout", 0, READY),
     Cell("create timeout, label lookup dropped", "create", "create_timeout=1;drop:list", 7, ORPHANED,
@@ -94,8 +99,29 @@ CELLS: tuple[Cell, ...] = (
     Cell("exited", "wait_running", "exited=1", 4, FAILED),
     Cell("exited, --max-attempts 2", "wait_running", "exited=1", 0, "ready on another machine, 2 rentals",
          args=("--max-attempts", "2")),
+    Cell("status_msg manifest unknown while loading, --max-attempts 2", "wait_running", "loading_error=1", 4,
+         "failed at once, not retried: the image", args=("--max-attempts", "2"), reason="manifest_unknown",
+         polls=2, rentals=1),
+    Cell("status_msg OCI runtime error while loading", "wait_running",
+         "loading_error=1,msg=Error: container failed to start: OCI runtime create failed", 4, FAILED,
+         reason="status_msg_error", polls=2),
+    Cell("actual_status offline", "wait_running", "status_offline=1", 4, FAILED, reason="instance_offline", polls=2),
+    Cell("actual_status unknown", "wait_running", "status_unknown=1", 4, FAILED, reason="instance_unknown", polls=2),
+    Cell("actual_status null while provisioning", "wait_running", "status_null=1", 0, READY),
     # --- wait_ready (logs, health)
-    Cell("ports null", "wait_ready", "ports_null", 4, FAILED, args=T),
+    Cell("ports null", "wait_ready", "ports_null", 4, FAILED, args=T, reason="no_ports", polls=2),
+    Cell("argparse error (a removed flag)", "wait_ready", "argparse_error", 4, FAILED, reason="argparse_error",
+         polls=2),
+    Cell("argparse error, --keep-on-failure", "wait_ready", "argparse_error", 4, "kept; `destroy` removes it",
+         args=("--keep-on-failure",), live_after=1, recover="destroy", reason="argparse_error"),
+    Cell("No module named", "wait_ready", "no_module", 4, FAILED, reason="no_module", polls=2),
+    Cell("command not found", "wait_ready", "command_not_found", 4, FAILED, reason="command_not_found", polls=2),
+    Cell("engine exit (the log stops, the port refuses)", "wait_ready", "engine_exit", 4, FAILED,
+         reason="engine_exited", polls=2),
+    Cell("gated Hugging Face repo", "wait_ready", "hf_gated", 4, FAILED, reason="gated_repo", polls=2),
+    Cell("missing Hugging Face repo", "wait_ready", "hf_missing", 4, FAILED, reason="gated_repo", polls=2),
+    Cell("disk full", "wait_ready", "disk_full", 4, FAILED, reason="disk_full", polls=2),
+    Cell("NCCL error", "wait_ready", "nccl_error", 4, FAILED, reason="nccl", polls=2),
     Cell("engine OOM", "wait_ready", "engine_oom", 4, FAILED),
     Cell("engine OOM, --keep-on-failure", "wait_ready", "engine_oom", 4, "kept; `destroy` removes it",
          args=("--keep-on-failure",), live_after=1, recover="destroy"),
@@ -109,6 +135,7 @@ CELLS: tuple[Cell, ...] = (
     # --- smoke (the endpoint itself misbehaves)
     Cell("health flapping", "smoke", "health_flap", 5, FAILED),
     Cell("slow first token (1s)", "smoke", "slow_first_token=1", 0, READY),
+    Cell("engine dies at the first chat", "smoke", "engine_death=1", 5, FAILED),
     # --- destroy of a ready deployment
     Cell("429 x2, no Retry-After", "destroy", "http429:destroy=2", 0, "destroyed"),
     Cell("5xx x2 (502 HTML)", "destroy", "http5xx:destroy=2", 0, "destroyed"),
@@ -132,6 +159,12 @@ CELLS: tuple[Cell, ...] = (
     Cell("engine OOM", "ci", "engine_oom", 4, FAILED),
     Cell("never ready", "ci", "never_ready", 4, FAILED, args=T),
     Cell("health flapping", "ci", "health_flap", 5, FAILED),
+    Cell("argparse error (a removed flag)", "ci", "argparse_error", 4, FAILED, reason="argparse_error", polls=2),
+    Cell("engine exit (the log stops, the port refuses)", "ci", "engine_exit", 4, FAILED, reason="engine_exited",
+         polls=2),
+    Cell("status_msg manifest unknown while loading, --max-attempts 2", "ci", "loading_error=1", 4,
+         "failed at once, not retried: the image", args=("--max-attempts", "2"), reason="manifest_unknown",
+         polls=2, rentals=1),
     Cell("5xx x2 (502 HTML)", "ci", "http5xx:destroy=2", 0, "passed, destroyed"),
     Cell("5xx storm", "ci", "http5xx:destroy", 7, ORPHANED, live_after=1, recover="orphans", slow=True),
 )
@@ -180,6 +213,7 @@ def render_figures(summary: dict[str, int]) -> str:
         ("faults injected (429/5xx/drops answered, + 1 per lifecycle/engine fault)", str(summary["faults_injected"])),
         ("cells survived (all three assertions held)", str(summary["cells_survived"])),
         ("kill -9 points (`up` and `destroy`)", str(summary["kill9_points"])),
+        ("SIGHUP points (`up`; cleaned up by `up` itself, no `destroy` by hand)", str(summary.get("sighup_points", 0))),
         ("instances rented over the run", str(summary["instances_rented"])),
         ("**instances leaked**", f"**{summary['leaked']}**"),
     ]

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from waits import LONG_TIMEOUT, EventStream
+
 from .conftest import (
     GLMDEPLOY,
+    LONG_TTL,
     Admin,
     InProcess,
     Outcome,
@@ -40,6 +42,9 @@ from .conftest import (
 from .matrix import CELLS, PROCESS_CELLS, README, Cell, readme_table, render_table
 
 pytestmark = pytest.mark.e2e
+# Failures read off the instance (status, status_msg), not off the engine's log.
+INSTANCE_REASONS = frozenset({"manifest_unknown", "image_pull", "status_msg_error", "instance_offline",
+                              "instance_unknown"})
 
 
 def assert_one_line_reason(out: Outcome, code: int) -> None:
@@ -60,16 +65,23 @@ def _params() -> list[Any]:
 def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) -> None:
     w: InProcess = in_process(faults=cell.fault if cell.command in ("up", "ci") else "")
     name = "cell"
+    # The profile's readiness timeout is only 2.4 real seconds at this time scale, and Retry-After waits
+    # and a loaded machine's slowness are real seconds: a cell must not turn into "timeout" because the
+    # box was busy. Only the cells about the timeout give their own --timeout.
+    timeout = () if "--timeout" in cell.args else LONG_TIMEOUT
     if cell.command == "up":
-        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, *cell.args)
+        out = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", name, *timeout,
+                    "--ttl", LONG_TTL, *cell.args)
         evs = out.events()
         assert evs and evs[-1]["event"] == ("ready" if cell.exit == 0 else "failed"), out.describe()
         if cell.exit in (4, 5):
             assert evs[-1]["phase"] == cell.column, out.describe()
+        if cell.reason:
+            assert evs[-1]["failure"] == cell.reason, out.describe()
     elif cell.command == "ci":
-        out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, *cell.args)
+        out = w.glm("ci", "-p", cell.profile, "--sandbox", "--name", name, *timeout, "--ttl", LONG_TTL, *cell.args)
     else:
-        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name)
+        ready = w.glm("up", "-p", cell.profile, "--sandbox", "--yes", "--name", name, *timeout, "--ttl", LONG_TTL)
         assert ready.exit_code == 0, ready.describe()
         w.admin.set_faults(cell.fault)
         if cell.command == "destroy":
@@ -79,6 +91,16 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
             _check_logs(cell, out)
     assert_one_line_reason(out, cell.exit)
     fired = _fired(w.admin) if cell.fault else 0
+    if cell.reason:
+        assert cell.reason in out.error_lines()[0], out.describe()
+        if cell.reason not in INSTANCE_REASONS:  # a failure read in the engine's log quotes the log
+            assert "log excerpt:" in out.stderr, out.describe()
+    if cell.polls is not None:
+        polls = polls_to_classification(w.admin)
+        assert 1 <= polls <= cell.polls, f"classified after {polls} polls\n{out.describe()}"
+        fault_figures.setdefault("polls", {})[cell.id] = polls
+    if cell.rentals is not None:
+        assert len(w.admin.ledger()["instances"]) == cell.rentals, w.admin.ledger()
 
     # (b) right after the command: only what the cell expects bills.
     expected_live = cell.live_after + (1 if cell.command == "up" and cell.exit == 0 else 0)
@@ -116,6 +138,24 @@ def test_fault_cell(cell: Cell, in_process: Any, fault_figures: dict[str, Any]) 
     assert leaked == []
 
 
+def polls_to_classification(admin: Admin) -> int:
+    """Polls `up` made between the fault's first visible sign and destroying the instance.
+
+    A poll is one turn of the wait loop: one ``GET /instances/{id}/`` while waiting for running, one log
+    request (``PUT /instances/request_logs/{id}/``) while waiting for ready, so it is the larger count.
+    """
+    first = admin.ledger()["instances"][0]
+    sign = first["first_sign_at"]
+    assert sign is not None, f"the sandbox recorded no first sign: {first}"
+    iid = first["id"]
+    reqs = admin.requests()
+    destroyed = min(r["at"] for r in reqs if r["method"] == "DELETE" and r["path"] == f"/api/v0/instances/{iid}/")
+    window = [r for r in reqs if sign <= r["at"] <= destroyed]
+    shows = sum(1 for r in window if r["method"] == "GET" and r["path"] == f"/api/v0/instances/{iid}/")
+    logs = sum(1 for r in window if r["method"] == "PUT" and r["path"] == f"/api/v0/instances/request_logs/{iid}/")
+    return max(shows, logs)
+
+
 def _check_logs(cell: Cell, out: Outcome) -> None:
     if cell.exit:
         return
@@ -147,19 +187,20 @@ def test_sandbox_killed_during_wait_ready_then_restarted(
     """
     (cell,) = PROCESS_CELLS
     admin = sandbox_process.start(faults=cell.fault)
-    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell"],
+    # The readiness timeout (4.8 real seconds at this time scale) must not fire before the kill does.
+    proc = subprocess.Popen([*GLMDEPLOY, "up", "-p", cell.profile, "--sandbox", "--yes", "--json", "--name", "cell",
+                             *LONG_TIMEOUT, "--ttl", LONG_TTL],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line or json.loads(line).get("phase") == "wait_ready":
-            break
+    stream = EventStream(proc)
+    stream.expect_phase("wait_ready")
     assert len(admin.live()) == 1
     admin.close()
     sandbox_process.kill9()
-    out_rest, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    out_rest = "".join(json.dumps(e) + "\n" for e in stream.drain())
     out = Outcome(("up",), proc.returncode or 0, out_rest, err)
     assert_one_line_reason(out, cell.exit)
     assert json.loads(out_rest.splitlines()[-1])["event"] == "failed"
@@ -214,7 +255,7 @@ def test_a_sandbox_gone_for_good_closes_its_records(isolated_env: Path) -> None:
     with serve_in_thread(SandboxConfig(time_scale=0.001)) as first:
         register(first, isolated_env)
         w = InProcess(sb=first, admin=Admin(first.url, first.api_key), home=isolated_env)
-        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old").exit_code == 0
+        assert w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--name", "old", "--ttl", LONG_TTL).exit_code == 0
         w.admin.close()
     with serve_in_thread(SandboxConfig(time_scale=0.001)) as second:
         register(second, isolated_env)

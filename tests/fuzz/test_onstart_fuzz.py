@@ -21,14 +21,27 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from glmdeploy.engines import EnvRef, get_engine
-from glmdeploy.onstart import PROXY_CONF, PROXY_UPSTREAM_PORT, OnstartOptions, needs_proxy, render
+from glmdeploy.onstart import (
+    ASK_VAST_IP,
+    PROXY_CONF,
+    PROXY_UPSTREAM_PORT,
+    TLS_CERT,
+    TLS_DIR,
+    TLS_KEY,
+    OnstartOptions,
+    needs_proxy,
+    render,
+)
 from glmdeploy.profiles import Profile, load_profile
+from waits import HANG_S
 
 # One shipped profile per engine (h200-mtp adds LightLLM's MTP flags, 4x3090 is SGLang).
 BASES: dict[str, dict[str, Any]] = {
     name: load_profile(name).model_dump(mode="json") for name in ("4x3090", "2x5090", "h200", "h200-mtp")
 }
-STUBS = ("python3", "python", "vllm", "hf", "nginx", "apt-get", "sleep", "rm", "cat", "chmod")
+STUBS = (
+    "python3", "python", "vllm", "hf", "nginx", "apt-get", "sleep", "rm", "cat", "chmod", "mkdir", "openssl", "cut",
+)
 # Two bash runs per example: keep the ci profile (40 examples) at about 40 bash executions.
 BUDGET = max(1, settings.default.max_examples // 2)
 
@@ -130,8 +143,12 @@ def _install_stubs(bin_dir: Path, log_dir: Path) -> None:
         body.append('/bin/mv "$record.part" "$record"')
         if name == "cat":
             body.append('exec /bin/cat "$@"')
-        elif name == "chmod":
-            body.append('exec /bin/chmod "$@"')
+        elif name in ("chmod", "mkdir"):
+            body.append(f'exec /bin/{name} "$@"')
+        elif name == "openssl":
+            # `openssl req` writes the key and the certificate: leave (empty) files where it was told to.
+            body.append('if [ "$1" = req ]; then while [ $# -gt 0 ]; do case "$1" in -keyout|-out) : > "$2";; esac;'
+                        " shift; done; fi")
         body.append("exit 0")
         stub = bin_dir / name
         stub.write_text("\n".join(body) + "\n")
@@ -175,7 +192,8 @@ def test_rendered_script_runs_exactly_the_built_commands(profile: Profile, opts:
         (nginx_dir / "conf.d").mkdir(parents=True)
         _install_stubs(root / "bin", log_dir)
         # The test runs as root on some machines: keep the proxy's files out of the real /etc/nginx.
-        runnable = script.replace("/etc/nginx/", f"{nginx_dir}/")
+        tls_dir = root / "etc-tls"
+        runnable = script.replace("/etc/nginx/", f"{nginx_dir}/").replace(TLS_DIR, str(tls_dir))
         env = {"PATH": str(root / "bin"), "GLM_API_KEY": api_key, "HOME": str(root / "home"), "LC_ALL": "C.UTF-8"}
         done = subprocess.run(
             ["/bin/bash", "-c", runnable], env=env, cwd=work, capture_output=True, check=False, timeout=20
@@ -202,10 +220,25 @@ def test_rendered_script_runs_exactly_the_built_commands(profile: Profile, opts:
         conf = PROXY_CONF.replace("/etc/nginx/", f"{nginx_dir}/")
         if proxied:
             expected += [["rm", "-f", f"{nginx_dir}/sites-enabled/default"], ["cat"], ["chmod", "600", conf], ["nginx"]]
+        if opts.tls:
+            # The key pair is made on the host; PUBLIC_IPADDR is unset here, so Vast is asked for the address
+            # (the python3 stub prints nothing: the SAN falls back to loopback).
+            key, cert = TLS_KEY.replace(TLS_DIR, str(tls_dir)), TLS_CERT.replace(TLS_DIR, str(tls_dir))
+            expected += [
+                ["mkdir", "-p", "-m", "700", str(tls_dir)],
+                ["python3", "-c", ASK_VAST_IP],
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-days", "397", "-subj", "/CN=glmdeploy", "-keyout", key, "-out", cert,
+                 "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE",
+                 "-addext", "extendedKeyUsage=serverAuth"],
+                ["chmod", "600", key],
+                ["openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"],
+                ["cut", "-d=", "-f2"],
+            ]
         if opts.ttl_seconds:
             expected += [["sleep", str(opts.ttl_seconds)], ["python3", "-"]]
-            # The watchdog runs in the background: give it a bounded moment to reach its stubs.
-            limit = time.monotonic() + 5
+            # The watchdog runs in the background: wait until it has reached its stubs (HANG_S bounds a hang).
+            limit = time.monotonic() + HANG_S
             while len(_calls(log_dir)) < len(expected) and time.monotonic() < limit:
                 time.sleep(0.02)
 

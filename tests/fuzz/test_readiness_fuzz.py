@@ -72,6 +72,7 @@ def _tail(prefix: str, keep: int) -> tuple[str, list[int]]:
 
 
 def _oracle(engine: Engine, lines: list[str]) -> tuple[bool, str | None, str | None]:
+    """``lines``: each distinct complete line shown so far, in the order it was first shown."""
     ready = any(marker in line for line in lines for marker in engine.ready_markers)
     specific = generic = None
     for line in lines:
@@ -99,25 +100,33 @@ def _oracle(engine: Engine, lines: list[str]) -> tuple[bool, str | None, str | N
     crlf=False,
     data=None,
 )
+@example(  # the later failure shown first (a 1-line tail), the earlier one only by a longer tail after it
+    kind="lightllm",
+    lines=["", FAILURE_LINES[0], "OSError: [Errno 28] No space left on device", ""],
+    crlf=False,
+    data=None,
+)
 def test_verdict_matches_the_complete_lines_seen_so_far(
     kind: str, lines: list[str], crlf: bool, data: st.DataObject | None
 ) -> None:
     engine = get_engine(kind)
     ending = "\r\n" if crlf else "\n"
     text = "".join(line + ending for line in lines)
-    if data is None:  # the explicit example: the marker line cut in the middle, then completed
+    if data is None and "fired up" in text:  # the marker line cut in the middle, then completed
         cut = text.index("fired up") + 3
         schedule = [(cut, 10), (len(text), 10)]
+    elif data is None:  # the last complete line alone, then the whole log
+        schedule = [(len(text) - len(lines[-1] + ending), 1), (len(text), 1000)]
     else:
         schedule = data.draw(polls(len(text)))
     watcher = ReadinessWatcher(engine)
-    seen: set[int] = set()
+    complete = text.split("\n")
+    first_shown: dict[str, None] = {}  # distinct complete lines, in the order a snapshot first showed them
     for cut, keep in schedule:
         snapshot, shown = _tail(text[:cut], keep)
         verdict = watcher.feed(snapshot)
-        seen.update(shown)
-        complete = text.split("\n")
-        ready, failure, failure_line = _oracle(engine, [complete[i] for i in sorted(seen)])
+        first_shown.update((complete[i], None) for i in shown if complete[i] not in first_shown)
+        ready, failure, failure_line = _oracle(engine, list(first_shown))
         assert verdict.ready is ready
         assert (verdict.failure.kind if verdict.failure else None) == failure
         assert verdict.failure_line == failure_line

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from glmdeploy.sandbox.process import SandboxConfig, ThreadedSandbox, serve_in_thread
+from waits import HANG_S
 
 TEST_TIME_SCALE = 0.001
 IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -70,7 +71,7 @@ class ApiClient:
         row: dict[str, Any] | None = response.json()["instances"]
         return row
 
-    def wait_status(self, instance_id: int, status: str, timeout: float = 10.0) -> dict[str, Any]:
+    def wait_status(self, instance_id: int, status: str, timeout: float = HANG_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         row = self.show(instance_id)
         while time.monotonic() < deadline:

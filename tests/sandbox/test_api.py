@@ -405,6 +405,31 @@ def test_request_log_records_urls(vast: Any) -> None:
     assert records[-1]["url"] == "/api/v1/instances/?limit=3"
 
 
+def test_request_log_shows_requests_in_flight_until_answered(sandbox: Any) -> None:
+    """The hook event-driven tests wait on: a request is listed in flight from its arrival to its answer.
+
+    The test holds the request open itself (headers sent, body not finished), so nothing here is timed.
+    """
+    import socket
+
+    from waits import wait_for_request, wait_until_quiet
+
+    fetch = lambda: httpx.get(f"{sandbox.url}/_sandbox/requests", timeout=5).json()  # noqa: E731
+    assert fetch()["in_flight"] == []
+    body = b'{"q": {"limit": 1}}'
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"PUT /api/v0/search/asks/ HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body[:5]))
+        held = wait_for_request(fetch, "PUT", "/search/asks/", in_flight=True)
+        assert held["url"] == "/api/v0/search/asks/" and "since" in held
+        assert not [r for r in fetch()["requests"] if r["method"] == "PUT"]  # not answered yet
+        conn.sendall(body[5:])
+        assert conn.recv(12).startswith(b"HTTP/1.1 200")
+    wait_until_quiet(fetch)
+    assert [r["status"] for r in fetch()["requests"] if r["method"] == "PUT"] == [200]
+
+
 def test_health_reports_pid_and_token(sandbox: Any) -> None:
     import os
 

@@ -8,7 +8,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from glmdeploy.sandbox import process
+from waits import HANG_S, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -74,10 +74,7 @@ def test_start_status_second_start_stop(isolated_env: Path) -> None:
 
     stopped = cli("stop")
     assert stopped.returncode == 0 and f"sandbox stopped (pid {state['pid']})" in stopped.stderr
-    deadline = time.monotonic() + 10
-    while _alive(state["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(state["pid"])
+    wait_until(lambda: not _alive(state["pid"]), f"sandbox pid {state['pid']} to exit")
     assert not record.exists()
     assert status_json()["running"] is False
     nothing = cli("stop")
@@ -120,16 +117,14 @@ def test_foreground_serves_until_interrupted(isolated_env: Path) -> None:
     child = subprocess.Popen([str(GLMDEPLOY), "sandbox", "start", "--foreground", "--faults", "exited=1"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
-        deadline = time.monotonic() + 30
-        info = None
-        while time.monotonic() < deadline:
+        def serving() -> process.SandboxInfo | None:
             info = process.read_state()
-            if info is not None and process.probe(info):
-                break
-            time.sleep(0.05)
-        assert info is not None and info.pid == child.pid and info.faults == "exited=1"
+            return info if info is not None and process.probe(info) else None
+
+        info = wait_until(serving, "the foreground sandbox to record itself and answer")
+        assert info.pid == child.pid and info.faults == "exited=1"
         child.send_signal(signal.SIGINT)
-        child.wait(15)
+        child.wait(HANG_S)
         assert not (isolated_env / "sandbox.json").exists()
     finally:
         if child.poll() is None:

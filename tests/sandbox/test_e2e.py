@@ -10,9 +10,13 @@ import httpx
 import pytest
 
 from glmdeploy.engines import get_engine
-from glmdeploy.onstart import render
+from glmdeploy.onstart import OnstartOptions, render
 from glmdeploy.profiles import load_profile
 from glmdeploy.vast.filters import offer_query
+from waits import HANG_S
+
+# These in-process tests speak plain http to the simulated engine; TLS has its own tests (test_tls_*).
+PLAIN_HTTP = OnstartOptions(tls=False)
 
 
 def _engines_available() -> bool:
@@ -40,12 +44,12 @@ def _deploy(vast: Any, profile_name: str) -> tuple[int, dict[str, Any], Any]:
     assert len({o["machine_id"] for o in offers}) >= 2
     response = vast.create(offers[0]["id"], image=profile.engine.image, disk=profile.hardware.disk_gb,
                            env={f"-p {profile.engine.port}:{profile.engine.port}": "1", "GLM_API_KEY": ENDPOINT_KEY},
-                           onstart=render(profile), label=f"glmdeploy-e2e-{profile_name}")
+                           onstart=render(profile, PLAIN_HTTP), label=f"glmdeploy-e2e-{profile_name}")
     assert response.status_code == 200 and response.json()["success"] is True, response.text
     return response.json()["new_contract"], offers[0], profile
 
 
-def _logs_until(vast: Any, instance_id: int, markers: tuple[str, ...], timeout: float = 30.0) -> str:
+def _logs_until(vast: Any, instance_id: int, markers: tuple[str, ...], timeout: float = HANG_S) -> str:
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:

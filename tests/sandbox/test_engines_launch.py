@@ -25,13 +25,13 @@ def test_every_shipped_profile_launches_its_engine(profile: object) -> None:
     assert spec.kind == kind
     assert spec.served_model == get_engine(kind).reported_model_name(profile)
     assert spec.context_length == profile.engine.context_length
+    # Every engine is behind the onstart's nginx, which terminates TLS and checks the key.
+    assert spec.api_key == "k"
+    assert spec.proxy is not None and spec.proxy.tls and spec.proxy.san_ip == ENV.get("PUBLIC_IPADDR", "127.0.0.1")
     if kind == "lightllm":
-        # LightLLM has no auth; the key is only enforced if the script fronts it with the nginx proxy.
-        assert spec.engine_key is None
-        assert spec.api_key == ("k" if "nginx" in script else None)
+        assert spec.engine_key is None  # LightLLM has no auth of its own: only the proxy's key check
     else:
-        assert spec.api_key == "k"
-        assert spec.proxy is None
+        assert spec.engine_key == "k"
     assert "${" not in " ".join(spec.argv)
 
 

@@ -149,6 +149,34 @@ def test_create_timeout_with_delay_outlasts_the_client_timeout(start_sandbox: An
     assert len(vast.ledger()["instances"]) == 1
 
 
+def test_create_timeout_holds_the_answer_until_released(start_sandbox: Any, client_for: Any) -> None:
+    """A test holds a create as long as it needs (a long delay), then lets it go: nothing is timed."""
+    import threading
+
+    from waits import wait_for_request, wait_until_quiet
+
+    vast = _vast(start_sandbox, client_for, "create_timeout=1,delay=600")
+    log = lambda: httpx.get(f"{vast.url}/_sandbox/requests", timeout=10).json()  # noqa: E731
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            vast.http.put(f"/api/v0/asks/{vast.first_offer()['id']}/", json={"image": "x", "env": {}}, timeout=120)
+        except httpx.TransportError as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    wait_for_request(log, "PUT", "/api/v0/asks/", in_flight=True)
+    assert len(vast.ledger()["instances"]) == 1  # created and billing while the answer is held
+    released = httpx.post(f"{vast.url}/_sandbox/release", timeout=10).json()
+    assert released == {"success": True, "released": 1}
+    sender.join(60)
+    assert not sender.is_alive() and outcome, "the held create was not dropped on release"
+    wait_until_quiet(log)
+    assert [r["status"] for r in log()["requests"] if r["method"] == "PUT"] == [0]
+
+
 def test_stuck_loading(start_sandbox: Any, client_for: Any) -> None:
     vast = _vast(start_sandbox, client_for, "stuck_loading=1")
     stuck = vast.rent()
@@ -160,14 +188,49 @@ def test_stuck_loading(start_sandbox: Any, client_for: Any) -> None:
     assert row["actual_status"] == "loading" and row["ports"] is None
 
 
-def test_exited_with_image_pull_error(start_sandbox: Any, client_for: Any) -> None:
+def test_exited_with_a_container_start_error(start_sandbox: Any, client_for: Any) -> None:
     vast = _vast(start_sandbox, client_for, "exited=1")
-    instance_id = vast.rent(image="lmsysorg/sglang:no-such-tag")
-    row = vast.wait_status(instance_id, "exited")
-    assert row["status_msg"] == ("Error response from daemon: manifest for lmsysorg/sglang:no-such-tag not found: "
-                                 "manifest unknown: manifest unknown")
+    row = vast.wait_status(vast.rent(), "exited")
+    assert row["status_msg"] == "Error: container failed to start: OCI runtime create failed"
     assert row["ports"] is None
     assert vast.ledger()["running"] == 0
+
+
+def test_loading_error_stays_loading_with_the_pull_error(start_sandbox: Any, client_for: Any) -> None:
+    """On Vast a failed pull leaves actual_status 'loading' with the daemon's error in status_msg."""
+    vast = _vast(start_sandbox, client_for, "loading_error=1")
+    instance_id = vast.rent(image="lmsysorg/sglang:no-such-tag")
+    expected = ("Error response from daemon: manifest for lmsysorg/sglang:no-such-tag not found: "
+                "manifest unknown: manifest unknown")
+    deadline = time.monotonic() + 10
+    row = vast.show(instance_id)
+    while time.monotonic() < deadline and (row is None or row["status_msg"] != expected):
+        time.sleep(0.02)
+        row = vast.show(instance_id)
+    assert row is not None and row["status_msg"] == expected and row["actual_status"] == "loading", row
+    first_sign = next(i for i in vast.ledger()["instances"] if i["id"] == instance_id)["first_sign_at"]
+    assert first_sign is not None
+    time.sleep(0.3)  # more than a whole simulated lifecycle at this time scale: it never runs
+    assert vast.show(instance_id)["actual_status"] == "loading"
+
+
+@pytest.mark.parametrize("status", ["unknown", "offline"])
+def test_status_lost_instead_of_running(start_sandbox: Any, client_for: Any, status: str) -> None:
+    vast = _vast(start_sandbox, client_for, f"status_{status}=1")
+    lost = vast.rent()
+    row = vast.wait_status(lost, status)
+    assert row["ports"] is None
+    time.sleep(0.3)
+    assert vast.show(lost)["actual_status"] == status
+    assert vast.wait_status(vast.rent(), "running")  # the count was one: the next instance runs
+
+
+def test_status_null_while_provisioning_then_runs(start_sandbox: Any, client_for: Any) -> None:
+    vast = _vast(start_sandbox, client_for, "status_null=1")
+    instance_id = vast.rent()
+    row = vast.show(instance_id)
+    assert row is not None and row["actual_status"] is None
+    vast.wait_status(instance_id, "running")
 
 
 def test_exited_with_custom_message(start_sandbox: Any, client_for: Any) -> None:

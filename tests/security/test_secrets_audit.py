@@ -36,7 +36,9 @@ from glmdeploy.onstart import render
 from glmdeploy.profiles import load_all
 from glmdeploy.profiles.model import Profile
 from glmdeploy.sandbox.engines import EngineTiming, SimulatedEngine, launch_spec_from
+from glmdeploy.tls import FINGERPRINT_MARKER, colon_form
 from glmdeploy.vast.client import VastClient
+from waits import HANG_S
 
 from .conftest import AuditCli, KeyedSandbox, Run
 
@@ -260,13 +262,19 @@ def test_a_deployment_shows_neither_key_outside_env(
         cli("plan", "--profile", "4x3090", *json_flag)
         cli("offers", "--profile", "4x3090", *api, *json_flag)
     # --ttl puts the watchdog in the onstart script: it must use the instance's own key, never ours.
-    up = cli("up", "--profile", "4x3090", "--name", "audit", "--ttl", "2h", "--yes", "--json", *api, separate=True)
+    up = cli("up", "--profile", "4x3090", "--name", "audit", "--ttl", "1000h", "--yes", "--json", *api, separate=True)
     assert ndjson(up)[-1]["event"] == "ready"
 
     env = cli("env", separate=True)
     endpoint_key = exports(env)["OPENAI_API_KEY"]
     assert len(endpoint_key) == 64 and find_leaks(env.stdout, {"endpoint key": endpoint_key})
     audit.keys["endpoint key"] = endpoint_key
+    # TLS (issue 14): the CA bundle env writes is public (0644, certificates only) and scanned with the
+    # state directory below; no private key of the host's TLS pair may show anywhere.
+    audit.keys["a TLS private key"] = "PRIVATE KEY"
+    bundle = Path(exports(env)["SSL_CERT_FILE"])
+    assert bundle.parent.parent == isolated_env and mode(bundle) == 0o644
+    assert exports(env)["CURL_CA_BUNDLE"] == exports(env)["REQUESTS_CA_BUNDLE"] == str(bundle)
 
     for json_flag in ((), ("--json",)):
         cli("list", "--api-key", account, *json_flag)
@@ -282,6 +290,10 @@ def test_a_deployment_shows_neither_key_outside_env(
     cli("bench", "--num-prompts", "2", "--output-len", "8", "--output", str(reports / "bench.json"))
     logs = cli("logs", "--api-key", account)
     assert "Capture cuda graph" in logs.stdout  # the engine's own lines are there, not an empty log
+    # The fingerprint line may show (it is what glmdeploy pins); it carries the fingerprint and nothing else.
+    fingerprint = json.loads(cli("status", "--json").stdout)["tls_fingerprint"]
+    [marked] = [line for line in logs.stdout.splitlines() if FINGERPRINT_MARKER in line]
+    assert marked == f"{FINGERPRINT_MARKER} {colon_form(fingerprint)}"
     cli("logs", "--tail", "20")
 
     # The provider's side: the endpoint key is in the instance's environment (it must be, for the
@@ -398,7 +410,8 @@ def test_failures_show_neither_key(audit_cli: AuditCli, keyed_sandbox: StartSand
     for json_flag in ((), ("--json",)):
         cli("list", "--all", *json_flag)
     records = json.loads(cli("list", "--all", "--json").stdout)["deployments"]
-    assert sum(bool(r["error"]) for r in records) >= 7  # every run but the passing CI job failed
+    # Every run but the passing CI job failed; the two refused keys fail before any record is written.
+    assert sum(bool(r["error"]) for r in records) >= 5
     for record in records:
         cli("status", record["id"], "--json")
 
@@ -406,9 +419,9 @@ def test_failures_show_neither_key(audit_cli: AuditCli, keyed_sandbox: StartSand
     db = isolated_env / "state.db"
     for i, value in enumerate(v for t, c, v in db_cells(db) if c == "endpoint_api_key" and v):
         audit.keys[f"endpoint key {i}"] = value
-    # Two OOM runs, two echo runs, two refused creates (the record is written before the create
-    # call) and two CI jobs: each got its own key.
-    assert len([k for k in audit.keys if k.startswith("endpoint key")]) == 8
+    # Two OOM runs, two echo runs and two CI jobs: each got its own key. The two refused keys were
+    # caught before the search, so they wrote no record and made no endpoint key.
+    assert len([k for k in audit.keys if k.startswith("endpoint key")]) == 6
     assert see_state_db(audit, db)
     assert_private(isolated_env)
     assert sb.running() == []
@@ -704,15 +717,19 @@ def test_every_shipped_profile_refuses_requests_without_the_key(profile: Profile
     engine = SimulatedEngine(spec, port=port, log=lambda _line: None, timing=EngineTiming(time_scale=0.0005), faults={})
     task = asyncio.run_coroutine_threadsafe(engine.run(), loop)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + HANG_S
         while engine.state != "serving":
             assert engine.state == "starting" and time.monotonic() < deadline, engine.state
             time.sleep(0.005)
         model = get_engine(profile.engine.kind).reported_model_name(profile)
         chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        base = f"http://127.0.0.1:{port}/v1"
+        # Over TLS, as shipped: the client trusts exactly the certificate the simulated host made.
+        import ssl
+
+        base = f"https://127.0.0.1:{port}/v1"
+        pinned = ssl.create_default_context(cadata=engine.certificate.cert_pem.decode())
         refused_keys: list[str | None] = [None, "wrong", ENGINE_KEY[:-1], ENGINE_KEY + "0", f"{ENGINE_KEY} x"]
-        with httpx.Client(timeout=10, trust_env=False) as http:
+        with httpx.Client(timeout=10, trust_env=False, verify=pinned) as http:
             for key in [*refused_keys, ENGINE_KEY]:
                 headers = {} if key is None else {"Authorization": f"Bearer {key}"}
                 models = http.get(base + "/models", headers=headers)

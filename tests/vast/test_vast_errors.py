@@ -10,7 +10,7 @@ import respx
 
 from glmdeploy.errors import GlmdeployError
 from glmdeploy.vast.client import VastClient
-from glmdeploy.vast.errors import ApiError, AuthError, NotFound, RateLimited, VastError
+from glmdeploy.vast.errors import ApiError, AuthError, InsufficientCredit, NotFound, RateLimited, VastError
 from vast.conftest import BASE, KEY
 
 
@@ -108,10 +108,55 @@ def test_200_with_success_false_is_checked(client: VastClient, router: respx.Rou
 
 
 def test_404_is_not_found(client: VastClient, router: respx.Router) -> None:
-    router.delete("/api/v0/instances/3/").respond(404, json={"error": "not_found", "msg": "nope"})
+    router.put("/api/v0/instances/3/").respond(404, json={"error": "not_found", "msg": "nope"})
     with pytest.raises(NotFound) as caught:
-        client.destroy_instance(3)
+        client.set_label(3, "x")
     assert caught.value.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"success": False, "error": "no_such_instance", "msg": "Instance 3 not found."},
+        {"success": False, "error": "not_found", "msg": "Instance 3 not found."},
+        {"detail": "Not Found"},
+    ],
+    ids=["no_such_instance", "not_found", "no-code"],
+)
+def test_any_non_auth_404_on_delete_means_already_gone(
+    client: VastClient, router: respx.Router, body: dict[str, object]
+) -> None:
+    route = router.delete("/api/v0/instances/3/").respond(404, json=body)
+    assert client.destroy_instance(3) is False
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"success": False, "error": "invalid_args", "msg": "Your account lacks credit; see the billing page."}),
+        (400, {"success": False, "error": "missing_billing", "msg": "You lack credit, see the billing page."}),
+        (400, {"success": False, "error": "insufficient_credit", "msg": "You lack credit."}),
+        (402, {"detail": "Payment Required"}),
+    ],
+    ids=["create-invalid_args", "missing_billing", "insufficient_credit", "402"],
+)
+def test_lack_of_credit_is_its_own_error_with_exit_8(
+    client: VastClient, router: respx.Router, status: int, body: dict[str, object]
+) -> None:
+    route = router.put("/api/v0/asks/7/").respond(status, json=body)
+    with pytest.raises(InsufficientCredit) as caught:
+        client.create_instance(7, image="img", env={}, onstart=None, disk=10, label="glmdeploy:x")
+    assert route.call_count == 1  # never retried: only the user can fix it
+    assert caught.value.exit_code == 8
+    assert "cannot pay" in str(caught.value) and "billing" in (caught.value.hint or "")
+
+
+def test_an_ordinary_400_is_not_mistaken_for_credit(client: VastClient, router: respx.Router) -> None:
+    router.put("/api/v0/asks/7/").respond(400, json={"error": "invalid_args", "msg": "disk too large"})
+    with pytest.raises(ApiError) as caught:
+        client.create_instance(7, image="img", env={}, onstart=None, disk=10, label="glmdeploy:x")
+    assert not isinstance(caught.value, InsufficientCredit) and caught.value.exit_code == 7
 
 
 def test_key_never_appears_in_errors_even_if_the_server_echoes_it(client: VastClient, router: respx.Router) -> None:

@@ -2,22 +2,37 @@
 
 The load generator and the metrics live in ``glmdeploy.bench``; this module resolves the target, shows
 progress on stderr and prints the result block (or JSON). Exit codes: 0 when the run completed (failed
-requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded.
+requests are reported, not fatal), 2 for bad options, 5 when not a single request succeeded, 7 when not a
+single request could even connect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import (
+    CaCert,
+    JsonOutput,
+    Pin,
+    emit_json,
+    endpoint_trust,
+    handles_errors,
+    positive_seconds,
+    say,
+)
 
 if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
 
 Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+# The workload is built in memory before the first send: a billion prompts, or prompts of a billion words,
+# would end as a MemoryError. No model here takes more than 202,752 tokens of context (catalog.py).
+MAX_PROMPTS = 100_000
+MAX_LEN_TOKENS = 262_144
 
 
 @handles_errors
@@ -39,12 +54,23 @@ def bench(
     model: Annotated[
         str | None, typer.Option("--model", help="Model name to request (default: the deployment's, or /models).")
     ] = None,
-    num_prompts: Annotated[int, typer.Option("--num-prompts", min=1, help="Requests to send.")] = 100,
+    num_prompts: Annotated[
+        int, typer.Option("--num-prompts", min=1, max=MAX_PROMPTS, help="Requests to send.")
+    ] = 100,
     input_len: Annotated[
-        int, typer.Option("--input-len", min=1, help="Prompt length in words (about one token each).")
+        int,
+        typer.Option(
+            "--input-len", min=1, max=MAX_LEN_TOKENS, help="Prompt length in words (about one token each)."
+        ),
     ] = 1024,
     output_len: Annotated[
-        int, typer.Option("--output-len", min=1, help="Tokens to generate per request (max_tokens, ignore_eos).")
+        int,
+        typer.Option(
+            "--output-len",
+            min=1,
+            max=MAX_LEN_TOKENS,
+            help="Tokens to generate per request (max_tokens, ignore_eos).",
+        ),
     ] = 128,
     request_rate: Annotated[
         str, typer.Option("--request-rate", help="Requests per second, or 'inf' to send all at once.")
@@ -54,15 +80,21 @@ def bench(
         typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 = Poisson, <1 burstier, >1 steadier."),
     ] = 1.0,
     max_concurrency: Annotated[
-        int | None, typer.Option("--max-concurrency", min=1, help="Cap on requests in flight.")
+        int | None,
+        typer.Option("--max-concurrency", min=1, max=MAX_PROMPTS, help="Cap on requests in flight."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the prompts and the arrival times.")] = 0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.001, help="Seconds one request may take before it counts as failed.")
+        float,
+        typer.Option(
+            "--timeout", callback=positive_seconds, help="Seconds one request may take before it counts as failed."
+        ),
     ] = 600.0,
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)
     ] = None,
+    ca_cert: CaCert = None,
+    pin: Pin = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Load-test an endpoint the way `vllm bench serve` measures it (TTFT, TPOT, ITL, E2EL, throughput).
@@ -83,13 +115,18 @@ def bench(
     if name is not None and url is not None:
         raise UsageError("give a deployment NAME or --url, not both")
     label: str | None = None
+    trust = endpoint_trust(url, ca_cert, pin)
     if url is not None:
         chat_url(url)  # a malformed URL is a usage error before anything is sent
         target, key = url, api_key
-        model = model or first_model(url, key)
     else:
-        target, key, served, label = _deployment_target(name)
+        target, key, served, label, trust = _deployment_target(name)
         model = model or served
+    # The pin is checked with one handshake before any request (CertificateMismatch: exit 9).
+    context = trust.context(target) if trust is not None else None
+    verify = context if not isinstance(context, bool) else None
+    if url is not None:
+        model = model or first_model(url, key, verify=verify)
     options = BenchOptions(
         num_prompts=num_prompts,
         input_len=input_len,
@@ -101,16 +138,29 @@ def bench(
         timeout_s=timeout,
         label=label,
     )
-    result = _run_with_progress(target, key, model, options)
+    counted = _replica_counter(label) if url is None else None
+    before = counted() if counted is not None else {}
+    assert model is not None  # first_model() returns one or raises
+    result = _run_with_progress(target, key, model, options, verify)
+    if result.completed == 0 and result.errors and all(e.startswith(_CANNOT_CONNECT) for e in result.errors):
+        from glmdeploy.bench import shown_url
+        from glmdeploy.errors import EndpointUnreachable
+
+        # One line, not a result block of zeros and ten copies of the same connection error.
+        raise EndpointUnreachable(f"cannot reach {shown_url(target)}: {result.errors[0]}")
 
     from glmdeploy.bench import format_summary
 
     summary = format_summary(result)
+    per_replica = ({k: v - before.get(k, 0) for k, v in counted().items()} if counted is not None else None)
     if json_output:
         say(summary)
-        emit_json(result.model_dump(mode="json"))
+        emit_json({**result.model_dump(mode="json"), **({"per_replica": per_replica} if per_replica else {})})
     else:
         print(summary, flush=True)
+        if per_replica:
+            print("requests per replica (SMG metrics): "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(per_replica.items())), flush=True)
     for error in result.errors:
         say(f"failed request: {error}")
     if output is not None:
@@ -123,8 +173,11 @@ def bench(
         raise SmokeFailed(f"every request failed ({first})")
 
 
-def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
-    """(endpoint, key, served model, deployment name) of the named or only active deployment."""
+_CANNOT_CONNECT = ("ConnectError", "ConnectTimeout")
+
+
+def _deployment_target(name: str | None) -> tuple[str, str | None, str, str, Any]:
+    """(endpoint, key, served model, deployment name, TLS trust) of the named or only active deployment."""
     from glmdeploy.errors import UsageError
     from glmdeploy.state import StateStore
 
@@ -132,16 +185,46 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str]:
         d = store.resolve(name)
     if not d.endpoint or not d.is_active:
         raise UsageError(f"deployment {d.name!r} has no endpoint (status {d.status})")
-    return d.endpoint, d.endpoint_key(), d.model or "", d.name
+    from glmdeploy.tls import EndpointTrust
+
+    trust = EndpointTrust(fingerprint=d.tls_fingerprint, certificate_pem=d.tls_certificate)
+    return d.endpoint, d.endpoint_key(), d.model or "", d.name, trust
 
 
-def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions) -> BenchResult:
-    from rich.console import Console
+def _replica_counter(name: str | None) -> Callable[[], dict[str, int]] | None:
+    """For a replica group: a function reading SMG's per-replica request counts, by replica name."""
+    if name is None:
+        return None
+    from glmdeploy.gateway import GatewayError, request_counts
+    from glmdeploy.replicas import attach
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        group = store.get(name)
+        if not group.is_group:
+            return None
+        by_worker = {r.gateway_worker_id: r.name for r in store.replicas_of(group.id) if r.gateway_worker_id}
+    gateway = attach(group)
+    # SMG names a worker by the URL it was given: the guard's loopback forwarder for that replica.
+    try:
+        names = {w.url: by_worker[w.worker_id] for w in gateway.workers() if w.worker_id in by_worker}
+    except GatewayError:
+        names = {}
+
+    def read() -> dict[str, int]:
+        return {names.get(url, url): n for url, n in request_counts(gateway).items()}
+
+    return read
+
+
+def _run_with_progress(url: str, key: str | None, model: str, options: BenchOptions,
+                       verify: Any = None) -> BenchResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from glmdeploy.bench import RequestOutcome, run_bench
+    from glmdeploy.commands._common import console as make_console
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     failed = 0
     with Progress(
         TextColumn("bench"),
@@ -151,6 +234,7 @@ def _run_with_progress(url: str, key: str | None, model: str, options: BenchOpti
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a bar in a CI log is noise (and a stray blank line)
     ) as progress:
         task = progress.add_task("bench", total=options.num_prompts, failed=0)
 
@@ -159,4 +243,4 @@ def _run_with_progress(url: str, key: str | None, model: str, options: BenchOpti
             failed += 0 if outcome.success else 1
             progress.update(task, advance=1, failed=failed)
 
-        return run_bench(url, key, model, options, on_done=done)
+        return run_bench(url, key, model, options, on_done=done, verify=verify)

@@ -6,7 +6,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, ProfileRef, Sandbox, emit_json, handles_errors, say
+from glmdeploy.commands._common import (
+    ApiKey,
+    ApiUrl,
+    JsonOutput,
+    MaxPrice,
+    ProfileRef,
+    Sandbox,
+    emit_json,
+    handles_errors,
+    say,
+)
+from glmdeploy.tables_options import WideOutput
 
 if TYPE_CHECKING:
     pass
@@ -15,10 +26,9 @@ if TYPE_CHECKING:
 def offers(
     profile: ProfileRef,
     limit: Annotated[int, typer.Option(min=1, help="How many offers to show.")] = 10,
-    max_price: Annotated[
-        float | None, typer.Option(help="Price cap in $/h for the whole instance (default: the profile's).")
-    ] = None,
+    max_price: MaxPrice = None,
     json_output: JsonOutput = False,
+    output: WideOutput = None,
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
@@ -29,14 +39,11 @@ def offers(
     host's speed (time that is billed too); offers above the price cap are left out. Exit 3 when
     no offer matches.
     """
-    import math
 
-    from glmdeploy.errors import NoOfferError, UsageError
+    from glmdeploy.errors import NoOfferError
     from glmdeploy.profiles import load_profile
     from glmdeploy.ranking import OfferSummary
 
-    if max_price is not None and not (max_price > 0 and math.isfinite(max_price)):
-        raise UsageError(f"--max-price must be a positive number of $/h, got {max_price:g}")
     loaded = load_profile(profile)
     cap = loaded.hardware.max_price if max_price is None else max_price
     from glmdeploy.connect import connect
@@ -57,39 +64,37 @@ def offers(
         f"{len(ranked)} offer(s) for profile {loaded.name} at or under ${cap:.2f}/h; "
         f"showing {len(shown)}, best first (weights: {loaded.model.weights_gb:g} GB to download)"
     )
-    _print_table(shown)
+    _print_table(shown, wide=output == "wide")
 
 
-def _print_table(rows: list[Any]) -> None:
-    import sys
+def _print_table(rows: list[Any], *, wide: bool = False) -> None:
+    from glmdeploy.tables import Column, print_table
 
-    from rich.console import Console, JustifyMethod
-    from rich.table import Table
+    columns = [
+        Column("offer id", 9, justify="right", key=True),
+        Column("score", 6, justify="right"),
+        Column("$/h", 8, justify="right"),
+        Column("GPU", 7),
+        Column("download", 5, justify="right"),
+        Column("reliability", 4, justify="right"),
+        Column("inet_down", 3, justify="right"),
+        Column("location", 2),
+        Column("CUDA", 1, justify="right"),
+    ]
+    from glmdeploy.durations import human_duration
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("score", "right"),
-        ("$/h", "right"),
-        ("GPU", "left"),
-        ("reliability", "right"),
-        ("inet_down", "right"),
-        ("download", "right"),
-        ("CUDA", "right"),
-        ("location", "left"),
-        ("offer id", "right"),
-    )
-    for header, justify in columns:
-        table.add_column(header, justify=justify)
-    for row in rows:
-        table.add_row(
+    table = [
+        [
+            str(row.id),
             f"{row.score:.1f}",
             "-" if row.dph_total is None else f"{row.dph_total:.3f}",
             f"{row.num_gpus or '?'}x {row.gpu_name or '?'}",
+            "unknown" if row.download_minutes is None else human_duration(row.download_minutes * 60),
             "-" if row.reliability is None else f"{row.reliability:.3f}",
             "-" if row.inet_down is None else f"{row.inet_down:,.0f} Mbit/s",
-            "unknown" if row.download_minutes is None else f"{row.download_minutes:.1f} min",
-            "-" if row.cuda_max_good is None else f"{row.cuda_max_good:g}",
             row.geolocation or "-",
-            str(row.id),
-        )
-    Console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)
+            "-" if row.cuda_max_good is None else f"{row.cuda_max_good:g}",
+        ]
+        for row in rows
+    ]
+    print_table(columns, table, wide=wide)

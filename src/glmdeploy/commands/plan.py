@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, ProfileRef, emit_json, handles_errors
+from glmdeploy.commands._common import JsonOutput, ProfileRef, check_launch, emit_json, handles_errors
 
 if TYPE_CHECKING:
     from glmdeploy.planner import Plan
@@ -43,8 +43,12 @@ def plan(
 
     if attention not in (None, "mla", "mha"):
         raise UsageError(f"--attention: expected 'mla' or 'mha', got {attention!r}")
+    from glmdeploy.profiles.model import with_overrides
+
+    prof = load_profile(profile)
+    check_launch(with_overrides(prof, context_length=context_length, image=image), force=None)
     result = plan_profile(
-        load_profile(profile),
+        prof,
         context_length=context_length,
         image=image,
         attention="mla" if attention == "mla" else "mha" if attention == "mha" else None,

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.tables_options import WideOutput
 
 app = typer.Typer(help="Hardware profiles: the known-good recipes.", no_args_is_help=True)
 
 
 @app.command("list")
 @handles_errors
-def list_profiles(json_output: JsonOutput = False) -> None:
+def list_profiles(json_output: JsonOutput = False, output: WideOutput = None) -> None:
     """List every known profile (shipped ones and those in $GLMDEPLOY_HOME/profiles)."""
     from glmdeploy.profiles import load_all
     from glmdeploy.views import profile_summary
@@ -23,20 +24,32 @@ def list_profiles(json_output: JsonOutput = False) -> None:
     if json_output:
         emit_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
+    from glmdeploy.tables import Column, print_table
 
-    table = Table("name", "engine", "model", "gpus", "context", "source")
-    for r in rows:
-        table.add_row(
+    columns = [
+        Column("name", 9, key=True),
+        Column("engine", 8),
+        Column("gpus", 7),
+        Column("tools", 6),
+        Column("reasoning", 6),
+        Column("context", 5, justify="right"),
+        Column("model", 3),
+        Column("source", 1),
+    ]
+    table = [
+        [
             r["name"],
             r["engine"],
-            r["model"],
             f"{r['num_gpus']}x {' / '.join(r['gpu_names'])}",
-            str(r["context_length"] or "model max"),
+            "yes" if r["tools"] else "no",
+            "yes" if r["reasoning"] else "no",
+            f"{r['context_length']:,}" if r["context_length"] else "model max",
+            r["model"],
             r["source"],
-        )
-    Console().print(table)
+        ]
+        for r in rows
+    ]
+    print_table(columns, table, wide=output == "wide")
 
 
 @app.command("show")
@@ -63,6 +76,8 @@ def show(
         f"hardware: {hw.num_gpus}x {' / '.join(hw.gpu_names)}, >= {hw.min_vram_gb:g} GB each, "
         f"disk {hw.disk_gb} GB, <= ${hw.max_price:.2f}/h",
         f"image:    {profile.engine.image}",
+        f"engine:   {detail['engine_check']['engine']}"
+        + ("" if detail["engine_check"]["problems"] else ", every flag of the command accepted"),
         "command:",
         f"  {detail['launch_command']}",
     ]
@@ -70,7 +85,7 @@ def show(
         lines.append("env:")
         lines += [f"  {k}={v}" for k, v in profile.env.items()]
     lines.append(f"ready:    within {profile.readiness.timeout}")
-    for w in profile.warnings:
+    for w in [*detail["engine_check"]["problems"], *profile.warnings]:
         lines.append(f"warning:  {w}")
     print("\n".join(lines))
 
@@ -80,7 +95,9 @@ def show(
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Profile YAML files to check.")],
 ) -> None:
-    """Check profile files against the schema; exit 2 on the first invalid one."""
+    """Check profile files against the schema and their launch command against the pinned engine's flags;
+    exit 2 if any is invalid."""
+    from glmdeploy.engines.checks import check_launch
     from glmdeploy.errors import ProfileError
     from glmdeploy.profiles import load_file
 
@@ -91,8 +108,16 @@ def validate(
         except ProfileError as exc:
             failed.append(str(exc))
             say(f"invalid: {exc}")
-        else:
-            say(f"ok: {path} ({profile.name})")
+            continue
+        check = check_launch(profile)
+        if check.flags_refusal:
+            failed.append(check.flags_refusal)
+            say(f"invalid: {path}: {check.flags_refusal}")
+            continue
+        for warning in (check.model_refusal, check.version_warning):
+            if warning:
+                say(f"warning: {path}: {warning}")
+        say(f"ok: {path} ({profile.name})")
     if failed:
         raise typer.Exit(2)
 

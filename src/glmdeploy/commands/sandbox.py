@@ -6,14 +6,25 @@ from typing import Annotated
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import (
+    JsonOutput,
+    emit_json,
+    handles_errors,
+    non_negative_ms,
+    positive_number,
+    say,
+)
 
 sandbox_app = typer.Typer(help="The local Vast.ai and engine emulator.", no_args_is_help=True)
 
 Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port).")]
 TimeScale = Annotated[
     float | None,
-    typer.Option("--time-scale", help="Real seconds per simulated second (default 0.005: a deploy takes seconds)."),
+    typer.Option(
+        "--time-scale",
+        callback=positive_number,
+        help="Real seconds per simulated second (default 0.005: a deploy takes seconds).",
+    ),
 ]
 Faults = Annotated[
     str | None, typer.Option("--faults", help="Faults to inject, e.g. 'http429:create=2,retry_after=1;exited=1'.")
@@ -21,10 +32,12 @@ Faults = Annotated[
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the offer catalogue and of random faults.")]
 Foreground = Annotated[bool, typer.Option("--foreground", help="Serve in this process until Ctrl-C.")]
 TtftMs = Annotated[
-    float | None, typer.Option("--ttft-ms", min=0, help="Engines' time to first token, real ms (default 20).")
+    float | None,
+    typer.Option("--ttft-ms", callback=non_negative_ms, help="Engines' time to first token, real ms (default 20)."),
 ]
 TpotMs = Annotated[
-    float | None, typer.Option("--tpot-ms", min=0, help="Engines' time per output token, real ms (default 2).")
+    float | None,
+    typer.Option("--tpot-ms", callback=non_negative_ms, help="Engines' time per output token, real ms (default 2)."),
 ]
 
 

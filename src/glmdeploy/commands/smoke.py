@@ -7,11 +7,20 @@ prints a table (or ``--json``) and writes ``--junit``. Exit 5 when a selected ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.commands._common import (
+    CaCert,
+    JsonOutput,
+    Pin,
+    emit_json,
+    endpoint_trust,
+    handles_errors,
+    positive_seconds,
+    say,
+)
 
 if TYPE_CHECKING:
     from glmdeploy.smoke import CheckResult, SmokeReport, Target
@@ -58,7 +67,14 @@ Only = Annotated[
     typer.Option("--only", metavar="CHECK", help="Run only this check (repeatable, or comma-separated)."),
 ]
 Timeout = Annotated[
-    float, typer.Option("--timeout", metavar="SECONDS", help="Seconds each request may take.", show_default=True)
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=positive_seconds,
+        help="Seconds each check may take in all: connecting, waiting and reading, over all its requests.",
+        show_default=True,
+    ),
 ]
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
@@ -71,14 +87,14 @@ def _names(values: list[str] | None) -> list[str]:
 
 
 def _target(name: str | None, url: str | None, api_key: str | None, model: str | None,
-            engine: str | None) -> Target:
+            engine: str | None, trust: Any = None) -> Target:
     from glmdeploy.errors import UsageError
     from glmdeploy.smoke import Target
 
     if url is not None:
         if name is not None:
             raise UsageError("give either a deployment NAME or --url, not both")
-        return Target.from_url(url, api_key=api_key, model=model, engine=engine)
+        return Target.from_url(url, api_key=api_key, model=model, engine=engine, trust=trust)
     if model is not None or engine is not None:
         raise UsageError("--model and --engine go with --url; a deployment knows its own")
     from glmdeploy.state import StateStore
@@ -92,6 +108,26 @@ def _target(name: str | None, url: str | None, api_key: str | None, model: str |
     return Target.from_deployment(deployment)
 
 
+def _deployment_health(name: str | None, report: SmokeReport) -> str | None:
+    """After the checks of a deployment: probe its engine once more; an engine that died is recorded
+    as unhealthy (``list`` shows it) and the reason returned. A later healthy run clears it."""
+    from glmdeploy import deployment_health
+    from glmdeploy.engines.health import HealthState
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        d = store.resolve(name)
+        if not d.endpoint or d.status != "ready":
+            return None
+        with deployment_health.endpoint_client(d) as http:
+            reading = deployment_health.probe_deployment(d, http)
+        if reading.state is HealthState.UNREACHABLE:
+            return None
+        reason = deployment_health.unhealthy_reason(reading) if not report.passed else None
+        deployment_health.record(store, d, reason)
+    return reason
+
+
 @handles_errors
 def smoke(
     name: Name = None,
@@ -99,6 +135,8 @@ def smoke(
     api_key: EndpointKey = None,
     model: Model = None,
     engine: EngineKind = None,
+    ca_cert: CaCert = None,
+    pin: Pin = None,
     json_output: JsonOutput = False,
     junit: Junit = None,
     skip: Skip = None,
@@ -107,20 +145,26 @@ def smoke(
 ) -> None:
     """Run the smoke checks against a deployment or any OpenAI-compatible URL.
 
-    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails.
+    Checks: health, auth, models, chat, stream, reasoning, tools, max_tokens. Exit 5 if one fails, or if the
+    target is not an OpenAI-compatible server; exit 7 if it cannot be reached or never answers (the other
+    checks are then not run). A server that answered and then refuses connections (its engine died) fails
+    the check that found it (exit 5, the rest not run), and a deployment is then recorded as unhealthy.
     """
     import sys
 
-    from glmdeploy.errors import SmokeFailed
+    from glmdeploy.errors import EndpointUnreachable, SmokeFailed
     from glmdeploy.smoke import run_smoke, select_checks
 
     only_names, skip_names = _names(only), _names(skip)
     select_checks(only_names, skip_names)  # a typo is exit 2 before anything is sent
     if junit is not None:
         _check_writable(junit)
-    target = _target(name, url, api_key, model, engine)
-    say(f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})")
-    progress = _Progress(live=sys.stderr.isatty() and not json_output)
+    trust = endpoint_trust(url, ca_cert, pin)
+    target = _target(name, url, api_key, model, engine, trust)
+    progress = _Progress(
+        live=sys.stderr.isatty() and not json_output,
+        header=f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})",
+    )
     try:
         report = run_smoke(
             target, only=only_names, skip=skip_names, timeout=timeout,
@@ -132,12 +176,28 @@ def smoke(
         from glmdeploy import junit as junit_xml
 
         junit_xml.write(junit, [report.junit_suite()])
+    unhealthy = _deployment_health(name, report) if url is None else None
     if json_output:
-        emit_json(report.to_json())
-    else:
+        data = report.to_json()
+        if url is None:
+            data["health"] = "unhealthy" if unhealthy else ("healthy" if report.passed else None)
+            data["health_reason"] = unhealthy
+        emit_json(data)
+    if report.unreachable:  # one line, not a table of checks that were never run
+        also = f"; the deployment is unhealthy: {unhealthy}" if unhealthy else ""
+        raise EndpointUnreachable(f"cannot smoke {report.target}: {report.unreachable}{also}")
+    if report.not_openai:
+        raise SmokeFailed(f"cannot smoke {report.target}: {report.not_openai}")
+    if not json_output:
         _print_table(report)
     if not report.passed:
-        failed = ", ".join(c.name for c in report.failed())
+        not_run = [c.name for c in report.failed() if c.detail.startswith("not run: ")]
+        failed = ", ".join(c.name for c in report.failed() if c.name not in not_run)
+        if report.connection_lost:  # the engine died (or the host went away) after it had answered
+            rest = f"; not run: {', '.join(not_run)}" if not_run else ""
+            failed += f" ({report.connection_lost}{rest})"
+        if unhealthy:
+            raise SmokeFailed(f"smoke checks failed: {failed}; the deployment is unhealthy: {unhealthy}")
         raise SmokeFailed(f"smoke checks failed: {failed}")
     if not json_output:
         say(report.summary())
@@ -160,14 +220,19 @@ def _check_writable(path: Path) -> None:
 
 
 class _Progress:
-    """On a terminal, a spinner naming the running check; elsewhere one line per finished check."""
+    """On a terminal, a spinner naming the running check; elsewhere one line per finished check.
 
-    def __init__(self, *, live: bool) -> None:
+    The header (the target) comes before the first line; a run stopped by its first check (a wrong
+    target) prints neither, so that it ends as one error line.
+    """
+
+    def __init__(self, *, live: bool, header: str) -> None:
         self.status = None
+        self.header: str | None = header
         if live:
-            from rich.console import Console
+            from glmdeploy.commands._common import console
 
-            self.status = Console(stderr=True).status("")
+            self.status = console(stderr=True).status("")
             self.status.start()
 
     def start(self, name: str) -> None:
@@ -175,8 +240,12 @@ class _Progress:
             self.status.update(f"checking {name}…")  # check names are fixed identifiers, safe as markup
 
     def done(self, result: CheckResult) -> None:
-        if self.status is None:
-            say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
+        if self.status is not None or "stopped" in result.info or result.detail.startswith("not run: "):
+            return
+        if self.header is not None:
+            say(self.header)
+            self.header = None
+        say(f"{_MARK[result.status]} {result.name} ({result.duration_ms:.0f} ms): {result.detail}")
 
     def stop(self) -> None:
         if self.status is not None:
@@ -184,9 +253,10 @@ class _Progress:
 
 
 def _print_table(report: SmokeReport) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from glmdeploy.commands._common import console
 
     # Text, not markup: details quote server output and "[DONE]".
     table = Table(title=Text(f"smoke: {report.target}"), title_justify="left")
@@ -198,4 +268,4 @@ def _print_table(report: SmokeReport) -> None:
         table.add_row(
             Text(c.name), Text(_MARK[c.status], style=_STYLE[c.status]), f"{c.duration_ms:.0f} ms", Text(c.detail)
         )
-    Console(soft_wrap=False).print(table)
+    console(soft_wrap=False).print(table)

@@ -30,10 +30,27 @@ class LightLLM(Engine):
     )
     kv_capacity = re.compile(r"(\d+) is the profiled max_total_token_num")
     health_path = "/health"
+    # Behind the auth proxy: nginx answers 502 until the engine's HTTP server is up (it is spawned
+    # only after the model loaded, engines.md §4.3 step 6).
+    starting_codes = frozenset({502})
     auth_exempt_prefixes = ()
     reasoning_field = "reasoning"
     tool_call_id_prefix = "call_"
     native_auth = False
+    display_name = "LightLLM"
+    image_repos = ("ghcr.io/modeltc/lightllm", "modeltc/lightllm")
+    # `main` is built on every push (engines.md §4.2).
+    floating_tags = frozenset({"latest", "main"})
+
+    def model_support_error(self, model_arch: str, image: str) -> str | None:
+        if model_arch != "glm-4.7-flash":
+            return None
+        info = self.image_version(image)
+        # GLM-4.7-Flash support (PR #1188) first ships in v1.2.0 (engines.md §4.1); older builds refuse the
+        # model type in lightllm/models/registry.py (engines.md §4.4).
+        if info.version is not None and info.version < (1, 2, 0):
+            return "ValueError: Model type glm4_moe_lite is not supported."
+        return None
 
     def model_dir(self, profile: Profile) -> str:
         return f"{MODELS_DIR}/{profile.model.repo.rsplit('/', 1)[-1]}"

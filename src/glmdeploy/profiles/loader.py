@@ -141,9 +141,27 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
 def load_file(path: Path) -> Profile:
     data = _raw(path)
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError(_format_validation(path, exc)) from None
+    _check_onstart_fits(path, profile)
+    return profile
+
+
+def _check_onstart_fits(path: Path, profile: Profile) -> None:
+    """Vast refuses an onstart over 4096 characters: find out when the file is read, not after a deployment
+    row exists. Worst case: the longest deployment name, a TTL watchdog and the auth proxy.
+
+    Done here, not in the schema, so that the schema does not depend on the onstart renderer (and through
+    it on the engines): profiles/ -> onstart -> engines/ stays a one-way street.
+    """
+    from glmdeploy.onstart import OnstartOptions, render
+
+    longest = OnstartOptions(deployment="x" * 64, ttl_seconds=10**9, auth_proxy=True)
+    try:
+        render(profile, longest)
+    except ValueError as exc:
+        raise ProfileError(f"{path}: {exc}; shorten engine.extra_args") from None
 
 
 def load_profile(ref: str) -> Profile:

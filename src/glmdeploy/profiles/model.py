@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glmdeploy.catalog import MODEL_ARCHS
+from glmdeploy.engines.kinds import EngineKind
+from glmdeploy.ranking import MAX_PRICE_CAP
 
-EngineKind = Literal["sglang", "vllm", "lightllm"]
 Quant = Literal["bf16", "fp16", "fp8", "nvfp4", "awq"]
 
 _SHELL_HINT = "must not contain quotes, ';', '$(', backticks, spaces or newlines"
@@ -88,7 +89,12 @@ class Hardware(StrictModel):
     min_inet_down: float = Field(default=200.0, ge=0, description="Minimum download speed, Mbit/s.")
     min_reliability: float = Field(default=0.95, ge=0, le=1)
     direct_port: bool = Field(default=True, description="Require a directly mapped port.")
-    max_price: float = Field(gt=0, description="Default price cap in $/h for the whole instance.")
+    max_price: float = Field(
+        gt=0,
+        le=MAX_PRICE_CAP,
+        allow_inf_nan=False,
+        description="Default price cap in $/h for the whole instance; also the scale of the ranking's cost term.",
+    )
     verified: bool = Field(default=True, description="Only verified machines.")
 
     @model_validator(mode="after")
@@ -200,19 +206,6 @@ class Profile(StrictModel):
             raise ValueError(
                 f"engine.tensor_parallel {tp} does not fit hardware.num_gpus {self.hardware.num_gpus}"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _fits_vast_onstart(self) -> Profile:
-        # Vast refuses an onstart over 4096 characters; find out here, not after a deployment row exists.
-        # Worst case: the longest deployment name, a TTL watchdog and the auth proxy.
-        from glmdeploy.onstart import OnstartOptions, render
-
-        longest = OnstartOptions(deployment="x" * 64, ttl_seconds=10**9, auth_proxy=True)
-        try:
-            render(self, longest)
-        except ValueError as exc:
-            raise ValueError(f"{exc}; shorten engine.extra_args") from None
         return self
 
 

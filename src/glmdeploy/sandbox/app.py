@@ -66,17 +66,25 @@ async def drop_connection(request: Request) -> None:
 
 
 class RequestLog:
-    """ASGI middleware recording every Vast-side URL the sandbox received (for audits)."""
+    """ASGI middleware recording every Vast-side URL the sandbox received (for audits).
 
-    def __init__(self, app: ASGIApp, world: World) -> None:
+    ``in_flight`` holds the requests being served right now, so a test can wait for "the create has
+    arrived" or "nothing is being served any more" as an event instead of sleeping.
+    """
+
+    def __init__(self, app: ASGIApp, world: World, in_flight: dict[int, RequestRecord]) -> None:
         self.app = app
         self.world = world
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/_sandbox/"):
             await self.app(scope, receive, send)
             return
         status = {"code": 0}
+        query = scope.get("query_string", b"").decode("latin-1")
+        self.in_flight[id(scope)] = RequestRecord(
+            method=scope["method"], path=scope["path"], query=query, status=0, at=self.world.clock())
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -86,13 +94,17 @@ class RequestLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            del self.in_flight[id(scope)]
             self.world.record(RequestRecord(
-                method=scope["method"], path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"),
+                method=scope["method"], path=scope["path"], query=query,
                 status=0 if scope.get("sandbox.dropped") else status["code"], at=self.world.clock()))
 
 
 def create_app(world: World) -> Starlette:
     """The Starlette app serving ``world``."""
+    in_flight: dict[int, RequestRecord] = {}
+    # The create answers create_timeout is holding back; POST /_sandbox/release lets them all go.
+    held: set[asyncio.Event] = set()
 
     def authenticate(request: Request) -> Principal:
         key = None
@@ -228,8 +240,15 @@ def create_app(world: World) -> Starlette:
         status, payload = world.create(offer_id, body)
         timeout = world.faults.take("create_timeout")
         if timeout:
-            # The instance exists and bills, but the client never hears about it.
-            await asyncio.sleep(float(timeout.params.get("delay", "0")))
+            # The instance exists and bills, but the client never hears about it: after `delay`
+            # seconds, or as soon as a test says so (POST /_sandbox/release), the connection drops.
+            release = asyncio.Event()
+            held.add(release)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(release.wait(), float(timeout.params.get("delay", "0")))
+            finally:
+                held.discard(release)
             await drop_connection(request)
             raise DroppedConnection
         return JSONResponse(payload, status_code=status)
@@ -367,9 +386,14 @@ def create_app(world: World) -> Starlette:
         return JSONResponse(world.ledger())
 
     async def requests_log(request: Request) -> Response:
-        return JSONResponse({"requests": [
-            {"method": r.method, "path": r.path, "query": r.query, "url": r.url(), "status": r.status, "at": r.at}
-            for r in world.requests]})
+        return JSONResponse({
+            "requests": [
+                {"method": r.method, "path": r.path, "query": r.query, "url": r.url(), "status": r.status, "at": r.at}
+                for r in world.requests],
+            "in_flight": [
+                {"method": r.method, "path": r.path, "query": r.query, "url": r.url(), "since": r.at}
+                for r in list(in_flight.values())],
+        })
 
     async def faults(request: Request) -> Response:
         if request.method == "POST":
@@ -389,6 +413,13 @@ def create_app(world: World) -> Starlette:
             except FaultSpecError as exc:
                 return JSONResponse({"success": False, "error": "invalid_args", "msg": str(exc)}, status_code=400)
         return JSONResponse({"success": True, "spec": world.faults.spec, "faults": world.faults.describe()})
+
+    async def release(request: Request) -> Response:
+        """End every create_timeout delay now, so a test holds a create exactly as long as it needs."""
+        count = len(held)
+        for event in list(held):
+            event.set()
+        return JSONResponse({"success": True, "released": count})
 
     async def container_env(request: Request) -> Response:
         """What the container of an instance sees in its environment (CONTAINER_API_KEY included).
@@ -424,6 +455,7 @@ def create_app(world: World) -> Starlette:
         Route("/_sandbox/ledger", ledger, methods=["GET"]),
         Route("/_sandbox/requests", requests_log, methods=["GET"]),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"]),
+        Route("/_sandbox/release", release, methods=["POST"]),
         Route("/_sandbox/instances/{id}/container-env", container_env, methods=["GET"]),
     ]
 
@@ -435,7 +467,7 @@ def create_app(world: World) -> Starlette:
             await world.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found_handler})
-    app.add_middleware(RequestLog, world=world)
+    app.add_middleware(RequestLog, world=world, in_flight=in_flight)
     app.state.world = world
     return app
 

@@ -24,7 +24,9 @@ REQUEST_FAULTS = frozenset({"http429", "http5xx", "drop"})
 # Faults on create requests.
 CREATE_FAULTS = frozenset({"offer_taken", "unavailable", "create_fail", "create_timeout"})
 # Faults on the next created instances.
-INSTANCE_FAULTS = frozenset({"stuck_loading", "exited", "ports_null"})
+INSTANCE_FAULTS = frozenset({
+    "stuck_loading", "exited", "ports_null", "loading_error", "status_null", "status_unknown", "status_offline",
+})
 # Faults on log retrieval (counted per instance).
 LOG_FAULTS = frozenset({"empty_logs", "logs_pending"})
 
@@ -39,6 +41,10 @@ PARAMS: dict[str, frozenset[str]] = {
     "stuck_loading": frozenset({"p"}),
     "exited": frozenset({"msg", "p"}),
     "ports_null": frozenset({"p"}),
+    "loading_error": frozenset({"msg", "p"}),
+    "status_null": frozenset({"p"}),
+    "status_unknown": frozenset({"p"}),
+    "status_offline": frozenset({"p"}),
     "empty_logs": frozenset(),
     "logs_pending": frozenset(),
 }
@@ -46,6 +52,10 @@ PARAMS: dict[str, frozenset[str]] = {
 DEFAULT_PULL_ERROR = (
     "Error response from daemon: manifest for {image} not found: manifest unknown: manifest unknown"
 )
+# What `exited` reports by default: a container that would not start on this host. The text is the
+# daemon failure of Vast's own self-test suite (vast-ai/vast-cli tests/cli/test_runtime_diagnostics.py
+# @55679830a2c2); a pull error is `loading_error` (the instance stays loading, as on Vast).
+DEFAULT_EXIT_ERROR = "Error: container failed to start: OCI runtime create failed"
 
 
 class FaultSpecError(ValueError):
@@ -59,7 +69,9 @@ def engine_fault_names() -> frozenset[str]:
     except (ImportError, AttributeError):
         return frozenset({
             "engine_oom", "never_ready", "health_flap", "slow_first_token", "broken_tool_parser",
-            "reasoning_leak", "no_done", "no_auth", "models_before_health",
+            "reasoning_leak", "no_done", "no_auth", "models_before_health", "engine_death", "engine_exit",
+            "argparse_error", "no_module", "command_not_found", "hf_gated", "hf_missing", "disk_full",
+            "nccl_error", "slow_download",
         })
     return frozenset(names)
 

@@ -23,17 +23,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glmdeploy.sandbox import catalogue
-from glmdeploy.sandbox.faults import DEFAULT_PULL_ERROR, FaultBook
+from glmdeploy.sandbox.faults import DEFAULT_EXIT_ERROR, DEFAULT_PULL_ERROR, FaultBook
 
 # Simulated seconds spent in each state before the next (a cached-image host is quick to
 # create; pulling a multi-GB serving image takes minutes).
 CREATED_S = 5.0
 LOADING_S = 120.0
+# A tag the registry does not have fails the pull at once (the manifest is the first thing fetched).
+PULL_FAIL_S = 5.0
 DEFAULT_TIME_SCALE = 0.005
 # Engine latency in real seconds. Real engines decode at ~50-200 tokens/s; the defaults keep streams
 # visibly incremental (what smoke's "stream" check looks for) while a 64-token answer takes ~0.15 s.
 DEFAULT_TTFT_S = 0.02
 DEFAULT_TPOT_S = 0.002
+# glmdeploy's TTL watchdog in an onstart script (glmdeploy.onstart.watchdog_snippet): a function that
+# sleeps TTL seconds and then destroys the instance with its own key, started in the background.
+WATCHDOG_SLEEP = re.compile(r"^glmdeploy_watchdog\(\) \{\n\s*sleep (\d+)\n", re.MULTILINE)
+WATCHDOG_START = re.compile(r"^glmdeploy_watchdog\b[^\n]*&\s*$", re.MULTILINE)
 PORT_ENV = re.compile(r"^-p\s+(?:(\d+):)?(\d+)(?:/(tcp|udp))?$")
 RUNTYPE_TOKENS = frozenset({
     "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter", "jupyter_proxy", "jupyter_direc",
@@ -110,6 +116,14 @@ class Instance:
     destroyed_at: float | None = None
     ports_hidden: bool = False
     stuck_loading: bool = False
+    # An error status_msg while loading (a pull error): it stays loading, as on Vast.
+    loading_error: str | None = None
+    # Report actual_status null (provisioning) instead of "created" before loading.
+    status_null: bool = False
+    # Instead of running: "unknown" (no heartbeat) or "offline" (host disconnected), for good.
+    lost_as: str | None = None
+    # Simulated-clock time of the first sign of an injected fault a client can see (ledger: first_sign_at).
+    first_sign_at: float | None = None
     # Bound sockets holding this instance's HostPorts until an engine takes one over (reserve_port).
     reserved: dict[int, socket.socket] = field(default_factory=dict, repr=False)
     exit_msg: str | None = None
@@ -120,7 +134,13 @@ class Instance:
     billed_until: float = 0.0
     engine: Any = None
     engine_task: asyncio.Task[None] | None = None
+    # The last engine started, kept after it stops: its endpoint's request log and TLS handshakes stay readable.
+    last_engine: Any = None
     lifecycle: asyncio.Task[None] | None = None
+    # The onstart's TTL watchdog, once the container runs it; and who destroyed the instance.
+    watchdog: asyncio.Task[None] | None = None
+    watchdog_ttl_s: float | None = None
+    destroyed_by: str | None = None
 
     @property
     def dph_total(self) -> float:
@@ -289,6 +309,7 @@ class World:
         self.instances: dict[int, Instance] = {}
         self.instance_keys: dict[str, int] = {}
         self.revoked_keys: set[str] = set()
+        self.gone_destroys = 0  # DELETEs of instances that do not exist (any more)
         self.log_snapshots: dict[str, LogSnapshot] = {}
         self.requests: list[RequestRecord] = []
         self.rentals: list[dict[str, Any]] = []
@@ -377,7 +398,19 @@ class World:
             instance.stuck_loading = True
         exited = self.faults.take("exited")
         if exited:
-            instance.exit_msg = exited.params.get("msg") or DEFAULT_PULL_ERROR.format(image=request["image"])
+            instance.exit_msg = exited.params.get("msg") or DEFAULT_EXIT_ERROR
+        loading_error = self.faults.take("loading_error")
+        if loading_error:
+            default = DEFAULT_PULL_ERROR.format(image=request["image"])
+            instance.loading_error = loading_error.params.get("msg") or default
+        if self.faults.take("status_null") is not None:
+            # vast-api.md §6.5: null = provisioning, before "created"; it then carries on as usual.
+            instance.status_null = True
+            instance.actual_status = None
+            instance.first_sign_at = now
+        for lost in ("unknown", "offline"):
+            if instance.lost_as is None and self.faults.take(f"status_{lost}"):
+                instance.lost_as = lost
         if self.faults.take("ports_null"):
             instance.ports_hidden = True
         self.instances[instance_id] = instance
@@ -404,18 +437,80 @@ class World:
             return
         self._set_status(instance, "loading", f"Pulling image {instance.image}")
         instance.daemon_log.append(f"{_stamp(self.clock())} pulling {instance.image}")
+        pull_error = self._pull_error(instance)
+        if pull_error is not None:
+            await self._pull_fails(instance, pull_error)
+            return
         if instance.stuck_loading:
             return  # stays loading until destroyed
+        if instance.loading_error is not None:
+            # The pull fails part way: Vast keeps actual_status "loading" with the daemon's error.
+            await self._sleep_sim(LOADING_S / 4)
+            if instance.destroyed_at is not None:
+                return
+            self._set_status(instance, "loading", instance.loading_error)
+            instance.daemon_log.append(f"{_stamp(self.clock())} {instance.loading_error}")
+            instance.first_sign_at = self.clock()
+            return
         await self._sleep_sim(LOADING_S)
         if instance.destroyed_at is not None or instance.intended_status != "running":
             return
         if instance.exit_msg is not None:
             self._set_status(instance, "exited", instance.exit_msg)
             instance.daemon_log.append(f"{_stamp(self.clock())} {instance.exit_msg}")
+            instance.first_sign_at = self.clock()
+            return
+        if instance.lost_as is not None:
+            # The host stops answering where it would have started the container (vast-api.md §6.5).
+            self._set_status(instance, instance.lost_as, None)
+            instance.daemon_log.append(f"{_stamp(self.clock())} host heartbeat lost: {instance.lost_as}")
+            instance.first_sign_at = self.clock()
             return
         self._set_status(instance, "running", f"success, running {instance.image}/ssh")
         instance.daemon_log.append(f"{_stamp(self.clock())} container started")
+        self._arm_watchdog(instance)
         self._start_engine(instance)
+
+    @staticmethod
+    def _pull_error(instance: Instance) -> str | None:
+        """The registry's answer when the image's tag does not exist (faults that decide the pull win)."""
+        # A fault that decides the pull wins (main's fail-fast faults keep theirs in `loading_error`).
+        if instance.exit_msg is not None or instance.stuck_loading or getattr(instance, "loading_error", None):
+            return None
+        try:
+            check = importlib.import_module("glmdeploy.sandbox.engines").pull_error
+        except (ImportError, AttributeError):
+            return None
+        result: str | None = check(instance.image)
+        return result
+
+    async def _pull_fails(self, instance: Instance, error: str) -> None:
+        """Vast shows the daemon's error in status_msg while the instance stays ``loading`` for good."""
+        await self._sleep_sim(PULL_FAIL_S)
+        if instance.destroyed_at is not None or instance.intended_status != "running":
+            return
+        instance.status_msg = error
+        instance.daemon_log.append(f"{_stamp(self.clock())} {error}")
+        if hasattr(instance, "first_sign_at"):
+            # When the first sign of this failure showed (the fail-fast bookkeeping, where the world keeps it).
+            instance.first_sign_at = self.clock()
+    def _arm_watchdog(self, instance: Instance) -> None:
+        """Run the onstart's TTL watchdog as the host would: it starts with the container, sleeps its
+        TTL on the sandbox's clock, then destroys the instance (the real one does it with the
+        instance's own key; a destroy by the container itself, whatever code path, is what counts)."""
+        ttl = watchdog_ttl(instance.onstart)
+        if ttl is None or instance.watchdog is not None:
+            return
+        instance.watchdog_ttl_s = ttl
+        instance.daemon_log.append(f"{_stamp(self.clock())} onstart: TTL watchdog armed for {ttl:g}s")
+
+        async def fire() -> None:
+            await self._sleep_sim(ttl)
+            if instance.destroyed_at is None:
+                instance.daemon_log.append(f"{_stamp(self.clock())} TTL watchdog: destroying instance {instance.id}")
+                await self.destroy(instance.id, by="watchdog")
+
+        instance.watchdog = asyncio.get_running_loop().create_task(fire())
 
     def _set_status(self, instance: Instance, status: str, msg: str | None) -> None:
         now = self.clock()
@@ -429,6 +524,13 @@ class World:
                 instance.start_date = now
         elif status in ("stopped", "exited"):
             instance.running_since = None
+
+    def _engine_faults(self, instance: Instance) -> dict[str, str | None]:
+        faults = self.faults.engine_faults()
+        if "slow_download" in faults and not faults["slow_download"]:
+            # No speed given: the download runs at the speed the rented offer advertises.
+            faults["slow_download"] = str(instance.offer.get("inet_down") or "")
+        return faults
 
     def _start_engine(self, instance: Instance) -> None:
         try:
@@ -457,12 +559,13 @@ class World:
             spec, port=host_port, log=instance.container_log.append,
             timing=engine_timing(time_scale=self.time_scale, seed=self.seed + instance.id, ttft_s=self.ttft_s,
                                  tpot_s=self.tpot_s),
-            faults=self.faults.engine_faults(),
+            faults=self._engine_faults(instance),
             sock=instance.reserved.pop(host_port, None),
             gpu_name=instance.offer.get("gpu_name"),
             gpu_ram_mib=instance.offer.get("gpu_ram"),
         )
         instance.engine = engine
+        instance.last_engine = engine
         instance.engine_task = asyncio.get_running_loop().create_task(engine.run())
 
     async def _stop_engine(self, instance: Instance) -> None:
@@ -471,6 +574,8 @@ class World:
                 sock.close()
             instance.reserved.clear()
         engine, task = instance.engine, instance.engine_task
+        if instance.first_sign_at is None and engine is not None:
+            instance.first_sign_at = getattr(engine, "first_sign_at", None)  # the ledger keeps it after the stop
         instance.engine = None
         instance.engine_task = None
         if engine is not None:
@@ -532,13 +637,23 @@ class World:
 
     # ---------- change ----------
 
-    async def destroy(self, instance_id: int) -> None:
+    async def destroy(self, instance_id: int, *, by: str = "api") -> None:
+        """``by``: "api" (a DELETE) or "watchdog" (the instance's own TTL watchdog), kept in the ledger."""
         instance = self.get(instance_id)
         if instance is None:
+            # Vast documents two codes for this 404 (vast-api.md §6): alternate, so clients are
+            # exercised with both, starting with the common one.
+            self.gone_destroys += 1
+            if self.gone_destroys % 2 == 0:
+                raise ApiError(404, "not_found", f"Instance {instance_id} not found.")
             raise ApiError(404, "no_such_instance", f"Instance {instance_id} not found.")
         now = self.clock()
         instance.bill(now)
         instance.destroyed_at = now
+        instance.destroyed_by = by
+        watchdog = instance.watchdog
+        if watchdog is not None and watchdog is not asyncio.current_task() and not watchdog.done():
+            watchdog.cancel()
         instance.cur_state = "unloaded"
         instance.intended_status = "stopped"
         self.revoked_keys.add(instance.api_key)
@@ -568,8 +683,11 @@ class World:
             raise ApiError(404, "no_such_instance", f"Instance {instance_id} not found.")
         if state == "stopped":
             instance.intended_status = "stopped"
-            if instance.lifecycle is not None and not instance.lifecycle.done():
-                instance.lifecycle.cancel()
+            # Stopping the container ends its processes, the onstart's watchdog with them.
+            for task in (instance.lifecycle, instance.watchdog):
+                if task is not None and not task.done():
+                    task.cancel()
+            instance.watchdog = None
             await self._stop_engine(instance)
             self._set_status(instance, "stopped", "stopped by user")
             instance.cur_state = "stopped"
@@ -632,11 +750,25 @@ class World:
                 "cost": round(instance.cost_at(now), 6),
                 "created_at": instance.created_at,
                 "destroyed_at": instance.destroyed_at,
+                "destroyed_by": instance.destroyed_by,
+                "ttl_s": instance.watchdog_ttl_s,
                 "machine_id": instance.offer["machine_id"],
                 "offer_id": instance.offer["id"],
                 "engine": getattr(instance.engine, "state", None),
                 "running_at": instance.start_date,
                 "engine_ready_at": getattr(instance.engine, "ready_at", None),
+                # When a client could first see an injected fault (a status change, a log line, a port
+                # that closed): the fail-fast tests count the polls a client makes after it.
+                "first_sign_at": instance.first_sign_at or getattr(instance.engine, "first_sign_at", None)
+                or (instance.running_since if instance.ports_hidden else None),
+                # What reached the endpoint: every HTTP request (did it carry the endpoint key?) and the TLS
+                # handshakes begun. An interception refused at the handshake leaves requests empty.
+                "endpoint_requests": [
+                    {"method": m, "path": p, "carried_key": k}
+                    for m, p, k in getattr(getattr(instance.last_engine, "app", None), "request_log", [])
+                ],
+                "tls_handshakes": getattr(instance.last_engine, "handshakes", 0),
+                "tls_fingerprint": getattr(getattr(instance.last_engine, "certificate", None), "fingerprint", None),
             })
         return {
             "instances": rows,
@@ -650,9 +782,18 @@ class World:
     async def shutdown(self) -> None:
         """Stop every engine and lifecycle task (instances stay recorded)."""
         for instance in self.instances.values():
-            if instance.lifecycle is not None and not instance.lifecycle.done():
-                instance.lifecycle.cancel()
+            for task in (instance.lifecycle, instance.watchdog):
+                if task is not None and not task.done():
+                    task.cancel()
             await self._stop_engine(instance)
+
+
+def watchdog_ttl(onstart: str | None) -> float | None:
+    """The TTL of the watchdog an onstart script starts in the background, if it has one."""
+    if not onstart or not WATCHDOG_START.search(onstart):
+        return None
+    match = WATCHDOG_SLEEP.search(onstart)
+    return float(match.group(1)) if match else None
 
 
 def _stamp(now: float) -> str:

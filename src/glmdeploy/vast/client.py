@@ -34,11 +34,13 @@ from pydantic import ValidationError
 
 from glmdeploy import __version__
 from glmdeploy.errors import UsageError
+from glmdeploy.urls import check_port
 from glmdeploy.vast.errors import (
     ApiError,
     ApiUnreachable,
     AuthError,
     CreateOutcomeUnknown,
+    InsufficientCredit,
     NotFound,
     OfferUnavailable,
     RateLimited,
@@ -84,6 +86,14 @@ INSTANCES_PAGE_SIZE = 25  # the v1 list's maximum (vast-api.md §6.1)
 MAX_INSTANCE_PAGES = 400  # 10,000 instances: a bound on the loop, far above any real account
 AUTH_ERROR_MESSAGES = ("Invalid user key", "Session expired. Please log in again.")
 NOT_FOUND_ERRORS = frozenset({"no_such_instance", "invalid_id", "not_found", "instances_not_found"})
+# Error codes that mean "already gone" on a DELETE, whatever the HTTP status.
+GONE_ON_DELETE_ERRORS = frozenset({"no_such_instance", "not_found"})
+# The account cannot pay (vast-api.md §5.5: start/stop answer 400 "missing_billing" "You lack credit,
+# see the billing page.", bulk updates "insufficient_credit" "You lack credit.", new accounts
+# "spend_rate_limit"; the create-time code is undocumented, so a 400/402/403 whose message speaks of
+# credit or billing counts too).
+CREDIT_ERRORS = frozenset({"missing_billing", "insufficient_credit", "insufficient_funds", "spend_rate_limit"})
+_CREDIT_MESSAGE = re.compile(r"\black(?:s)? (?:of )?credit|insufficient (?:credit|balance|funds)|billing page", re.I)
 MAX_DETAIL_CHARS = 200
 
 _VERSIONED_PATH = re.compile(r"^/api/v\d+/")
@@ -109,6 +119,7 @@ def resolve_base_url(api_url: str | None = None, environ: Mapping[str, str] | No
         raise UsageError(f"invalid Vast.ai API URL {raw!r}: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise UsageError(f"invalid Vast.ai API URL {raw!r}: expected http(s)://host[:port]")
+    check_port(raw, option="--api-url" if (api_url or "").strip() else "VAST_URL")
     return raw.rstrip("/")
 
 
@@ -429,7 +440,10 @@ class VastClient:
                 "DELETE", f"/instances/{instance_id}/", operation=f"destroy instance {instance_id}", json_body={}
             )
         except NotFound as exc:
-            if exc.error == "no_such_instance":
+            # A DELETE answered 404 (auth failures were raised as AuthError before this) means the
+            # instance is not there: Vast documents both "no_such_instance" and "not_found" for it
+            # (vast-api.md §6: destroy is not idempotent at the HTTP level, a repeat answers 404).
+            if exc.status_code == 404 or exc.error in GONE_ON_DELETE_ERRORS:
                 return False
             raise
         return True
@@ -739,6 +753,13 @@ class VastClient:
             raise AuthError(
                 f"Vast.ai refused the API key{source} ({detail})",
                 hint="check the key, or replace it: pass --api-key, set VAST_API_KEY, or run 'vastai set api-key KEY'",
+                **fields,
+            )
+        if error in CREDIT_ERRORS or status == 402 or (status in (400, 403) and _CREDIT_MESSAGE.search(msg or "")):
+            raise InsufficientCredit(
+                f"the Vast.ai account cannot pay: could not {operation} ({detail})",
+                hint="add credit (or raise the spend limit) on the billing page https://cloud.vast.ai/billing/,"
+                " then retry; retrying before that cannot help",
                 **fields,
             )
         if error == "no_such_ask" or (operation.startswith("rent offer") and status in (404, 410)):

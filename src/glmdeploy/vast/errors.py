@@ -3,6 +3,7 @@
     GlmdeployError                      (glmdeploy.errors)
     └── VastError (7)                   any Vast.ai API failure
         ├── AuthError (6)               the key was refused (401, or 404 with error "auth_error")
+        ├── InsufficientCredit (8)      the account lacks credit or hit its spend limit
         ├── OfferUnavailable (3)        the offer was taken between search and create (no_such_ask)
         ├── NotFound (7)                the thing asked about does not exist (404)
         ├── RateLimited (7)             429 that retrying cannot fix (quota, long Retry-After, exhausted)
@@ -18,13 +19,14 @@ the client redacts it before building them.
 
 from __future__ import annotations
 
-from glmdeploy.errors import EXIT_AUTH, EXIT_NO_OFFER, EXIT_UNREACHABLE, GlmdeployError
+from glmdeploy.errors import EXIT_AUTH, EXIT_NO_CREDIT, EXIT_NO_OFFER, EXIT_UNREACHABLE, GlmdeployError
 
 __all__ = [
     "ApiError",
     "ApiUnreachable",
     "AuthError",
     "CreateOutcomeUnknown",
+    "InsufficientCredit",
     "NotFound",
     "OfferUnavailable",
     "RateLimited",
@@ -60,6 +62,16 @@ class AuthError(VastError):
 
     exit_code = EXIT_AUTH
     code = "auth_error"
+
+
+class InsufficientCredit(VastError):
+    """The account cannot pay for what was asked (no credit, a spend limit): only the user can fix it.
+
+    Not exit 7: retrying later does not help, and CI should not treat it as an outage.
+    """
+
+    exit_code = EXIT_NO_CREDIT
+    code = "insufficient_credit"
 
 
 class OfferUnavailable(VastError):

@@ -6,6 +6,6 @@ behaviour: docs/sandbox-engines.md).
 """
 
 from glmdeploy.sandbox.engines.engine import ENGINE_FAULTS, EngineTiming, SimulatedEngine
-from glmdeploy.sandbox.engines.launch import LaunchSpec, launch_spec_from
+from glmdeploy.sandbox.engines.launch import LaunchSpec, launch_spec_from, pull_error
 
-__all__ = ["ENGINE_FAULTS", "EngineTiming", "LaunchSpec", "SimulatedEngine", "launch_spec_from"]
+__all__ = ["ENGINE_FAULTS", "EngineTiming", "LaunchSpec", "SimulatedEngine", "launch_spec_from", "pull_error"]

@@ -23,16 +23,23 @@ GIB = 1024**3
 KV_DEVIATION = 0.04
 # CUDA-visible totals in GiB of common cards (memory.md §4: nvidia-smi total minus ~0.4 GiB).
 GPU_SIZES_GIB = (23.6, 31.4, 44.6, 47.6, 79.2, 95.2, 140.0, 178.6)
-# The newest releases engines.md read; an image tag such as `latest` means these.
-NEWEST = {"vllm": (0, 33, 0), "sglang": (0, 5, 9), "lightllm": (1, 2, 0)}
-
-
 def _version(image: str, kind: str) -> tuple[int, ...]:
-    tag = image.split("@", 1)[0].rpartition("/")[2].partition(":")[2]
-    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
-    if not match:
-        return NEWEST[kind]
-    return tuple(int(g or 0) for g in match.groups())
+    """The release the image's tag pins (glmdeploy.engines' catalogue). For an image of no known engine, a
+    version-looking tag is taken at its word; a moving tag (latest, nightly) or any other means the newest
+    release whose flags were read."""
+    from glmdeploy.engines import get_engine
+    from glmdeploy.engines.flags import history
+
+    engine = get_engine(kind)
+    info = engine.image_version(image)
+    if info.version is not None:
+        return info.version
+    if info.kind is None:
+        tag = image.split("@", 1)[0].rpartition("/")[2].partition(":")[2]
+        match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
+        if match:
+            return tuple(int(g or 0) for g in match.groups())
+    return history(kind).newest
 
 
 def _arch(path: str) -> ModelArch:

@@ -118,8 +118,8 @@ def bearer_matches(headers: Mapping[bytes, bytes] | list[tuple[bytes, bytes]], k
     return False
 
 
-def error_body(dialect: Dialect, status: int, message: str, kind: str) -> dict[str, Any]:
+def error_body(dialect: Dialect, status: int, message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     """An OpenAI-style error in the engine's envelope."""
     if dialect.kind == "vllm":
-        return {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+        return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return {"object": "error", "message": message, "type": kind, "param": param, "code": status}

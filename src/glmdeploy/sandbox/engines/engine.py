@@ -15,7 +15,9 @@ from email.utils import formatdate
 from typing import Any
 
 from glmdeploy.sandbox.engines.config import EngineConfig, engine_config
+from glmdeploy.sandbox.engines.death import DeathSequence
 from glmdeploy.sandbox.engines.dialects import dialect_for
+from glmdeploy.sandbox.engines.failures import LAUNCH_FAULTS, failure_plan
 from glmdeploy.sandbox.engines.launch import LaunchSpec
 from glmdeploy.sandbox.engines.logs import Milestone, startup_plan
 from glmdeploy.sandbox.engines.server import EngineApp, status_phrase
@@ -30,7 +32,19 @@ ENGINE_FAULTS: frozenset[str] = frozenset(
         "reasoning_leak",  # reasoning text appears inside content instead of the reasoning field
         "no_done",  # streams end without `data: [DONE]`
         "no_auth",  # the endpoint does not enforce the API key
+        # the port presents a certificate other than the one the host logged (a man in the middle)
+        "tls_intercept",
         "models_before_health",  # /v1/models answers 200 while /health stays 503 (SGLang-like warmup that never ends)
+        # value = the N-th generation request after ready (default 1) kills the engine; what follows is
+        # each engine's own death sequence (death.py)
+        "engine_death",
+        # the engine's port opens as usual; the first request it receives kills the process (the
+        # connection drops, the port refuses from then on, nothing more is logged)
+        "engine_exit",
+        # value = the download speed in Mbit/s (default: the rented offer's inet_down, set by the world),
+        # instead of the sandbox's 4000 Mbit/s: a download that takes as long as a real one, for progress displays
+        "slow_download",
+        *LAUNCH_FAULTS,  # launches that die before serving (failures.py)
     }
 )
 
@@ -91,6 +105,8 @@ class SimulatedEngine:
         self._state = "starting"
         # Wall-clock time the ready marker was logged (for benchmarks measuring detection delay).
         self.ready_at: float | None = None
+        # Wall-clock time of the first sign of a fault a client could see (a crash logged, the port closed).
+        self.first_sign_at: float | None = None
         self._stopping = asyncio.Event()
         self._clock = _Clock()
         self._rng = random.Random(f"{timing.seed}:{spec.kind}:{spec.served_model}")
@@ -110,6 +126,20 @@ class SimulatedEngine:
             on_request=self._traffic_line,
         )
         self._stats_task: asyncio.Task[None] | None = None
+        # Test hook: startup points ("start", or a milestone's value such as "listen") where run()
+        # waits for resume(), so a test can look at a state (port still refused, SGLang's 503 warmup)
+        # for as long as it needs instead of racing its simulated length. Set it before run().
+        self.pause_at: set[str] = set()
+        self.paused_at: str | None = None
+        self._resume = asyncio.Event()
+        # The proxy's certificate (onstart's openssl), the one the log reports; under tls_intercept the
+        # port presents another one. Handshakes count every TLS ClientHello the port received.
+        self.certificate: Any = None
+        self.presented_certificate: Any = None
+        self.handshakes = 0
+        self.death = DeathSequence(self) if "engine_death" in self.faults else None
+        if self.death is not None:
+            self.app.on_generate = self.death.on_generate
 
     @property
     def state(self) -> str:
@@ -121,14 +151,19 @@ class SimulatedEngine:
         """Write the startup log through ``log`` over simulated time, open the port when the real engine
         would, and serve until ``stop()``. Returns after logging the crash if a fault kills it."""
         try:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or not await self._pause("start"):
                 return
             if self.spec.proxy is not None:
+                if self.spec.proxy.tls:
+                    self._make_certificate()
                 if not await self._listen():  # nginx starts before the engine and holds the port
                     return
             elif self.config.kind in ("vllm", "lightllm") and not self._bind():
                 return  # both check their port before anything else (engines.md §3.3 step 2, §4.3 step 1)
-            for step in startup_plan(self.config, self.faults, self._rng, self._pid):
+            plan = failure_plan(self.config, self.faults, self._rng, self._pid)
+            if plan is None:
+                plan = startup_plan(self.config, self.faults, self._rng, self._pid)
+            for step in plan:
                 if step.after_s > 0 and not await self._sleep(step.after_s):
                     return
                 self._clock.advance(step.after_s)
@@ -139,6 +174,11 @@ class SimulatedEngine:
                     if self.spec.proxy is None and not await self._listen():
                         return
                     self.app.upstream_up = True
+                    if not await self._pause(Milestone.LISTEN.value):
+                        return
+                    if "engine_exit" in self.faults:
+                        await self._exit_at_first_request()
+                        return
                 elif step.milestone is Milestone.READY:
                     self._clock.settle()
                     self._state = "serving"
@@ -148,10 +188,15 @@ class SimulatedEngine:
                         self._stats_task = asyncio.create_task(self._vllm_stats())
                 elif step.milestone is Milestone.CRASH:
                     self._state = "crashed"
+                    self.first_sign_at = time.time()
                     return
                 elif step.milestone is Milestone.STALL:
                     break
             self._clock.settle()
+            if self.death is not None:
+                if await self.death.run():
+                    self._state = "crashed"
+                    return
             await self._stopping.wait()
         finally:
             # Left by stop(), a crash, or the task being cancelled: in every case nothing listens any more.
@@ -159,12 +204,63 @@ class SimulatedEngine:
             if self._state != "crashed":
                 self._state = "stopped"
 
+    async def _exit_at_first_request(self) -> None:
+        """``engine_exit``: serve nothing; the first request that arrives finds the process dying."""
+        self.app.hold_requests = True
+        stop = asyncio.ensure_future(self._stopping.wait())
+        first = asyncio.ensure_future(self.app.first_request.wait())
+        try:
+            await asyncio.wait({stop, first}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            first.cancel()
+        if not self._stopping.is_set():
+            self._state = "crashed"
+            self.first_sign_at = time.time()
+
+    async def kill(self) -> None:
+        """The process tree exits now: the port closes and every open connection drops."""
+        self._state = "crashed"
+        if self.first_sign_at is None:
+            self.first_sign_at = time.time()
+        await self._close()
+
+    def log(self, line: str) -> None:
+        self._log(line)
+
+    @property
+    def clock_now(self) -> datetime:
+        return self._clock.now()
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
     async def stop(self) -> None:
         """Close the listening socket and all connections; idempotent."""
         self._stopping.set()
         await self._close()
         if self._state != "crashed":
             self._state = "stopped"
+
+    def resume(self) -> None:
+        """Let a startup paused at one of ``pause_at`` go on (call it on the engine's event loop)."""
+        self._resume.set()
+
+    async def _pause(self, point: str) -> bool:
+        """Wait at ``point`` until resume() if a test asked to; False when stopped meanwhile."""
+        if point not in self.pause_at:
+            return True
+        self.paused_at = point
+        waits = {asyncio.ensure_future(self._resume.wait()), asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            self._resume.clear()
+            self.paused_at = None
+        return not self._stopping.is_set()
 
     async def _sleep(self, simulated_s: float) -> bool:
         """Wait out simulated time; False when stopped meanwhile."""
@@ -243,8 +339,26 @@ class SimulatedEngine:
             return proto
 
         self._server_state = state
-        self._server = await loop.create_server(protocol, sock=self._sock)
+        ssl_context = None
+        if self.presented_certificate is not None:
+            ssl_context = self.presented_certificate.server_context()
+
+            def hello(_sock: Any, _name: str | None, _ctx: Any) -> None:
+                self.handshakes += 1
+
+            ssl_context.sni_callback = hello
+        self._server = await loop.create_server(protocol, sock=self._sock, ssl=ssl_context)
         return True
+
+    def _make_certificate(self) -> None:
+        from glmdeploy.sandbox.engines.tls import generate
+
+        assert self.spec.proxy is not None
+        self.certificate = generate(self.spec.proxy.san_ip)
+        self.presented_certificate = self.certificate
+        if "tls_intercept" in self.faults:
+            self.presented_certificate = generate(self.spec.proxy.san_ip)
+        self._log(self.certificate.log_line())
 
     async def _close(self) -> None:
         stats, self._stats_task = self._stats_task, None

@@ -12,15 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-KINDS = ("sglang", "vllm", "lightllm")
-
-# Image repositories that contain exactly one engine; a command for another engine fails there.
-_IMAGE_KINDS = (
-    ("lmsysorg/sglang", "sglang"),
-    ("vllm/vllm-openai", "vllm"),
-    ("ghcr.io/modeltc/lightllm", "lightllm"),
-    ("modeltc/lightllm", "lightllm"),
-)
+from glmdeploy.engines import ENGINES, image_version
 
 
 @dataclass(frozen=True)
@@ -37,6 +29,9 @@ class AuthProxy:
     open_paths: tuple[str, ...]  # ``location = /path`` blocks without the key check
     unauthorized_body: bytes
     engine_key: str | None = field(repr=False)  # the key of the engine behind it, if it has its own
+    # ``listen PORT ssl``: nginx terminates TLS with the certificate the script had openssl generate.
+    tls: bool = False
+    san_ip: str | None = None  # the IP SAN given to ``openssl req -addext subjectAltName=IP:...``
 
 
 @dataclass(frozen=True)
@@ -203,14 +198,30 @@ def engine_kind(argv: Sequence[str]) -> str | None:
 
 
 def image_kind(image: str) -> str | None:
-    """The engine an image ships, from its repository name (tag and digest ignored)."""
+    """The engine an image ships, from its repository name (tag and digest ignored).
+
+    A repository of an engine, or one named like it (``vllm/vllm-openai-rocm``, ``.../lightllm/xyz``), ships
+    that engine; the repositories are the engine modules' own (``Engine.image_repos``).
+    """
     ref = image.split("@", 1)[0]
     head, _, last = ref.rpartition("/")
     repo = f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
-    for prefix, kind in _IMAGE_KINDS:
-        if repo == prefix or repo.startswith((prefix + "-", prefix + "/")):
-            return kind
+    for kind, engine in ENGINES.items():
+        for prefix in engine.image_repos:
+            if repo == prefix or repo.startswith((prefix + "-", prefix + "/")):
+                return kind
     return None
+
+
+def pull_error(image: str) -> str | None:
+    """What the registry answers a pull of ``image`` with, if it fails: a tag of an engine's repository that
+    names no published release (nor a moving tag). Images of other repositories are trusted."""
+    from glmdeploy.sandbox.faults import DEFAULT_PULL_ERROR
+
+    info = image_version(image)
+    if info.kind is None or info.known:
+        return None
+    return DEFAULT_PULL_ERROR.format(image=image)
 
 
 def option_values(argv: Sequence[str], *names: str) -> list[str]:
@@ -327,7 +338,7 @@ def _expand_plain(text: str, env: Mapping[str, str], *, nounset: bool) -> str:
 
 def _nginx_proxy(config: str) -> AuthProxy | None:
     """The parts of an nginx server block that matter to a client: port, key check, open paths."""
-    listen = re.search(r"^\s*listen\s+(?:[\d.]+:)?(\d+)\s*;", config, re.M)
+    listen = re.search(r"^\s*listen\s+(?:[\d.]+:)?(\d+)(\s+ssl)?\s*;", config, re.M)
     if listen is None or "proxy_pass" not in config:
         return None
     upstream = re.search(r"proxy_pass\s+http://[^:/\s]+:(\d+)", config)
@@ -342,6 +353,7 @@ def _nginx_proxy(config: str) -> AuthProxy | None:
         open_paths=opened,
         unauthorized_body=(body.group(1) if body else "").encode(),
         engine_key=None,
+        tls=bool(listen.group(2)) and "ssl_certificate " in config,
     )
 
 
@@ -355,6 +367,7 @@ def launch_spec_from(image: str, onstart: str | None, env: Mapping[str, str]) ->
     download: tuple[str, ...] = ()
     files: dict[str, str] = {}
     proxy: AuthProxy | None = None
+    san_ip: str | None = None
     lines = onstart.splitlines()
     at = 0
     while at < len(lines):
@@ -382,9 +395,16 @@ def launch_spec_from(image: str, onstart: str | None, env: Mapping[str, str]) ->
             if cmd[0] == "cat" and body is not None and ">" in cmd[:-1]:
                 files[cmd[cmd.index(">") + 1]] = body
                 continue
+            if cmd[0] == "openssl" and cmd[1:2] == ["req"]:
+                for value in option_values(cmd, "-addext"):
+                    if value.startswith("subjectAltName=IP:"):
+                        san_ip = value.removeprefix("subjectAltName=IP:").split(",", 1)[0]
+                continue
             if cmd[0] == "nginx" and len(cmd) == 1:
                 for text in files.values():
                     proxy = proxy or _nginx_proxy(text)
+                if proxy is not None and proxy.tls:
+                    proxy = replace(proxy, san_ip=san_ip)
                 continue
             if cmd[0] == "set":
                 nounset = nounset or any(a.startswith("-") and "u" in a for a in cmd[1:])

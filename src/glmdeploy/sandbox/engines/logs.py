@@ -107,8 +107,17 @@ def _shard_points(total: int) -> list[int]:
     return [0, *points, total]
 
 
-def _download_s(cfg: EngineConfig) -> float:
-    return cfg.weights_gb * 1e9 / DOWNLOAD_BYTES_PER_S
+def _download_s(cfg: EngineConfig, faults: Mapping[str, str | None]) -> float:
+    """Simulated seconds the weights take to download; ``slow_download=MBPS`` sets the speed in Mbit/s."""
+    speed = DOWNLOAD_BYTES_PER_S
+    if "slow_download" in faults:
+        try:
+            mbps = float(faults["slow_download"] or 0)
+        except ValueError:
+            mbps = 0.0
+        if mbps > 0:
+            speed = mbps * 1e6 / 8
+    return cfg.weights_gb * 1e9 / speed
 
 
 def _load_s(cfg: EngineConfig) -> float:
@@ -147,7 +156,7 @@ def sglang_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random
     p.line(tp0(f"Load weight begin. avail mem={avail:.2f} GB"))
     p.line(tp0("Using model weights format ['*.safetensors']"))
     # snapshot_download runs with tqdm disabled: silence for the whole download (engines.md §2.3 step 1).
-    p.wait(_download_s(cfg))
+    p.wait(_download_s(cfg, faults))
     load = _load_s(cfg)
     points = _shard_points(cfg.num_shards)
     for prev, done in zip([0, *points], points, strict=False):
@@ -235,12 +244,19 @@ def vllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.R
     api_pid = pid
     core_pid = api_pid + rng.randint(60, 200)
     v15 = cfg.version < (0, 16)
+    # vLLM 0.24.x: the recorded run (real-vllm-0.24.0/startup-default.log). Where it disagrees with
+    # engines.md (written from the 0.15 and 0.33 sources) the recording wins for this version:
+    # "(EngineCore pid=N)" without _DP0, the banner, file:line references, two KV lines (not 0.33's
+    # one), "took X s (compilation: Y s)", and the route list.
+    rec24 = (0, 24) <= cfg.version < (0, 33)
+    W = _VLLM_024_WHERE if rec24 else _VLLM_WHERE_V15 if v15 else _VLLM_WHERE
 
     def api(msg: str, where: str, level: str = "INFO") -> Callable[[datetime], str]:
         return lambda ts: f"(APIServer pid={api_pid}) {level} {ts:%m-%d %H:%M:%S} [{where}] {msg}"
 
     def core(msg: str, where: str, level: str = "INFO") -> Callable[[datetime], str]:
-        return lambda ts: f"(EngineCore_DP0 pid={core_pid}) {level} {ts:%m-%d %H:%M:%S} [{where}] {msg}"
+        proc = "EngineCore" if rec24 else "EngineCore_DP0"
+        return lambda ts: f"({proc} pid={core_pid}) {level} {ts:%m-%d %H:%M:%S} [{where}] {msg}"
 
     def uv(msg: str) -> Callable[[datetime], str]:
         return lambda _ts: f"(APIServer pid={api_pid}) INFO:     {msg}"
@@ -248,13 +264,23 @@ def vllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.R
     if "rocm" not in cfg.spec.image:
         p.lines(lambda _ts: cuda_banner(_cuda_version(cfg)))
     p.wait(6)
-    p.line(api(f"vLLM API server version {cfg.version_text}", "api_server.py:1896"))
-    p.line(api(f"non-default args: {_vllm_non_default(cfg)}", "utils.py:253"))
+    if rec24:
+        # 0.24's banner: the logo with version and model, six lines from api_utils.py:339 (recorded).
+        for text in _vllm_banner(cfg):
+            p.line(api(text, W["banner"]))
+    else:
+        p.line(api(f"vLLM API server version {cfg.version_text}", W["banner"]))
+    p.line(api(f"non-default args: {_vllm_non_default(cfg)}", W["args"]))
     p.wait(4)
-    p.line(api(f"Using max model len {cfg.context_len}", "model.py:1561"))
+    if rec24:
+        p.line(api(f"Resolved architecture: {cfg.architecture_name}", "model.py:598"))
+    p.line(api(f"Using max model len {cfg.context_len}", W["max_len"]))
     p.wait(3)
+    if rec24:
+        # Recorded (startup-default.log): the engine core says so before it downloads and loads the weights.
+        p.line(core(f"Starting to load model {cfg.model_path}...", "gpu_model_runner.py:5160"))
     # tqdm is disabled for the download; one line once it is done (engines.md §3.3 step 3).
-    download = _download_s(cfg)
+    download = _download_s(cfg, faults)
     p.wait(download)
     p.line(core(f"Time spent downloading weights for {cfg.model_path}: {download:.6f} seconds", "weight_utils.py:514"))
     load = _load_s(cfg)
@@ -264,26 +290,23 @@ def vllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.R
         elapsed = max(load * done / cfg.num_shards, 0.01)
         p.line(_shard_line(done, cfg.num_shards, elapsed))
     p.line(core(f"Loading weights took {load:.2f} seconds", "default_loader.py:292"))
-    p.line(
-        core(
-            f"Model loading took {cfg.weights_gib_per_rank:.4f} GiB memory and {load + 1.7:.6f} seconds",
-            "gpu_model_runner.py:4119",
-        )
-    )
+    gib = f"{cfg.weights_gib_per_rank:.2f}" if rec24 else f"{cfg.weights_gib_per_rank:.4f}"
+    p.line(core(f"Model loading took {gib} GiB memory and {load + 1.7:.6f} seconds", W["model_loading"]))
     p.wait(8)
     if "engine_oom" in faults:
         p.lines(lambda ts: _vllm_crash(cfg, rng, ts, api_pid, core_pid))
         p.milestone(Milestone.CRASH)
         return p.steps
-    p.line(core(f"Available KV cache memory: {cfg.kv_pool_gib:.2f} GiB", "gpu_worker.py:357"))
+    p.line(core(f"Available KV cache memory: {cfg.kv_pool_gib:.2f} GiB", W["kv_memory"]))
     tokens = f"{cfg.kv_tokens:,}"
     ctx = f"{cfg.context_len:,}"
-    if v15:
-        p.line(core(f"GPU KV cache size: {tokens} tokens", "kv_cache_utils.py:1307"))
+    if v15 or rec24:
+        # Two lines in 0.15 and in 0.24 (recorded: kv-mla-bf16-eager.txt); one in 0.33 (engines.md §3.3).
+        p.line(core(f"GPU KV cache size: {tokens} tokens", W["kv_size"]))
         p.line(
             core(
                 f"Maximum concurrency for {ctx} tokens per request: {cfg.max_concurrency:.2f}x",
-                "kv_cache_utils.py:1313",
+                W["kv_concurrency"],
             )
         )
     else:
@@ -304,23 +327,23 @@ def vllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.R
         graph_s = 22.0
         p.wait(graph_s)
         p.line(lambda _ts: "Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|██████████| 67/67")
-        p.line(core(f"Graph capturing finished in {graph_s:.0f} secs, took 0.62 GiB", "gpu_model_runner.py:5088"))
+        p.line(core(f"Graph capturing finished in {graph_s:.0f} secs, took 0.62 GiB", W["graphs"]))
     elif "never_ready" in faults:
         p.milestone(Milestone.STALL)
         return p.steps
     p.wait(2)
-    p.line(
-        core(f"init engine (profile, create kv cache, warmup model) took {graph_s + 12.4:.2f} seconds", "core.py:273")
-    )
+    init_s = graph_s + 12.4
+    took = f"{init_s:.2f} s (compilation: {init_s / 2:.2f} s)" if rec24 else f"{init_s:.2f} seconds"
+    p.line(core(f"init engine (profile, create kv cache, warmup model) took {took}", W["init"]))
     p.wait(2)
     url = f"http://{cfg.host}:{cfg.port}"
     if v15:
-        p.line(api(f"Starting vLLM API server 0 on {url}", "api_server.py:947"))
+        p.line(api(f"Starting vLLM API server 0 on {url}", W["starting"]))
     else:
-        p.line(api(f"Starting vLLM server on {url}", "entry.py:139"))
-    p.line(api("Available routes are:", "launcher.py:188"))
-    for route, methods in _VLLM_ROUTES:
-        p.line(api(f"Route: {route}, Methods: {methods}", "launcher.py:196"))
+        p.line(api(f"Starting vLLM server on {url}", W["starting"]))
+    p.line(api("Available routes are:", W["routes"]))
+    for route, methods in _VLLM_024_ROUTES if rec24 else _VLLM_ROUTES:
+        p.line(api(f"Route: {route}, Methods: {methods}", W["route"]))
     p.wait(0.5)
     p.line(uv(f"Started server process [{api_pid}]"))
     p.line(uv("Waiting for application startup."))
@@ -350,6 +373,52 @@ _VLLM_ROUTES = (
     ("/v1/completions", "POST"),
     ("/metrics", "GET"),
 )
+
+
+# Where each line comes from ([file.py:line] of the log prefix): engines.md §3.3 for 0.15 and 0.33, the
+# recording for 0.24.
+_VLLM_WHERE_V15 = {
+    "banner": "api_server.py:1896", "args": "utils.py:253", "max_len": "model.py:1561",
+    "model_loading": "gpu_model_runner.py:4119", "kv_memory": "gpu_worker.py:357",
+    "kv_size": "kv_cache_utils.py:1307", "kv_concurrency": "kv_cache_utils.py:1313",
+    "graphs": "gpu_model_runner.py:5088", "init": "core.py:273", "starting": "api_server.py:947",
+    "routes": "launcher.py:188", "route": "launcher.py:196",
+}
+_VLLM_WHERE = {**_VLLM_WHERE_V15, "kv_size": "kv_cache_utils.py:1136", "starting": "entry.py:139"}
+_VLLM_024_WHERE = {
+    "banner": "api_utils.py:339", "args": "api_utils.py:273", "max_len": "model.py:1725",
+    "model_loading": "gpu_model_runner.py:5255", "kv_memory": "gpu_worker.py:508",
+    "kv_size": "kv_cache_utils.py:2146", "kv_concurrency": "kv_cache_utils.py:2147",
+    "graphs": "gpu_model_runner.py:6656", "init": "core.py:337", "starting": "api_server.py:581",
+    "routes": "launcher.py:37", "route": "launcher.py:46",
+}
+# The routes vLLM 0.24.0 listed (startup-default.log), in its order.
+_VLLM_024_ROUTES = tuple(
+    (route, "HEAD, GET" if route in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc") else methods)
+    for route, methods in (
+        ("/openapi.json", ""), ("/docs", ""), ("/docs/oauth2-redirect", ""), ("/redoc", ""), ("/load", "GET"),
+        ("/version", "GET"), ("/health", "GET"), ("/metrics", "GET"), ("/tokenize", "POST"),
+        ("/detokenize", "POST"), ("/v1/models", "GET"), ("/ping", "GET"), ("/ping", "POST"),
+        ("/invocations", "POST"), ("/v1/chat/completions", "POST"), ("/v1/chat/completions/batch", "POST"),
+        ("/v1/responses", "POST"), ("/v1/responses/{response_id}", "GET"),
+        ("/v1/responses/{response_id}/cancel", "POST"), ("/v1/completions", "POST"), ("/v1/messages", "POST"),
+        ("/v1/messages/count_tokens", "POST"), ("/generative_scoring", "POST"), ("/inference/v1/generate", "POST"),
+        ("/scale_elastic_ep", "POST"), ("/is_scaling_elastic_ep", "POST"), ("/v1/chat/completions/render", "POST"),
+        ("/v1/completions/render", "POST"), ("/v1/chat/completions/derender", "POST"),
+        ("/v1/completions/derender", "POST"),
+    )
+)
+
+
+def _vllm_banner(cfg: EngineConfig) -> list[str]:
+    return [
+        "",
+        "       █     █     █▄   ▄█",
+        f" ▄▄ ▄█ █     █     █ ▀▄▀ █  version {cfg.version_text}",
+        f"  █▄█▀ █     █     █     █  model   {cfg.model_path}",
+        "   ▀▀  ▀▀▀▀▀ ▀▀▀▀▀ ▀     ▀",
+        "",
+    ]
 
 
 def _vllm_non_default(cfg: EngineConfig) -> str:
@@ -405,11 +474,10 @@ def lightllm_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: rand
     if cfg.spec.download:
         # The onstart downloads the weights first (LightLLM reads a local directory only, §4.1).
         files = cfg.num_shards + 8
-        p.wait(_download_s(cfg))
+        download = _download_s(cfg, faults)
+        p.wait(download)
         local_dir = _hf_local_dir(cfg.spec.download)
-        p.line(
-            lambda _ts: f"Fetching {files} files: 100%|██████████| {files}/{files} [{_mmss(_download_s(cfg))}<00:00]"
-        )
+        p.line(lambda _ts: f"Fetching {files} files: 100%|██████████| {files}/{files} [{_mmss(download)}<00:00]")
         p.line(lambda _ts: local_dir)
     p.wait(3)
     ports = [cfg.port, *sorted(rng.sample(range(10000, 60000), 6))]
@@ -531,4 +599,53 @@ PLANS: dict[str, Callable[[EngineConfig, Mapping[str, str | None], random.Random
 
 def startup_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random.Random, pid: int) -> list[Step]:
     """The engine's startup; ``pid`` is the server process id its log lines name."""
+    from glmdeploy.sandbox.engines import argv
+
+    refused = argv.parse_error(cfg.kind, cfg.spec.image, cfg.spec.argv)
+    if refused is not None:
+        return _argparse_exit(cfg, refused)
+    unsupported = argv.model_error(cfg.kind, cfg.arch.key, cfg.spec.image)
+    if unsupported is not None:
+        return _cannot_load(cfg, unsupported, pid)
     return PLANS[cfg.kind](cfg, faults, rng, pid)
+
+
+def _banner(cfg: EngineConfig) -> Render:
+    return (lambda _ts: []) if "rocm" in cfg.spec.image else (lambda _ts: cuda_banner(_cuda_version(cfg)))
+
+
+def _argparse_exit(cfg: EngineConfig, lines: list[str]) -> list[Step]:
+    """argparse's refusal after the imports, then the process is gone: no port, no more log lines."""
+    from glmdeploy.sandbox.engines.argv import PARSE_AFTER_S
+
+    p = _Plan()
+    p.lines(_banner(cfg))
+    p.wait(PARSE_AFTER_S[cfg.kind])
+    p.lines(lambda _ts: list(lines))
+    p.milestone(Milestone.CRASH)
+    return p.steps
+
+
+def _cannot_load(cfg: EngineConfig, error: str, pid: int) -> list[Step]:
+    """An engine build too old for the model: it reads the model's config and stops there."""
+    p = _Plan()
+    p.lines(_banner(cfg))
+    if cfg.kind == "vllm":
+        # vLLM validates the model config in the API server, right after the argument summary (engines.md §1).
+        def api(msg: str, where: str) -> Callable[[datetime], str]:
+            return lambda ts: f"(APIServer pid={pid}) INFO {ts:%m-%d %H:%M:%S} [{where}] {msg}"
+
+        p.wait(6)
+        p.line(api(f"vLLM API server version {cfg.version_text}", "api_server.py:1896"))
+        p.line(api(f"non-default args: {_vllm_non_default(cfg)}", "utils.py:253"))
+        p.wait(2)
+        tail = [
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+            f"  Value error, {error}",
+        ]
+    else:
+        p.wait(5)
+        tail = [error if error.startswith("ValueError: ") else f"ValueError: {error}"]
+    p.lines(lambda _ts: ["Traceback (most recent call last):", *tail])
+    p.milestone(Milestone.CRASH)
+    return p.steps

@@ -59,10 +59,11 @@ def _proxy_key_matches(headers: list[tuple[bytes, bytes]], key: str) -> bool:
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.param = param
 
 
 class EngineApp:
@@ -103,8 +104,18 @@ class EngineApp:
         self.slow_first_token = _seconds(first) if "slow_first_token" in faults else 0.0
         self.created = int(time.time())
         self.requests = 0
+        # Every HTTP request that reached the port, before any check: (method, path, carried the key).
+        self.request_log: list[tuple[str, str, bool]] = []
         self.server_state: Any = None  # uvicorn's ServerState, set once the socket listens
         self._date_at = 0.0
+        # engine_exit: requests are held (never answered) and the first one is announced.
+        self.hold_requests = False
+        self.first_request = asyncio.Event()
+        # engine_death: called with each generation request; returns a status to answer instead
+        # (vLLM's 500), -1 to hold the request forever (LightLLM's router gone), or None to serve it.
+        self.on_generate: Callable[[], Awaitable[int | None]] | None = None
+        # After death: what /health answers while the server process still lives (None = as usual).
+        self.health_override: int | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -120,6 +131,10 @@ class EngineApp:
         method: str = scope["method"]
         path: str = scope["path"]
         status_box = [0]
+        endpoint_key = (self.cfg.spec.api_key or "").encode()
+        self.request_log.append((method, path, bool(endpoint_key) and any(
+            name.lower() == b"authorization" and endpoint_key in value for name, value in scope["headers"]
+        )))
 
         async def logged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -134,6 +149,9 @@ class EngineApp:
         if not self.upstream_up:
             await self._raw(send, 502, _NGINX_502, b"text/html")
             return
+        if self.hold_requests:
+            self.first_request.set()
+            await asyncio.Event().wait()  # the process dies under this request: the connection drops
         # Only what reaches the engine shows in its access log (nginx answers the two cases above itself).
         try:
             await self._dispatch(scope, method, path, receive, logged_send)
@@ -172,7 +190,9 @@ class EngineApp:
             await self._json(send, 200, {"status": "ok"})
         elif route == ("GET", "/metrics") and d.kind != "sglang":
             body = f"# sandbox metrics\nrequests_total {self.requests}\n".encode()
-            await self._raw(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
+            # vLLM 0.24.0 answers with the Prometheus text format 1.0.0 (recorded); older: 0.0.4.
+            version = b"1.0.0" if d.kind == "vllm" and self.cfg.version >= (0, 24) else b"0.0.4"
+            await self._raw(send, 200, body, b"text/plain; version=" + version + b"; charset=utf-8")
         else:
             await self._raw(send, 404, _NOT_FOUND, b"application/json")
 
@@ -199,6 +219,10 @@ class EngineApp:
 
     async def _health(self, send: Send) -> None:
         d = self.dialect
+        if self.health_override is not None:
+            ok = self.health_override == 200
+            await self._raw(send, self.health_override, d.health_ok if ok else d.health_bad, d.health_type)
+            return
         ok = self.ready.is_set()
         if ok and "health_flap" in self.faults:
             self._health_calls += 1
@@ -222,6 +246,14 @@ class EngineApp:
             card["root"] = cfg.model_path
             card["parent"] = None
         card["max_model_len"] = cfg.context_len
+        if self.dialect.kind == "vllm":
+            # The permission entry of vLLM's model card (recorded for 0.24.0, http-transcript.txt).
+            card["permission"] = [{
+                "id": f"modelperm-{self.seed:016x}"[-26:], "object": "model_permission", "created": self.created,
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
+                "group": None, "is_blocking": False,
+            }]
         return {"object": "list", "data": [card]}
 
     def _model_info(self) -> dict[str, Any]:
@@ -261,15 +293,23 @@ class EngineApp:
         except ConnectionResetError:
             return
         except RequestError as err:
-            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind))
+            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind, err.param))
             return
         if not self.ready.is_set():
             # Requests queue behind SGLang's warmup; with a warmup that never ends they wait until stop.
             await self.ready.wait()
+        if self.on_generate is not None:
+            instead = await self.on_generate()
+            if instead == -1:
+                await asyncio.Event().wait()  # no answer ever comes back
+            if instead is not None:
+                message = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+                await self._json(send, instead, error_body(self.dialect, instead, message, "InternalServerError"))
+                return
         try:
             turn = Turn.build(self, request, chat=chat)
         except RequestError as err:
-            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind))
+            await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind, err.param))
             return
         self.running += 1
         self.prompt_tokens_total += turn.prompt_tokens
@@ -297,7 +337,9 @@ class EngineApp:
             raise RequestError(400, "'prompt' must be a string or a list.")
         model = body.get("model")
         if self.dialect.checks_model and model is not None and model != self.cfg.spec.served_model:
-            raise RequestError(404, f"The model `{model}` does not exist.", "NotFoundError")
+            # param "model": recorded for vLLM 0.24.0 (http-transcript.txt, "chat wrong model").
+            param = "model" if self.dialect.kind == "vllm" else None
+            raise RequestError(404, f"The model `{model}` does not exist.", "NotFoundError", param)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None and (
             not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
@@ -428,6 +470,14 @@ class Turn:
                 prompt = count_tokens(text)
             generation = generate_text(text, seed=app.seed)
             split = parse_tools = False
+        if max_tokens is not None and cfg.kind == "vllm" and cfg.version >= (0, 24) and max_tokens > cfg.context_len:
+            # Recorded for vLLM 0.24.0 (http-transcript.txt, "chat too long").
+            raise RequestError(
+                400,
+                f"max_tokens={max_tokens} cannot be greater than max_model_len=max_total_tokens={cfg.context_len}. "
+                f"Please request fewer output tokens. (parameter=max_tokens, value={max_tokens})",
+                param="max_tokens",
+            )
         if max_tokens is not None and prompt + max_tokens > cfg.context_len:
             raise_too_long(cfg.context_len, prompt, max_tokens)
         pieces, hit = generation.take(max_tokens, ignore_eos)
