@@ -96,7 +96,10 @@ CELLS: tuple[Cell, ...] = (
     Cell("stuck in loading", "wait_running", "stuck_loading", 4, FAILED, args=T),
     Cell("stuck in loading, --keep-on-failure", "wait_running", "stuck_loading", 4,
          "kept; `destroy` removes it", args=(*T, "--keep-on-failure"), live_after=1, recover="destroy"),
-    Cell("exited", "wait_running", "exited=1", 4, FAILED),
+    Cell("exited", "wait_running", "exited=1", 4, FAILED, reason="status_msg_error"),  # the daemon error wins
+    # An exited state whose status_msg names no error (Docker's own status wording): the state itself fails it.
+    Cell("exited, no error in status_msg", "wait_running", "exited=1,msg=Exited (1) 5 seconds ago", 4, FAILED,
+         reason="instance_exited", polls=2),
     Cell("exited, --max-attempts 2", "wait_running", "exited=1", 0, "ready on another machine, 2 rentals",
          args=("--max-attempts", "2")),
     Cell("status_msg manifest unknown while loading, --max-attempts 2", "wait_running", "loading_error=1", 4,
@@ -122,7 +125,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("missing Hugging Face repo", "wait_ready", "hf_missing", 4, FAILED, reason="gated_repo", polls=2),
     Cell("disk full", "wait_ready", "disk_full", 4, FAILED, reason="disk_full", polls=2),
     Cell("NCCL error", "wait_ready", "nccl_error", 4, FAILED, reason="nccl", polls=2),
-    Cell("engine OOM", "wait_ready", "engine_oom", 4, FAILED),
+    Cell("engine OOM", "wait_ready", "engine_oom", 4, FAILED, reason="cuda_oom"),
     Cell("engine OOM, --keep-on-failure", "wait_ready", "engine_oom", 4, "kept; `destroy` removes it",
          args=("--keep-on-failure",), live_after=1, recover="destroy"),
     Cell("never ready", "wait_ready", "never_ready", 4, FAILED, args=T),
