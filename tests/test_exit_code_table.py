@@ -96,11 +96,12 @@ ROWS: dict[str, tuple[str, ...]] = {
     "`image failed: manifest_unknown": (
         cell("wait_running-status_msg_manifest_unknown_while_loading_--max-attempts_2"),
         f"{E2E}/test_engine_flags_e2e.py::test_forced_up_with_an_unknown_tag_fails_as_a_pull_error_and_leaves_nothing",
+        # exited with "pull access denied": image_pull
+        f"{E2E}/test_exit_codes.py::test_an_instance_that_exits_with_a_docker_error_exits_4_and_is_destroyed",
     ),
     "`instance failed: status_msg_error": (
         cell("wait_running-status_msg_OCI_runtime_error_while_loading"),
         cell("wait_running-exited"),
-        f"{E2E}/test_exit_codes.py::test_an_instance_that_exits_with_a_docker_error_exits_4_and_is_destroyed",
     ),
     "`instance failed: instance_exited`": (
         cell("wait_running-exited_no_error_in_status_msg"),
