@@ -3,7 +3,8 @@
 ``ROWS`` maps each row (a distinctive fragment of its first column) to the tests that run that code path
 through the CLI (CliRunner, the in-process fault harness, or a subprocess) and assert its exit code and
 message. A new row without a test fails here; so does a test that was renamed or removed, and a fault
-matrix cell whose exit code no longer matches the row's.
+matrix cell whose exit code no longer matches the row's. ``WHY`` does the same for the gaps issue 10's
+"Why" reproduced: each names the CLI tests that now hold it closed.
 
 Fast: it reads the doc and imports test modules; nothing is run.
 """
@@ -236,6 +237,77 @@ ROWS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Issue 10's "Why": every gap it reproduced, and the CLI tests that now hold it closed.
+WHY: dict[str, tuple[str, ...]] = {
+    "destroy --orphans --yes from a second machine destroyed the first machine's deployments": (
+        f"{E2E}/test_ownership.py::test_machine_b_never_destroys_machine_a_live_deployment",
+    ),
+    "docs/ci.md's sweep step would kill colleagues' endpoints": (
+        f"{E2E}/test_ownership.py::test_a_shared_ci_scope_sweep_cleans_up_a_killed_runner_but_not_a_teammate",
+    ),
+    "on that second machine, list showed nothing": (
+        f"{E2E}/test_ownership.py::test_machine_b_never_destroys_machine_a_live_deployment",
+    ),
+    "SIGHUP during up leaks a billing instance; up arms no TTL by default": (
+        "tests/faults/test_sighup.py::test_sighup_at_seeded_points_destroys_and_exits_129",
+        "tests/faults/test_sighup.py::test_sighup_from_a_closed_terminal_still_destroys",
+        f"{E2E}/test_ttl.py::test_default_ttl_is_enforced_by_the_sandbox_and_status_says_so",
+    ),
+    "destroy --orphans --yes with no API key says 'no orphaned instances' and exits 0": (
+        f"{E2E}/test_destroy_semantics.py::test_destroy_orphans_without_a_key_fails_instead_of_finding_nothing",
+    ),
+    "bench loses requests on stale keep-alive connections": (
+        "tests/test_bench_keepalive.py::test_bench_at_concurrency_4_loses_no_request_when_idle_connections_are_closed",
+    ),
+    "--max-price 0, -1, nan or inf print 'internal error' and exit 1": (
+        "tests/test_cli_inputs.py::test_a_bad_number_or_port_is_one_error_line_and_exit_2",
+    ),
+    "a closed pipe prints 'internal error: BrokenPipeError'": (
+        "tests/test_cli_inputs.py::test_a_closed_pipe_ends_the_command_quietly",
+        f"{E2E}/test_inputs.py::test_logs_into_a_closed_pipe_exits_quietly",
+    ),
+    "an unusable GLMDEPLOY_HOME gives 'internal error: FileNotFoundError'": (
+        "tests/test_cli_inputs.py::test_an_unusable_state_directory_is_one_line_and_exit_2",
+    ),
+    "destroy --yes run twice exits 2": (
+        f"{E2E}/test_destroy_semantics.py::test_destroy_with_nothing_to_destroy_exits_0",
+        f"{E2E}/test_destroy_semantics.py::test_a_destroy_answered_404_not_found_marks_the_deployment_gone",
+    ),
+    "logs -f on a deployment destroyed mid-follow exits 7 with a raw 404": (
+        f"{E2E}/test_destroy_semantics.py::test_logs_follow_ends_with_exit_0_and_one_line_when_the_instance_goes",
+    ),
+    "'account lacks credit' exits 7": (
+        f"{E2E}/test_destroy_semantics.py::test_an_account_without_credit_exits_8_not_7",
+    ),
+    "a wrong Vast key is noticed only at create, then up warns an instance may still be billing": (
+        "tests/test_check_before_renting.py::test_a_wrong_key_is_caught_before_the_search_and_nothing_is_said_to_bill",
+        "tests/test_check_before_renting.py::test_a_401_on_create_says_plainly_that_nothing_was_rented",
+    ),
+    "a destroy answered 404 not_found marks the deployment orphaned": (
+        f"{E2E}/test_destroy_semantics.py::test_a_destroy_answered_404_not_found_marks_the_deployment_gone",
+    ),
+    "raising --max-price can make a more expensive offer rank first": (
+        f"{E2E}/test_inputs.py::test_raising_the_price_cap_never_reorders_the_offers_under_it",
+    ),
+    "smoke --url: a port that accepts but never answers takes 16 minutes": (
+        "tests/test_smoke_bad_targets.py::test_a_silent_server_stops_the_run_after_the_first_check",
+    ),
+    "smoke --url: health ignores --timeout": (
+        "tests/test_smoke_bad_targets.py::test_every_check_honours_the_timeout_against_a_server_that_never_answers[health]",
+    ),
+    "smoke --url: a closed port prints a 30-line table": (
+        "tests/test_smoke_bad_targets.py::test_a_closed_port_is_one_line_and_exit_7",
+    ),
+    "smoke --url: a plain web server's 404 is 'the key is not enforced'": (
+        "tests/test_smoke_bad_targets.py::test_a_plain_web_server_is_not_openai_compatible_not_an_auth_failure",
+        "tests/test_smoke_bad_targets.py::test_the_auth_check_alone_reads_404_as_the_wrong_server",
+    ),
+    "the interrupt test raced a scaled clock (sleep 0.3 s)": (
+        f"{E2E}/test_up_lifecycle.py::test_interrupt_during_wait_ready_destroys_and_exits_130",
+    ),
+}
+
+
 def doc_rows() -> list[str]:
     """The first column of every row of both tables."""
     rows = []
@@ -326,7 +398,9 @@ def _cell_ids() -> set[str]:
     return {c.id for c in CELLS}
 
 
-@pytest.mark.parametrize("node", sorted({n for nodes in ROWS.values() for n in nodes}), ids=lambda n: n[6:])
+@pytest.mark.parametrize(
+    "node", sorted({n for nodes in [*ROWS.values(), *WHY.values()] for n in nodes}), ids=lambda n: n[6:]
+)
 def test_every_referenced_test_exists(node: str) -> None:
     path, _, name = node.partition("::")
     function_name, _, param = name.partition("[")
