@@ -195,3 +195,20 @@ def test_a_server_that_closes_new_connections_unanswered_still_fails() -> None:
     assert proc.returncode == 5, proc.stderr
     assert "Server disconnected without sending a response" in proc.stderr
     assert srv.stats.crossed == 4  # each request sent once: no retry loop
+
+
+def test_bench_says_how_many_requests_it_re_sent() -> None:
+    """docs/troubleshooting.md: the human report's `Re-sent on a new connection: N` row, exit 0."""
+    srv = KeepAliveClosingServer("fin")
+    try:
+        proc = subprocess.run(
+            [*GLMDEPLOY, "bench", "--url", srv.url, "--model", "m", "--input-len", "8", "--output-len", "4",
+             "--max-concurrency", "4", "--num-prompts", "12", "--request-rate", "8", "--seed", "0"],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        srv.close()
+    assert proc.returncode == 0, proc.stderr
+    assert srv.stats.crossed > 0, "the server closed no connection under a request: the test proved nothing"
+    [row] = [line for line in proc.stdout.splitlines() if "Re-sent on a new connection:" in line]
+    assert row.split()[-1] == str(srv.stats.crossed), proc.stdout

@@ -131,6 +131,7 @@ def test_an_unusable_state_directory_is_one_line_and_exit_2(
     assert proc.returncode == EXIT_USAGE, proc.stderr
     line = one_error_line(proc)
     assert "GLMDEPLOY_HOME" in line and str(tmp_path) in line
+    assert line.startswith("error: cannot use ") and "for glmdeploy's state" in line, line
 
 
 # ----------------------------------------------------------------------------------- numbers and ports

@@ -106,6 +106,7 @@ def test_missing_smg_from_the_cli_exits_2_before_renting(monkeypatch: pytest.Mon
                                       "--api-key", "k", "--api-url", "http://127.0.0.1:9"])
     assert result.exit_code == 2
     assert "glmdeploy[gateway]" in result.output and "Traceback" not in result.output
+    assert "error: --replicas needs the SMG gateway, which is not installed" in result.stderr.splitlines()[0]
 
 
 @pytest.mark.parametrize(("found", "allow_fewer", "expected"), [(3, False, 3), (5, False, 3), (2, True, 2),

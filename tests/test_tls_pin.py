@@ -207,6 +207,24 @@ def test_smoke_and_bench_of_a_deployment_refuse_another_certificate_with_exit_9(
     assert seen == []
 
 
+def test_smoke_and_bench_of_a_deployment_answered_in_plain_http_exit_9(
+    plain_host: tuple[str, list[str]], host_cert: HostCertificate
+) -> None:
+    """docs/troubleshooting.md: "... answered in plain http where TLS was expected; refused, the key was not
+    sent" (exit 9), through the CLI: a plain web server on the port the deployment's TLS proxy should hold."""
+    url, seen = plain_host
+    name = _record(url, host_cert.fingerprint)
+    runner = CliRunner()
+    for args in (["smoke", name], ["bench", name, "--num-prompts", "1"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 9, result.output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr
+        assert "answered in plain http where TLS was expected; refused, the key was not sent" in errors[0]
+        assert KEY not in result.output
+    assert seen == []
+
+
 def test_env_writes_a_public_bundle_of_the_system_cas_and_the_pinned_certificate(
     tls_host: tuple[str, list[str]], host_cert: HostCertificate
 ) -> None:

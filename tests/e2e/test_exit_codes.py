@@ -41,5 +41,6 @@ def test_an_instance_that_exits_with_a_docker_error_exits_4_and_is_destroyed(cli
     sb = sandbox(faults="exited=1,msg=Error response from daemon: pull access denied")
     proc = cli("up", "-p", "4x3090", "--sandbox", "--yes")
     assert proc.returncode == 4, proc.stderr
-    assert "pull access denied" in one_error_line(proc)
+    line = one_error_line(proc)
+    assert line.startswith("error: image failed: image_pull: ") and "pull access denied" in line, line
     assert sb.running() == []

@@ -92,6 +92,7 @@ def test_machine_b_never_destroys_machine_a_live_deployment(
     assert foreign["dph_total"] > 0
     human = b("list", "--sandbox", check_exit=0)
     assert "foreign" in human.stdout and str(instance_id) in human.stdout
+    assert "1 foreign instance(s): rented by other owners" in human.stderr, human.stderr
     assert f"{foreign['dph_total']:.3f}" in human.stdout
 
     # B's sweep leaves it running.

@@ -220,4 +220,6 @@ def test_bad_input_rents_nothing(cli: Cli, sandbox: Any) -> None:
     assert busy.returncode == 2
     errors = [x for x in busy.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "Traceback" not in busy.stderr
+    assert errors[0].startswith(f"error: the gateway port 127.0.0.1:{port} is taken"), errors
+    assert "nothing was rented" in errors[0]
     assert box.ledger()["instances"] == []

@@ -74,7 +74,7 @@ def test_up_shows_when_the_ttl_expires(cli: Cli, sandbox: StartSandbox) -> None:
 def test_ttl_none_warns_and_arms_no_watchdog(cli: Cli, sandbox: StartSandbox) -> None:
     sb = sandbox(time_scale=SCALE)
     up = cli("up", "-p", "4x3090", "--sandbox", "--yes", "--no-smoke", "--json", "--ttl", "none", check_exit=0)
-    assert "warning: --ttl none" in up.stderr
+    assert "warning: --ttl none: no watchdog on the host" in up.stderr
     assert events(up.stdout)[-1]["deployment"]["expires_at"] is None
     [instance] = sb.ledger()["instances"]
     assert instance["ttl_s"] is None and instance["status"] != "destroyed"

@@ -188,6 +188,10 @@ def test_interrupt_during_wait_ready_destroys_and_exits_130(
     proc.send_signal(sig)
     assert wait_exit(proc) == 130, proc.stderr.read() if proc.stderr else ""
     assert stream.drain()[-1]["event"] == "failed"
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    # docs/troubleshooting.md's row, word for word.
+    assert "error: interrupted: whatever was rented has been destroyed" in stderr.splitlines(), stderr
     assert sb.running() == []
     assert json.loads(cli("list", "--json", check_exit=0).stdout)["orphans"] == []
 

@@ -44,7 +44,7 @@ from .matrix import CELLS, PROCESS_CELLS, README, Cell, readme_table, render_tab
 pytestmark = pytest.mark.e2e
 # Failures read off the instance (status, status_msg), not off the engine's log.
 INSTANCE_REASONS = frozenset({"manifest_unknown", "image_pull", "status_msg_error", "instance_offline",
-                              "instance_unknown"})
+                              "instance_unknown", "instance_exited"})
 
 
 def assert_one_line_reason(out: Outcome, code: int) -> None:

@@ -188,10 +188,14 @@ def test_sighup_of_ci_destroys_and_exits_129(world: InProcess, cli_env: dict[str
         assert reader.wait_phase("wait_ready")
         proc.send_signal(signal.SIGHUP)
         proc.wait(timeout=90)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
     finally:
         _kill9(proc)
     outcome = reader.drain()[-1]
     assert proc.returncode == 129, outcome
+    # docs/troubleshooting.md's row, word for word.
+    assert "error: hung up (SIGHUP): whatever was rented has been destroyed" in stderr.splitlines(), stderr
     assert outcome["event"] == "ci" and outcome["code"] == "hung_up" and outcome["passed"] is False
     _check_nothing_left(world)
 

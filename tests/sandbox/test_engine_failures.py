@@ -90,6 +90,8 @@ LAUNCH = {
     "hf_missing": "gated_repo",
     "disk_full": "disk_full",
     "nccl_error": "nccl",
+    "no_kernel_image": "no_kernel_image",
+    "kv_does_not_fit": "kv_does_not_fit",
 }
 
 

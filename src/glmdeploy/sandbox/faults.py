@@ -71,7 +71,7 @@ def engine_fault_names() -> frozenset[str]:
             "engine_oom", "never_ready", "health_flap", "slow_first_token", "broken_tool_parser",
             "reasoning_leak", "no_done", "no_auth", "models_before_health", "engine_death", "engine_exit",
             "argparse_error", "no_module", "command_not_found", "hf_gated", "hf_missing", "disk_full",
-            "nccl_error", "slow_download",
+            "nccl_error", "no_kernel_image", "kv_does_not_fit", "slow_download",
         })
     return frozenset(names)
 

@@ -15,6 +15,11 @@ the container stays ``running`` with a silent log, as on Vast. Where the text co
   ``utils/_http.py`` and ``file_download.py``), printed where the download would start.
 - ``nccl_error``: the NCCL text engines.md §8 lists as generic and unverified, printed at the
   distributed init (multi-GPU launches only reach it; a single GPU shows it too here).
+- ``no_kernel_image``: the CUDA runtime's text for an image built without this GPU's architecture
+  (engines.md §8, generic), raised by the first kernel the engine runs.
+- ``kv_does_not_fit``: each engine's refusal of an empty KV pool after the weights loaded, the texts
+  glmdeploy's memory models print for one (engines.md §2.4 SGLang ``model_runner.py``, §3.4 vLLM
+  ``kv_cache_utils.py``, §4.4 LightLLM ``basemodel.py``; ``glmdeploy.engines.*_memory.reported_lines``).
 
 Numbers (sizes, request ids) are invented; the failure's wording is not.
 """
@@ -30,7 +35,7 @@ from glmdeploy.sandbox.engines.config import EngineConfig
 from glmdeploy.sandbox.engines.logs import Milestone, Step, cuda_banner
 
 LAUNCH_FAULTS = ("argparse_error", "no_module", "command_not_found", "hf_gated", "hf_missing", "disk_full",
-                 "nccl_error")
+                 "nccl_error", "no_kernel_image", "kv_does_not_fit")
 DEFAULT_BAD_FLAG = "--swap-space 16"
 # Seconds from launch to the argparse error: recorded 16.6-18.6 s for vLLM 0.24.0 (imports first).
 ARGPARSE_AFTER_S = {"vllm": 17.0, "sglang": 6.0, "lightllm": 4.0}
@@ -44,7 +49,7 @@ def failure_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: rando
         return None
     lines = _LINES[name](cfg, faults.get(name), rng)
     after = {"argparse_error": ARGPARSE_AFTER_S.get(cfg.kind, 5.0), "no_module": 0.5, "command_not_found": 0.1,
-             "nccl_error": 9.0}.get(name, 6.0)
+             "nccl_error": 9.0, "no_kernel_image": 9.0, "kv_does_not_fit": 12.0}.get(name, 6.0)
     steps = [Step(0.0, lambda _ts: cuda_banner("12.9.1"))] if "rocm" not in cfg.spec.image else []
     steps.append(Step(after, _prefixed(cfg, lines, pid)))
     steps.append(Step(0.0, None, Milestone.CRASH))
@@ -155,6 +160,34 @@ def _nccl(_cfg: EngineConfig, _value: str | None, _rng: random.Random) -> list[s
     ]
 
 
+def _no_kernel_image(_cfg: EngineConfig, _value: str | None, _rng: random.Random) -> list[str]:
+    return [
+        "Traceback (most recent call last):",
+        "RuntimeError: CUDA error: no kernel image is available for execution on the device",
+    ]
+
+
+def _kv_does_not_fit(cfg: EngineConfig, _value: str | None, _rng: random.Random) -> list[str]:
+    if cfg.kind == "sglang":
+        return [
+            "Traceback (most recent call last):",
+            "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
+            f"Current value: self.server_args.mem_fraction_static={cfg.mem_fraction:g}",
+        ]
+    if cfg.kind == "vllm":
+        return [
+            "Available KV cache memory: 0.00 GiB",
+            "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+            "when initializing the engine.",
+        ]
+    return [
+        "0 is the profiled max_total_token_num with the mem_fraction " + f"{cfg.mem_fraction:g}",
+        "check max len infer fail, you can try:1.Set the --mem_fraction or --max_total_token_num startup "
+        "parameter to a smaller value.2.Set the --max_req_total_len to a smaller value.3.Set the "
+        "--batch_max_tokens startup parameter to a smaller value.",
+    ]
+
+
 _LINES: dict[str, Callable[[EngineConfig, str | None, random.Random], list[str]]] = {
     "argparse_error": _argparse,
     "no_module": _no_module,
@@ -163,4 +196,6 @@ _LINES: dict[str, Callable[[EngineConfig, str | None, random.Random], list[str]]
     "hf_missing": _hf_missing,
     "disk_full": _disk_full,
     "nccl_error": _nccl,
+    "no_kernel_image": _no_kernel_image,
+    "kv_does_not_fit": _kv_does_not_fit,
 }
