@@ -176,3 +176,12 @@ def test_a_closed_stdout_ends_quietly(engines: dict[str, Served]) -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, stderr
     assert stderr == ""
+
+
+def test_an_error_answer_in_the_repl_is_one_line_and_the_repl_goes_on(engines: dict[str, Served],
+                                                                      isolated_env: Path) -> None:
+    result = chat(engines["lightllm"], "lightllm", input="hi\n/tokens\n/exit\n", key="wrong-key-0123456789abcdef")
+    assert result.exit_code == 0, result.output
+    assert "error: chat completion: http://127.0.0.1:" in result.stdout and "answered HTTP 401" in result.stdout
+    assert "no request yet in this conversation" in result.stdout  # /tokens still answered after the error
+    assert not (isolated_env / "chat").exists()  # nothing answered, nothing saved

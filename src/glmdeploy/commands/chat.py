@@ -26,7 +26,6 @@ import typer
 
 from glmdeploy.commands._common import (
     CaCert,
-    JsonOutput,
     Pin,
     emit_json,
     endpoint_trust,
@@ -64,6 +63,9 @@ Message = Annotated[
     typer.Option("--message", "-m", metavar="TEXT",
                  help="Ask this once and print the answer (reasoning on stderr); no REPL, no history."),
 ]
+RawJson = Annotated[
+    bool, typer.Option("--json", help="With -m: print the server's whole response (not streamed) as JSON on stdout.")
+]
 System = Annotated[str | None, typer.Option("--system", metavar="TEXT", help="The system prompt.")]
 Tools = Annotated[
     Path | None,
@@ -97,7 +99,7 @@ def chat(
     ca_cert: CaCert = None,
     pin: Pin = None,
     message: Message = None,
-    json_output: JsonOutput = False,
+    json_output: RawJson = False,
     system: System = None,
     tools: Tools = None,
     demo_tool: DemoTool = False,
