@@ -185,3 +185,27 @@ def test_an_error_answer_in_the_repl_is_one_line_and_the_repl_goes_on(engines: d
     assert "error: chat completion: http://127.0.0.1:" in result.stdout and "answered HTTP 401" in result.stdout
     assert "no request yet in this conversation" in result.stdout  # /tokens still answered after the error
     assert not (isolated_env / "chat").exists()  # nothing answered, nothing saved
+
+
+def _record(served: Served, profile_name: str, status: str = "ready") -> str:
+    from glmdeploy.profiles import load_profile
+    from glmdeploy.state import StateStore
+
+    profile = load_profile(profile_name)
+    with StateStore.open() as store:
+        d = store.create(profile=profile.name, profile_snapshot=profile.model_dump(mode="json"),
+                         endpoint_api_key=KEY, model=model_for("vllm"))
+        store.update(d.id, status=status, endpoint=served.url + "/v1")
+    return d.name
+
+
+def test_a_deployment_whose_profile_has_no_parsers_gets_a_note(engines: dict[str, Served]) -> None:
+    name = _record(engines["vllm"], "4x3090")
+    result = runner.invoke(app, ["chat", name, "--demo-tool", "-m", "hi"])
+    assert result.exit_code == 0, result.output
+    assert "note: profile 4x3090 enables no reasoning parser: thinking arrives inline in content" in result.stderr
+    assert "note: profile 4x3090 enables no tool-call parser" in result.stderr
+    repl = runner.invoke(app, ["chat"], input="/exit\n")  # the only active deployment
+    assert repl.stdout.startswith(f"chat with {name} (glm-4.7-flash, sglang)")
+    assert "note: profile 4x3090 enables no reasoning parser" in repl.stdout
+    assert "tool-call parser" not in repl.stdout  # no tools offered, nothing to say about them
