@@ -209,3 +209,9 @@ def test_a_deployment_whose_profile_has_no_parsers_gets_a_note(engines: dict[str
     assert repl.stdout.startswith(f"chat with {name} (glm-4.7-flash, sglang)")
     assert "note: profile 4x3090 enables no reasoning parser" in repl.stdout
     assert "tool-call parser" not in repl.stdout  # no tools offered, nothing to say about them
+
+
+def test_an_answer_cut_by_max_tokens_says_so(engines: dict[str, Served]) -> None:
+    result = chat(engines["vllm"], "vllm", "--max-tokens", "3", "-m", "hi")
+    assert result.exit_code == 0, result.output
+    assert "note: the answer hit the length limit" in result.stderr

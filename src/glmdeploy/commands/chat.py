@@ -201,8 +201,10 @@ def _ask_once(endpoint: ChatEndpoint, conversation: Conversation, tools: list[di
         return
     body = request_body(model, conversation, stream=True, tools=tools, max_tokens=max_tokens, thinking=thinking)
     screen = _Screen(answer=sys.stdout, reasoning=sys.stderr)
-    endpoint.stream(body, screen.show)
+    answer = endpoint.stream(body, screen.show)
     screen.end_turn()
+    if answer.finish_reason == "length":
+        say("note: the answer hit the length limit (finish_reason length; --max-tokens raises it)")
 
 
 # ------------------------------------------------------------------------------------------ output
