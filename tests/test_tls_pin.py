@@ -194,13 +194,13 @@ def _record(endpoint: str, fingerprint: str) -> str:
     return d.name
 
 
-def test_smoke_and_bench_of_a_deployment_refuse_another_certificate_with_exit_9(
+def test_smoke_bench_and_chat_of_a_deployment_refuse_another_certificate_with_exit_9(
     tls_host: tuple[str, list[str]],
 ) -> None:
     url, seen = tls_host
     name = _record(url, generate("127.0.0.1").fingerprint)  # the host "reported" another certificate
     runner = CliRunner()
-    for args in (["smoke", name], ["bench", name, "--num-prompts", "1"]):
+    for args in (["smoke", name], ["bench", name, "--num-prompts", "1"], ["chat", name, "-m", "hi"], ["chat", name]):
         result = runner.invoke(app, args)
         assert result.exit_code == 9, result.output
         assert MISMATCH_MESSAGE in result.output and KEY not in result.output

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from glmdeploy import __version__
-from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, scale, smoke, up
+from glmdeploy.commands import bench, chat, ci, deployments, offers, plan, profiles, sandbox, scale, smoke, up
 from glmdeploy.commands._common import OneLineErrors
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("destroy")(deployments.destroy)
 app.command("scale")(scale.scale)
 app.command("smoke")(smoke.smoke)
 app.command("bench")(bench.bench)
+app.command("chat")(chat.chat)
 app.command("ci")(ci.ci)
 app.add_typer(sandbox.sandbox_app, name="sandbox")
 

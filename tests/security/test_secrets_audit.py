@@ -282,6 +282,7 @@ def test_a_deployment_shows_neither_key_outside_env(
         # Pass or fail (the stream check is timing-sensitive on a busy machine), its output is scanned.
         assert cli("smoke", *json_flag, exit_code=None).returncode in (0, 5)
         cli("bench", "--num-prompts", "2", "--output-len", "8", *json_flag)
+        cli("chat", "--demo-tool", "-m", "What's the weather in Paris?", *json_flag)
         cli("sandbox", "status", *json_flag)
     cli("list", "--all")
     reports = isolated_env.parent / "reports"
@@ -381,6 +382,7 @@ def test_failures_show_neither_key(audit_cli: AuditCli, keyed_sandbox: StartSand
     for bad in (f"{secrets.token_hex(32)}\n{second}", f"{second}\u00e9"):
         cli("smoke", "--url", endpoint, "--api-key", bad, "--json", exit_code=2)
         cli("bench", "--url", endpoint, "--api-key", bad, "--model", "m", "--num-prompts", "1", exit_code=2)
+        cli("chat", "--url", endpoint, "--api-key", bad, "--model", "m", "-m", "hi", exit_code=2)
 
     # The one-shot CI job, failing (engine OOM) and passing, with its JUnit report.
     reports = isolated_env.parent / "reports"

@@ -1,0 +1,140 @@
+"""Issue 13 §5 acceptance: `chat NAME -m hi` and a scripted REPL on a pseudo-terminal, on the sandbox, for all
+three engines, with reasoning and a tool call shown (the session asks for the weather with --demo-tool; `-m`
+with a tool call on each engine is tests/test_chat_cli.py's, against the same simulated engines, cheaper).
+
+One sandbox and one deployment per engine for the whole module (`up --ttl LONG_TTL`), ended with the sandbox:
+SGLang (4x3090 with the GLM parsers switched on: the shipped profile has none, so its server sends thinking
+and tool calls inline, which chat says in a note), vLLM (2x5090) and LightLLM (h200).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fcntl import ioctl
+from pathlib import Path
+
+import pytest
+
+from profile_variants import variant
+from waits import HANG_S
+
+from .conftest import GLMDEPLOY, LONG_TTL, TIME_SCALE
+
+pytestmark = pytest.mark.e2e
+
+ENGINES = ("sglang", "vllm", "lightllm")
+PROFILES = {"vllm": "2x5090", "lightllm": "h200"}
+WEATHER = "What's the weather in Paris?"
+DIM, BOLD_CYAN = "\x1b[2m", "\x1b[1;36m"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass
+class World:
+    env: dict[str, str]
+    home: Path
+
+    def run(self, *args: str, check_exit: int | None = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*GLMDEPLOY, *args], env=self.env, capture_output=True, text=True, timeout=HANG_S,
+                              stdin=subprocess.DEVNULL)
+        if check_exit is not None:
+            assert proc.returncode == check_exit, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("chat-e2e")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "GLMDEPLOY_", "OPENAI_"))}
+    env.update(GLMDEPLOY_HOME=str(home / "state"), HOME=str(home), PYTHONUNBUFFERED="1", COLUMNS="200")
+    w = World(env, home)
+    w.run("sandbox", "start", "--time-scale", str(TIME_SCALE))
+    try:
+        # The shipped SGLang profile enables no parser; a copy with GLM's two, as a user would write it.
+        sglang = home / "4x3090-parsers.json"
+        with_parsers = variant("4x3090", name="4x3090-parsers", **{"engine.tool_call_parser": "glm47",
+                                                                   "engine.reasoning_parser": "glm45"})
+        sglang.write_text(with_parsers.model_dump_json(exclude_none=True))
+        for engine, profile in {"sglang": str(sglang), **PROFILES}.items():
+            w.run("up", "-p", profile, "--sandbox", "--ttl", LONG_TTL, "--yes", "--no-smoke",
+                  "--name", f"chat-{engine}")
+        yield w
+    finally:
+        w.run("sandbox", "stop", check_exit=None)  # its instances end with it; the records die with tmp_path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_chat_name_m_hi_shows_reasoning_and_answer(world: World, engine: str) -> None:
+    proc = world.run("chat", f"chat-{engine}", "-m", "hi")
+    assert proc.stderr.startswith("thinking: The user asks: hi."), proc.stderr
+    assert proc.stdout.strip() and "The user asks" not in proc.stdout
+
+
+def _session(env: dict[str, str], args: list[str], lines: list[str]) -> tuple[int, str]:
+    """Run ``glmdeploy args`` on a pty (40x120); type each line once the REPL prompts for it."""
+    master, slave = pty.openpty()
+    ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([*GLMDEPLOY, *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen, typed = b"", 0
+    deadline = time.monotonic() + HANG_S
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if typed < len(lines) and seen.count(b"you> ") > typed:
+                    os.write(master, lines[typed].encode() + b"\r")
+                    typed += 1
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=HANG_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scripted_session_on_a_terminal(world: World, engine: str) -> None:
+    env = {**world.env, "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    code, screen = _session(env, ["chat", f"chat-{engine}", "--demo-tool", "--new"],
+                            ["hi", "/tokens", WEATHER, "/reset", "/tokens", "/exit"])
+    assert code == 0, screen[-2000:]
+    dimmed = "".join(re.findall(r"\x1b\[2m(.*?)\x1b\[0m", screen, flags=re.S))
+    assert dimmed.startswith("The user asks: hi."), screen[:600]  # the reasoning, and only it, dimmed
+    assert "The user asks" not in ANSI.sub("", re.sub(r"\x1b\[2m.*?\x1b\[0m", "", screen, flags=re.S))
+    assert f"{BOLD_CYAN}tool call get_weather (" in screen
+    plain = ANSI.sub("", screen)
+    assert re.search(r"\d+ tokens over 1 request: \d+ prompt, \d+ completion", plain), plain
+    assert '"city": "Paris"' in plain
+    assert "conversation reset" in plain and "no request yet in this conversation" in plain
+    saved = world.home / "state" / "chat" / f"deployment-chat-{engine}.json"
+    assert oct(saved.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(saved.read_text())["messages"] == []
+
+
+def test_no_color_on_a_terminal_draws_no_colour(world: World) -> None:
+    env = {**world.env, "TERM": "xterm-256color", "NO_COLOR": "1"}
+    code, screen = _session(env, ["chat", "chat-vllm", "--demo-tool", "--new"], ["hi", WEATHER, "/exit"])
+    assert code == 0, screen[-2000:]
+    assert DIM not in screen and BOLD_CYAN not in screen and "\x1b[0m" not in screen
+    assert "thinking: The user asks: hi." in screen and "answer: " in screen and "tool call get_weather" in screen
