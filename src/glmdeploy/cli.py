@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from glmdeploy import __version__
-from glmdeploy.commands import bench, ci, deployments, offers, plan, profiles, sandbox, scale, smoke, up
+from glmdeploy.commands import bench, ci, completion, deployments, offers, plan, profiles, sandbox, scale, smoke, up
 from glmdeploy.commands._common import OneLineErrors
+from glmdeploy.completion import enable_if_requested
 
 app = typer.Typer(
     name="glmdeploy",
@@ -50,7 +51,9 @@ app.command("smoke")(smoke.smoke)
 app.command("bench")(bench.bench)
 app.command("ci")(ci.ci)
 app.add_typer(sandbox.sandbox_app, name="sandbox")
+app.command("completion")(completion.completion)
 
 
 def main() -> None:
+    enable_if_requested()  # a TAB press from the script `glmdeploy completion SHELL` printed
     app(prog_name="glmdeploy")  # not "python -m glmdeploy" in messages that say what to run

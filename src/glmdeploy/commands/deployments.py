@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, paint, say
+from glmdeploy.completion import deployment_names
 from glmdeploy.tables_options import WideOutput
 
 # Rows that need attention stand out on a terminal (rich drops the colour under NO_COLOR or a pipe).
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
     from glmdeploy.lifecycle import Foreign, Reconciled
     from glmdeploy.state import Deployment, StateStore
 
-Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+Name = Annotated[
+    str | None,
+    typer.Argument(help="Deployment name (default: the only active one).", autocompletion=deployment_names),
+]
 # Unlike up's --sandbox this never starts a sandbox: a new one holds nothing to list or destroy.
 SandboxAccount = Annotated[
     bool,
