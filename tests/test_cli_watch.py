@@ -85,3 +85,10 @@ def test_shipped_sglang_profile_has_no_metrics_and_watch_knows_why() -> None:
     argv = _launch_argv(d)
     assert argv[:3] == ["python3", "-m", "sglang.launch_server"]
     assert unavailable_reason("sglang", argv) is not None
+
+
+def test_a_little_kv_in_use_is_not_shown_as_zero() -> None:
+    from glmdeploy.commands.watch import line
+
+    assert line(_sample(kv_cache_usage=0.0002)).endswith("kv <0.1%")  # type: ignore[arg-type]
+    assert line(_sample(kv_cache_usage=0.0)).endswith("kv 0.0%")  # type: ignore[arg-type]

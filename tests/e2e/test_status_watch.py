@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -24,6 +25,7 @@ import pytest
 from waits import FAULTHANDLER_ENV, default_sigint, wait_exit, wait_until
 
 from .conftest import GLMDEPLOY, LONG_TTL, Sandbox
+from .pty_screen import run_on_pty
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartSandbox = Callable[..., Sandbox]
@@ -78,6 +80,14 @@ def test_status_watch_follows_the_engine_load_and_ctrl_c_leaves_the_deployment_r
             assert isinstance(s["kv_cache_usage"], float) and 0 < s["kv_cache_usage"] < 1
         plain = cli("status", name, "--watch", "--count", "1", check_exit=0).stdout.splitlines()
         assert len(plain) == 1 and "health healthy" in plain[0] and "running 1  waiting 1  kv " in plain[0]
+        # On a terminal: one block, redrawn in place (rich moves the cursor up over the previous one).
+        tty = run_on_pty({**cli_env, "TERM": "xterm", "NO_COLOR": "1"},
+                         ["status", name, "--watch", "--count", "2", "--interval", "0.05"], size=(30, 100))
+        assert tty.code == 0, tty.screen
+        assert tty.screen.count("KV cache") >= 2 and "\x1b[1A" in tty.screen, tty.screen
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.screen)
+        assert re.search(r"KV cache\s+(<0\.1|[1-9][0-9.]*)%", text), text
+        assert re.search(r"running\s+1\s", text) and re.search(r"waiting\s+1\s", text), text
     finally:
         httpx.post(sb.url + "/_sandbox/release", headers=admin, timeout=10).raise_for_status()
         for t in askers:

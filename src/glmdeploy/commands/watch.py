@@ -100,7 +100,9 @@ def _figure(value: float | None) -> str:
 
 
 def _kv(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}%"
+    if value is None:
+        return "n/a"
+    return "<0.1%" if 0 < value < 0.001 else f"{value * 100:.1f}%"  # in use, however little, is not 0.0%
 
 
 def line(s: WatchSample) -> str:
