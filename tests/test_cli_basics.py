@@ -95,6 +95,18 @@ def test_completion_offers_active_deployment_names(home_with_deployments: Path) 
         assert loaded == []
 
 
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_complete_names_too(home_with_deployments: Path, shell: str) -> None:
+    # What the scripts `glmdeploy completion zsh|fish` print set: the words so far in _TYPER_COMPLETE_ARGS.
+    extra = {"_GLMDEPLOY_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_ARGS": "glmdeploy status ",
+             "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    out, loaded = _complete(home_with_deployments, "glmdeploy status ", extra)
+    assert any("team-box" in word for word in out) and loaded == []
+    extra["_TYPER_COMPLETE_ARGS"] = "glmdeploy up --profile 4x"
+    out, _ = _complete(home_with_deployments, "glmdeploy up --profile 4x", extra)
+    assert any("4x3090" in word for word in out)
+
+
 @pytest.mark.parametrize("state", ["missing", "garbage", "a-directory"])
 def test_completion_with_an_unusable_state_dir_offers_nothing_quietly(tmp_path: Path, state: str) -> None:
     if state == "garbage":
