@@ -1,4 +1,4 @@
-"""Cold-start wall time of `glmdeploy --help` and `glmdeploy profiles list`.
+"""Cold-start wall time of `glmdeploy --help`, `glmdeploy profiles list` and one TAB press (completion).
 
 Prints the median of N runs of each (default 15) and, when the official `vastai` CLI is
 installed, the ratio against `vastai --help` measured in the same run.
@@ -10,6 +10,7 @@ Targets (issue 2): `glmdeploy --help` median <= 0.15 s on 2 cores; >= 10x faster
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -18,11 +19,11 @@ import time
 from pathlib import Path
 
 
-def median_seconds(argv: list[str], runs: int) -> float:
+def median_seconds(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -37,6 +38,11 @@ def main() -> None:
         "glmdeploy --help": median_seconds([glmdeploy, "--help"], args.runs),
         "glmdeploy profiles list": median_seconds([glmdeploy, "profiles", "list", "--json"], args.runs),
     }
+    # What bash runs on TAB after `glmdeploy status ` (the script `glmdeploy completion bash` prints).
+    tab = {**os.environ, "_GLMDEPLOY_COMPLETE": "complete_bash", "COMP_WORDS": "glmdeploy status ", "COMP_CWORD": "2"}
+    results["completion (status NAME)"] = median_seconds([glmdeploy], args.runs, env=tab)
+    tab = {**tab, "COMP_WORDS": "glmdeploy up --profile ", "COMP_CWORD": "3"}
+    results["completion (--profile)"] = median_seconds([glmdeploy], args.runs, env=tab)
     vastai = shutil.which("vastai", path=str(bindir)) or shutil.which("vastai")
     if vastai:
         results["vastai --help"] = median_seconds([vastai, "--help"], max(3, args.runs // 3))

@@ -7,8 +7,11 @@ from typing import Annotated
 import typer
 
 from glmdeploy import __version__
-from glmdeploy.commands import bench, chat, ci, deployments, offers, plan, profiles, sandbox, scale, smoke, up
+from glmdeploy.commands import (
+    bench, chat, ci, completion, deployments, offers, plan, profiles, sandbox, scale, smoke, up,
+)
 from glmdeploy.commands._common import OneLineErrors
+from glmdeploy.completion import enable_if_requested
 
 app = typer.Typer(
     name="glmdeploy",
@@ -51,7 +54,9 @@ app.command("bench")(bench.bench)
 app.command("chat")(chat.chat)
 app.command("ci")(ci.ci)
 app.add_typer(sandbox.sandbox_app, name="sandbox")
+app.command("completion")(completion.completion)
 
 
 def main() -> None:
+    enable_if_requested()  # a TAB press from the script `glmdeploy completion SHELL` printed
     app(prog_name="glmdeploy")  # not "python -m glmdeploy" in messages that say what to run

@@ -849,3 +849,62 @@ def test_busy_port_fails_early_or_late_per_engine(kind: str, message: str, after
     assert engine.state == "crashed"
     assert message in lines[-1]
     assert any(KV_LINE[kind].search(line) for line in lines) == after_load
+
+
+# ---------------------------------------------------------------------------------------- /metrics (issue 13)
+
+
+def _metrics_spec(kind: str, extra: str) -> LaunchSpec:
+    image, script = SCRIPTS[kind]
+    spec = launch_spec_from(image, script.replace(" --port 8000", f" --port 8000 {extra}"), {"GLM_API_KEY": KEY})
+    assert spec is not None
+    return spec
+
+
+def _load(r: Running) -> Any:
+    from glmdeploy.engines.metrics import read_load
+
+    with r.client() as http:
+        response = http.get("/metrics")
+    assert response.status_code == 200
+    return read_load(r.engine.spec.kind, response.text)
+
+
+@pytest.mark.parametrize(("kind", "extra"), [("vllm", "--max-num-seqs 1"),
+                                             ("sglang", "--enable-metrics --max-running-requests 1"),
+                                             ("lightllm", "--running_max_req_size 1")])
+def test_metrics_report_held_requests_under_the_engines_own_names(kind: str, extra: str) -> None:
+    with running(_metrics_spec(kind, extra)) as r:
+        r.wait_serving()
+        idle = _load(r)
+        assert (idle.running, idle.waiting) == (0, 0)
+        r.engine.app.hold_generation = True
+        answers: list[int] = []
+
+        def ask() -> None:
+            with r.client(timeout=HANG_S) as http:
+                answers.append(chat(http, messages=HELLO, max_tokens=8).status_code)
+
+        askers = [threading.Thread(target=ask) for _ in range(2)]
+        for t in askers:
+            t.start()
+        r.wait(lambda: r.engine.app.held == 2)
+        busy = _load(r)
+        # Two in flight with a concurrency cap of 1: one runs, one waits, and the runner holds KV tokens.
+        assert (busy.running, busy.waiting) == (1, 1)
+        if kind == "lightllm":
+            assert busy.kv_usage is None and busy.note == "LightLLM exports no KV-cache usage metric"
+        else:
+            assert busy.kv_usage is not None and 0 < busy.kv_usage < 1 and busy.note is None
+        r.loop.call_soon_threadsafe(r.engine.app.release_held)
+        for t in askers:
+            t.join(HANG_S)
+        assert answers == [200, 200]
+        after = _load(r)
+        assert (after.running, after.waiting) == (0, 0)
+        assert after.kv_usage in (0, None)
+
+
+def test_sglang_without_enable_metrics_serves_no_metrics(served: dict[str, Running]) -> None:
+    with served["sglang"].client() as http:
+        assert http.get("/metrics").status_code == 404

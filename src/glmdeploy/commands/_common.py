@@ -18,6 +18,8 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeV
 import typer
 import typer.core
 
+from glmdeploy.completion import profile_names
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -86,7 +88,10 @@ Sandbox = Annotated[
         help="Use the local sandbox (started if needed) instead of Vast.ai; no key needed.",
     ),
 ]
-ProfileRef = Annotated[str, typer.Option("--profile", "-p", help="Profile name or path to a profile YAML.")]
+ProfileRef = Annotated[
+    str,
+    typer.Option("--profile", "-p", help="Profile name or path to a profile YAML.", autocompletion=profile_names),
+]
 
 
 class OutputClosed(KeyboardInterrupt):

@@ -24,11 +24,15 @@ from glmdeploy.commands._common import (
     positive_seconds,
     say,
 )
+from glmdeploy.completion import deployment_names
 
 if TYPE_CHECKING:
     from glmdeploy.bench import BenchOptions, BenchResult
 
-Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+Name = Annotated[
+    str | None,
+    typer.Argument(help="Deployment name (default: the only active one).", autocompletion=deployment_names),
+]
 # The workload is built in memory before the first send: a billion prompts, or prompts of a billion words,
 # would end as a MemoryError. No model here takes more than 202,752 tokens of context (catalog.py).
 MAX_PROMPTS = 100_000

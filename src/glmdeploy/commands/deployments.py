@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from glmdeploy.commands._common import ApiKey, ApiUrl, JsonOutput, emit_json, handles_errors, paint, say
+from glmdeploy.completion import deployment_names
 from glmdeploy.tables_options import WideOutput
 
 # Rows that need attention stand out on a terminal (rich drops the colour under NO_COLOR or a pipe).
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
     from glmdeploy.lifecycle import Foreign, Reconciled
     from glmdeploy.state import Deployment, StateStore
 
-Name = Annotated[str | None, typer.Argument(help="Deployment name (default: the only active one).")]
+Name = Annotated[
+    str | None,
+    typer.Argument(help="Deployment name (default: the only active one).", autocompletion=deployment_names),
+]
 # Unlike up's --sandbox this never starts a sandbox: a new one holds nothing to list or destroy.
 SandboxAccount = Annotated[
     bool,
@@ -238,12 +242,39 @@ def list_deployments(
 
 
 @handles_errors
-def status(name: Name = None, json_output: JsonOutput = False, api_key: ApiKey = None) -> None:
+def status(
+    name: Name = None,
+    json_output: JsonOutput = False,
+    api_key: ApiKey = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh health, cost and the engine's load until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="With --watch: seconds between refreshes (default 5).")
+    ] = None,
+    count: Annotated[int | None, typer.Option(metavar="N", help="With --watch: stop after N refreshes.")] = None,
+) -> None:
     """Live status, endpoint health and cost of a deployment.
 
     A ready deployment whose engine died is reported ``unhealthy`` with the reason (and ``list``
-    remembers it); the instance still bills until it is destroyed.
+    remembers it); the instance still bills until it is destroyed. With --watch it also shows the
+    engine's requests running and waiting and its KV-cache usage; Ctrl-C ends the watch (exit 0) and
+    leaves the deployment running.
     """
+    from glmdeploy.errors import UsageError
+
+    if not watch and (interval is not None or count is not None):
+        raise UsageError("--interval and --count go with --watch")
+    if interval is not None and not (interval > 0 and interval < float("inf")):
+        raise UsageError(f"--interval must be a number of seconds above 0, not {interval:g}")
+    if count is not None and count < 1:
+        raise UsageError(f"--count must be at least 1, not {count}")
+    if watch:
+        from glmdeploy.commands.watch import watch as run_watch
+
+        run_watch(name, interval=5.0 if interval is None else interval, count=count, json_output=json_output,
+                  api_key=api_key)
+        return
 
     from glmdeploy import deployment_health
     from glmdeploy.connect import connect_for

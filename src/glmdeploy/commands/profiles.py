@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from glmdeploy.commands._common import JsonOutput, emit_json, handles_errors, say
+from glmdeploy.completion import profile_names
 from glmdeploy.tables_options import WideOutput
 
 app = typer.Typer(help="Hardware profiles: the known-good recipes.", no_args_is_help=True)
@@ -55,7 +56,9 @@ def list_profiles(json_output: JsonOutput = False, output: WideOutput = None) ->
 @app.command("show")
 @handles_errors
 def show(
-    ref: Annotated[str, typer.Argument(metavar="NAME|PATH", help="Profile name or path.")],
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME|PATH", help="Profile name or path.", autocompletion=profile_names)
+    ],
     json_output: JsonOutput = False,
 ) -> None:
     """Show a profile: hardware, the exact launch command, environment and warnings."""

@@ -7,11 +7,14 @@ from typing import Annotated
 import typer
 
 from glmdeploy.commands._common import ApiKey, JsonOutput, emit_json, handles_errors, say
+from glmdeploy.completion import deployment_names
 
 
 @handles_errors
 def scale(
-    name: Annotated[str, typer.Argument(help="The replica group (from 'up --replicas N').")],
+    name: Annotated[
+        str, typer.Argument(help="The replica group (from 'up --replicas N').", autocompletion=deployment_names)
+    ],
     replicas: Annotated[int, typer.Option(min=1, help="Healthy replicas the group should have.")],
     ttl: Annotated[
         str | None, typer.Option(help="Host watchdog for the new replicas (default as for 'up').")

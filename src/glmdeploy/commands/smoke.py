@@ -21,12 +21,14 @@ from glmdeploy.commands._common import (
     positive_seconds,
     say,
 )
+from glmdeploy.completion import deployment_names
 
 if TYPE_CHECKING:
     from glmdeploy.smoke import CheckResult, SmokeReport, Target
 
 Name = Annotated[
-    str | None, typer.Argument(metavar="NAME", help="Deployment name (default: the only active one).")
+    str | None, typer.Argument(metavar="NAME", help="Deployment name (default: the only active one).",
+                                autocompletion=deployment_names)
 ]
 Url = Annotated[
     str | None,

@@ -15,31 +15,11 @@ import yaml
 from pydantic import ValidationError
 
 from glmdeploy.errors import ProfileError
-from glmdeploy.paths import user_profiles_dir
+from glmdeploy.profile_files import PROFILE_SUFFIXES, profile_files, shipped_profiles_dir  # noqa: F401 (re-exported)
 from glmdeploy.profiles.model import Profile
 
-_SUFFIXES = (".yaml", ".yml")
-
-
-def shipped_profiles_dir() -> Path:
-    """Profiles inside the wheel, or the repository's top-level ``profiles/`` in a checkout."""
-    here = Path(__file__).resolve().parent.parent
-    bundled = here / "_profiles"
-    if bundled.is_dir():
-        return bundled
-    return here.parent.parent / "profiles"
-
-
-def _profile_files() -> dict[str, Path]:
-    """Name -> file, user files shadowing shipped ones."""
-    found: dict[str, Path] = {}
-    for directory in (shipped_profiles_dir(), user_profiles_dir()):
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.iterdir()):
-            if path.suffix in _SUFFIXES and path.is_file():
-                found[path.stem] = path
-    return found
+_SUFFIXES = PROFILE_SUFFIXES
+_profile_files = profile_files  # the lookup lives apart so completion can use it without pydantic
 
 
 def known_names() -> list[str]:

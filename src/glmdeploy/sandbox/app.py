@@ -414,12 +414,26 @@ def create_app(world: World) -> Starlette:
                 return JSONResponse({"success": False, "error": "invalid_args", "msg": str(exc)}, status_code=400)
         return JSONResponse({"success": True, "spec": world.faults.spec, "faults": world.faults.describe()})
 
+    def live_engines() -> list[Any]:
+        return [i.engine.app for i in world.instances.values() if getattr(i, "engine", None) is not None]
+
     async def release(request: Request) -> Response:
-        """End every create_timeout delay now, so a test holds a create exactly as long as it needs."""
+        """End every create_timeout delay and every held generation request now, so a test holds a
+        create (or keeps an engine busy) exactly as long as it needs."""
         count = len(held)
         for event in list(held):
             event.set()
+        count += sum(app.release_held() for app in live_engines())
         return JSONResponse({"success": True, "released": count})
+
+    async def hold(request: Request) -> Response:
+        """POST: from now on every engine keeps each generation request running (it counts in /metrics)
+        until POST /_sandbox/release. GET: how many requests the engines are holding."""
+        engines = live_engines()
+        if request.method == "POST":
+            for app in engines:
+                app.hold_generation = True
+        return JSONResponse({"success": True, "engines": len(engines), "held": sum(app.held for app in engines)})
 
     async def container_env(request: Request) -> Response:
         """What the container of an instance sees in its environment (CONTAINER_API_KEY included).
@@ -456,6 +470,7 @@ def create_app(world: World) -> Starlette:
         Route("/_sandbox/requests", requests_log, methods=["GET"]),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"]),
         Route("/_sandbox/release", release, methods=["POST"]),
+        Route("/_sandbox/hold", hold, methods=["GET", "POST"]),
         Route("/_sandbox/instances/{id}/container-env", container_env, methods=["GET"]),
     ]
 

@@ -116,6 +116,24 @@ class EngineApp:
         self.on_generate: Callable[[], Awaitable[int | None]] | None = None
         # After death: what /health answers while the server process still lives (None = as usual).
         self.health_override: int | None = None
+        # What /metrics reports: requests queued behind warmup, and KV tokens the running requests hold.
+        self.queued = 0
+        self.kv_tokens_in_use = 0
+        # A test's hold (POST /_sandbox/hold): generation requests stay running until released.
+        self.hold_generation = False
+        self._held: set[asyncio.Event] = set()
+
+    def release_held(self) -> int:
+        """End the hold: every held request goes on; returns how many were held."""
+        self.hold_generation = False
+        count = len(self._held)
+        for event in list(self._held):
+            event.set()
+        return count
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -188,13 +206,55 @@ class EngineApp:
             d.kind == "lightllm"
         ):
             await self._json(send, 200, {"status": "ok"})
-        elif route == ("GET", "/metrics") and d.kind != "sglang":
-            body = f"# sandbox metrics\nrequests_total {self.requests}\n".encode()
+        elif route == ("GET", "/metrics") and (d.kind != "sglang" or "--enable-metrics" in self.cfg.spec.argv):
+            # SGLang mounts /metrics only with --enable-metrics (engines.md §2); the others always.
+            body = self._metrics().encode()
             # vLLM 0.24.0 answers with the Prometheus text format 1.0.0 (recorded); older: 0.0.4.
             version = b"1.0.0" if d.kind == "vllm" and self.cfg.version >= (0, 24) else b"0.0.4"
             await self._raw(send, 200, body, b"text/plain; version=" + version + b"; charset=utf-8")
         else:
             await self._raw(send, 404, _NOT_FOUND, b"application/json")
+
+    def _metrics(self) -> str:
+        """The engine's load gauges under its own names (glmdeploy.engines.metrics cites each engine's source).
+
+        Requests beyond the engine's concurrency cap are reported waiting, as the engine's scheduler
+        would queue them; the KV usage is the tokens the running requests hold over the pool.
+        """
+        cap = max(1, self.cfg.max_running_requests)
+        running = min(self.running, cap)
+        waiting = self.queued + max(0, self.running - cap)
+        usage = min(1.0, self.kv_tokens_in_use / max(1, self.cfg.kv_tokens))
+        kind = self.dialect.kind
+        if kind == "vllm":
+            labels = f'{{engine="0",model_name="{self.cfg.spec.served_model}"}}'
+            gauges = [("vllm:num_requests_running", "Number of requests in model execution batches.", running),
+                      ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting),
+                      ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)]
+            counters = [("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens_total),
+                        ("vllm:generation_tokens", "Number of generation tokens processed.",
+                         self.generated_tokens_total)]
+        elif kind == "sglang":
+            labels = f'{{model_name="{self.cfg.spec.served_model}"}}'
+            gauges = [("sglang:num_running_reqs", "The number of running requests.", running),
+                      ("sglang:num_queue_reqs", "The number of requests in the waiting queue.", waiting),
+                      ("sglang:token_usage", "The token usage.", usage)]
+            counters = [("sglang:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens_total),
+                        ("sglang:generation_tokens", "Number of generation tokens processed.",
+                         self.generated_tokens_total)]
+        else:
+            labels = ""
+            gauges = [("lightllm_queue_size", "Queue size", waiting),
+                      ("lightllm_batch_current_size", "Current batch size", running)]
+            counters = [("lightllm_request_count", "The total number of requests", self.requests)]
+        lines: list[str] = []
+        for name, doc, value in gauges:
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name}{labels} {float(value)!r}"]
+        for name, doc, value in counters:
+            # prometheus_client exposes a counter NAME as NAME_total (and NAME_created).
+            lines += [f"# HELP {name}_total {doc}", f"# TYPE {name}_total counter",
+                      f"{name}_total{labels} {float(value)!r}"]
+        return "\n".join(lines) + "\n"
 
     def _headers(self, content_type: bytes | None, length: int | None) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
@@ -297,7 +357,11 @@ class EngineApp:
             return
         if not self.ready.is_set():
             # Requests queue behind SGLang's warmup; with a warmup that never ends they wait until stop.
-            await self.ready.wait()
+            self.queued += 1
+            try:
+                await self.ready.wait()
+            finally:
+                self.queued -= 1
         if self.on_generate is not None:
             instead = await self.on_generate()
             if instead == -1:
@@ -312,10 +376,19 @@ class EngineApp:
             await self._json(send, err.status, error_body(self.dialect, err.status, str(err), err.kind, err.param))
             return
         self.running += 1
+        held_tokens = turn.prompt_tokens + len(turn.pieces)
+        self.kv_tokens_in_use += held_tokens
         self.prompt_tokens_total += turn.prompt_tokens
         self.generated_tokens_total += len(turn.pieces)
         self.on_request(turn.prompt_tokens, self.running)
         try:
+            if self.hold_generation:
+                release = asyncio.Event()
+                self._held.add(release)
+                try:
+                    await release.wait()
+                finally:
+                    self._held.discard(release)
             if request.get("stream"):
                 await self._stream(turn, receive, send)
             else:
@@ -325,6 +398,7 @@ class EngineApp:
                 await self._json(send, 200, turn.response())
         finally:
             self.running -= 1
+            self.kv_tokens_in_use -= held_tokens
 
     def _validate(self, body: Any, *, chat: bool) -> dict[str, Any]:
         if not isinstance(body, dict):

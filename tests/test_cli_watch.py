@@ -1,0 +1,94 @@
+"""`status --watch` option checks (issue 13 item 6): bad values are one `error:` line and exit 2,
+before any state is opened or anything is contacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from glmdeploy.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--watch", "--interval", "0"], "--interval must be a number of seconds above 0"),
+    (["--watch", "--interval", "-1"], "--interval must be a number of seconds above 0"),
+    (["--watch", "--interval", "nan"], "--interval must be a number of seconds above 0"),
+    (["--watch", "--interval", "inf"], "--interval must be a number of seconds above 0"),
+    (["--watch", "--interval", "abc"], "--interval"),
+    (["--watch", "--count", "0"], "--count must be at least 1"),
+    (["--interval", "2"], "--interval and --count go with --watch"),
+    (["--count", "3"], "--interval and --count go with --watch"),
+])
+def test_bad_watch_options_are_one_error_line_exit_2(isolated_env: Path, args: list[str], says: str) -> None:
+    result = runner.invoke(app, ["status", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], result.output
+    assert not (isolated_env / "state.db").exists()
+
+
+def _sample(**changes: object) -> object:
+    from datetime import UTC, datetime
+
+    from glmdeploy.commands.watch import WatchSample
+
+    base: dict[str, object] = dict(
+        name="glm-a", at=datetime(2026, 12, 3, 10, 0, 5, tzinfo=UTC), status="ready", instance_status="running",
+        health="healthy", uptime_s=3725, cost_so_far=1.234, dph_total=0.5, expires="in 2h",
+        running=3, waiting=1, kv_cache_usage=0.4213)
+    return WatchSample(**{**base, **changes})
+
+
+def test_plain_line_carries_every_figure() -> None:
+    from glmdeploy.commands.watch import line
+
+    text = line(_sample())  # type: ignore[arg-type]
+    assert text == ("10:00:05 glm-a: ready (running)  health healthy  up 1h02m  $1.23 at $0.500/h  "
+                    "running 3  waiting 1  kv 42.1%")
+
+
+def test_missing_figures_read_n_a_with_the_reason() -> None:
+    from glmdeploy.commands.watch import line
+
+    note = "SGLang serves /metrics only with --enable-metrics (not in this profile's launch)"
+    text = line(_sample(running=None, waiting=None, kv_cache_usage=None, metrics_note=note))  # type: ignore[arg-type]
+    assert "running n/a  waiting n/a  kv n/a" in text and text.endswith(f"[{note}]")
+    sick = line(_sample(health="unhealthy", health_reason="the engine exited: GET /health: connection refused"))  # type: ignore[arg-type]
+    assert "health unhealthy (the engine exited" in sick
+
+
+def test_terminal_block_shows_the_same_figures() -> None:
+    from rich.console import Console
+
+    from glmdeploy.commands.watch import _block
+
+    out = Console(width=100, record=True, force_terminal=False)
+    out.print(_block(_sample(health="unhealthy", health_reason="[x] broke")))  # type: ignore[arg-type]
+    text = out.export_text()
+    for expected in ("glm-a", "unhealthy: [x] broke", "1h02m", "$1.23 at $0.500/h", "running", "42.1%",
+                     "Ctrl-C ends the watch"):
+        assert expected in text, text
+
+
+def test_shipped_sglang_profile_has_no_metrics_and_watch_knows_why() -> None:
+    from glmdeploy.commands.watch import _launch_argv
+    from glmdeploy.engines.metrics import unavailable_reason
+    from glmdeploy.profiles import load_profile
+    from glmdeploy.state import Deployment
+
+    snapshot = load_profile("4x3090").model_dump(mode="json")
+    d = Deployment.model_construct(profile_snapshot=snapshot)
+    argv = _launch_argv(d)
+    assert argv[:3] == ["python3", "-m", "sglang.launch_server"]
+    assert unavailable_reason("sglang", argv) is not None
+
+
+def test_a_little_kv_in_use_is_not_shown_as_zero() -> None:
+    from glmdeploy.commands.watch import line
+
+    assert line(_sample(kv_cache_usage=0.0002)).endswith("kv <0.1%")  # type: ignore[arg-type]
+    assert line(_sample(kv_cache_usage=0.0)).endswith("kv 0.0%")  # type: ignore[arg-type]
