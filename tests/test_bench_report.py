@@ -131,3 +131,27 @@ def test_cli_report_needs_an_existing_folder(tmp_path: Path) -> None:
                                  "--report", str(tmp_path / "nope" / "r.html")])
     assert result.exit_code == 2
     assert "--report: directory" in result.stderr
+
+
+def test_ci_report_without_bench_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ci", "-p", "2x5090", "--sandbox", "--report", str(tmp_path / "r.html")])
+    assert result.exit_code == 2
+    assert "--report needs --bench" in result.stderr
+
+
+def test_bench_figures_become_junit_properties_before_the_cases() -> None:
+    import xml.etree.ElementTree as ET
+
+    from glmdeploy.commands.ci import bench_properties
+    from glmdeploy.junit import Case, Suite, render
+
+    result = sample_result()
+    props = bench_properties(result)
+    suite = Suite(name="glmdeploy.ci", cases=[Case("bench", "glmdeploy.ci", 1.0)], properties=props)
+    root = ET.fromstring(render([suite]))
+    element = root.find("testsuite")
+    assert element is not None and [child.tag for child in element] == ["properties", "testcase"]
+    values = {p.get("name"): p.get("value") for p in element.iter("property")}
+    assert values["bench.requests_ok"] == "12" and values["bench.requests_failed"] == "1"
+    assert float(values["bench.ttft_p50_ms"] or "") == pytest.approx(result.median_ttft_ms, abs=0.001)
+    assert float(values["bench.itl_p99_ms"] or "") == pytest.approx(result.p99_itl_ms, abs=0.001)
