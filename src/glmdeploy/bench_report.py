@@ -79,9 +79,9 @@ def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> tuple[floa
     if not values:
         return 0.0, 0.0, []
     low, high = min(values), max(values)
-    if high <= low:
-        high = low + max(abs(low) * 0.1, 1e-6)
     bins = max(1, min(bins, 2 * math.ceil(math.sqrt(len(values)))))
+    if high - low <= abs(high) * 1e-9:  # all equal but for float noise (e.g. every TPOT the same): one bar
+        low, high, bins = low - max(abs(low) * 0.05, 1e-6), high + max(abs(high) * 0.05, 1e-6), 1
     width = (high - low) / bins
     counts = [0] * bins
     for v in values:
@@ -179,7 +179,7 @@ def _bar_chart(
         v = y_max * i / 4
         y = y_of(v)
         parts.append(f'<line class="grid" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{_num(y)}" y2="{_num(y)}"/>')
-        text = f"{v:.0f}" if y_max >= 4 else f"{v:.2g}"
+        text = f"{v:.3g}"
         parts.append(f'<text class="tick" x="{_LEFT - 4}" y="{_num(y + 3)}" text-anchor="end">{_esc(text)}</text>')
     bar_w = plot_w / len(counts)
     for i, c in enumerate(counts):
@@ -201,13 +201,17 @@ def _bar_chart(
         f'<text class="axis" x="12" y="{_TOP + plot_h / 2}" text-anchor="middle" '
         f'transform="rotate(-90 12 {_TOP + plot_h / 2})">{_esc(y_unit)}</text>'
     )
-    for name, v in markers:
+    for row, (name, v) in enumerate(markers):  # labels on separate rows: p95 and p99 are often close
         x = x_of(min(max(v, x_low), x_high))
         parts.append(
             f'<line class="marker" x1="{_num(x)}" x2="{_num(x)}" y1="{_TOP}" y2="{base_y}">'
             f"<title>{_esc(f'{name}: {v:.2f} {x_unit}')}</title></line>"
         )
-        parts.append(f'<text class="marker-label" x="{_num(x + 2)}" y="{_TOP + 9}">{_esc(name)}</text>')
+        right = x > _LEFT + plot_w * 0.85  # near the right edge the label goes left of its line
+        parts.append(
+            f'<text class="marker-label" x="{_num(x - 2 if right else x + 2)}" y="{_TOP + 9 + 10 * row}"'
+            f' text-anchor="{"end" if right else "start"}">{_esc(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
