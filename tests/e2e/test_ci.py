@@ -76,6 +76,7 @@ def test_ci_tears_down_on_smoke_failure_with_exit_5(cli: Cli, sandbox: StartSand
     outcome = last_json(proc.stdout)
     assert outcome["passed"] is False and outcome["phase"] == "smoke"
     assert "tools" in str(outcome["error"])
+    assert f"cost of the run: ${outcome['cost']:.4f}" in proc.stderr  # a failed run says what it cost too
     failed = [c.get("name") for c in ET.parse(report).getroot().iter("testcase") if c.find("failure") is not None]
     assert "tools" in failed and "smoke" in failed
     assert sb.running() == []
