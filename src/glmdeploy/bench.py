@@ -298,6 +298,22 @@ def peaks(outcomes: Sequence[RequestOutcome]) -> tuple[float, int]:
     return float(max(chunks.values())), max(active.values())
 
 
+class RequestSample(BaseModel):
+    """One request's timings, seconds; ``start`` is from the run's start (the first send's schedule)."""
+
+    start: float
+    success: bool
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = Field(default_factory=list)
+    output_tokens: int = 0
+
+    def tpot(self) -> float | None:
+        if not self.success or self.output_tokens <= 1:
+            return None
+        return (self.latency - self.ttft) / (self.output_tokens - 1)
+
+
 class BenchResult(BaseModel):
     """The result, with ``vllm bench serve``'s JSON key names (engines.md §9) plus a few of glmdeploy's."""
 
@@ -344,6 +360,19 @@ class BenchResult(BaseModel):
     stale_connection_retries: int = Field(
         default=0, description="Requests re-sent once because the server had closed their pooled connection."
     )
+    # Per-request timings for the HTML report's distributions. Left out of --json and --output (exclude):
+    # a large run's inter-token gaps would be hundreds of MB, and the JSON keeps vLLM's summary shape.
+    samples: list[RequestSample] = Field(default_factory=list, exclude=True)
+
+    def series(self) -> dict[str, list[float]]:
+        """Each latency metric's values in seconds, as the statistics above are computed from them."""
+        ok = [s for s in self.samples if s.success]
+        return {
+            "ttft": [s.ttft for s in ok],
+            "tpot": [t for s in ok if (t := s.tpot()) is not None],
+            "itl": [gap for s in ok for gap in s.itl],
+            "e2el": [s.latency for s in ok],
+        }
 
 
 def _json_number(value: float) -> float | str:
@@ -351,10 +380,31 @@ def _json_number(value: float) -> float | str:
 
 
 def summarize(
-    outcomes: Sequence[RequestOutcome], duration: float, options: BenchOptions, model: str, *, date: str | None = None
+    outcomes: Sequence[RequestOutcome],
+    duration: float,
+    options: BenchOptions,
+    model: str,
+    *,
+    date: str | None = None,
+    started: float | None = None,
 ) -> BenchResult:
-    """Aggregate per-request outcomes into the result (vLLM's ``calculate_metrics``)."""
+    """Aggregate per-request outcomes into the result (vLLM's ``calculate_metrics``).
+
+    ``started`` is the ``perf_counter`` of the run's start, the origin of the samples' ``start``; by
+    default the earliest send.
+    """
     ok = [o for o in outcomes if o.success]
+    sent = [o.start_time for o in outcomes if o.start_time > 0]
+    origin = started if started is not None else min(sent, default=0.0)
+    # model_construct: these values are the client's own floats, and validating 100,000 lists of gaps costs
+    # seconds. A request that failed before it was sent has no send time: it is placed at the origin.
+    samples = [
+        RequestSample.model_construct(
+            start=max(0.0, o.start_time - origin) if o.start_time > 0 else 0.0,
+            success=o.success, ttft=o.ttft, latency=o.latency, itl=o.itl, output_tokens=o.output_tokens,
+        )
+        for o in outcomes
+    ]
     series: dict[str, list[float]] = {
         "ttft": [o.ttft for o in ok],
         "tpot": [t for o in ok if (t := tpot_of(o)) is not None],
@@ -394,6 +444,7 @@ def summarize(
         max_concurrent_requests=peak_active,
         errors=[o.error for o in outcomes if not o.success][:MAX_ERRORS_KEPT],
         stale_connection_retries=sum(o.stale_retries for o in outcomes),
+        samples=samples,
         **stats,
     )
 
@@ -670,7 +721,7 @@ async def run_bench_async(
         duration = time.perf_counter() - started
     finally:
         await asyncio.gather(*(client.aclose() for client in lanes), return_exceptions=True)
-    return summarize(outcomes, duration, options, model)
+    return summarize(outcomes, duration, options, model, started=started)
 
 
 def run_bench(

@@ -31,17 +31,32 @@ def test_ci_passes_reports_junit_and_destroys(
 ) -> None:
     sb = sandbox()
     report = tmp_path / "ci.xml"
+    html = tmp_path / "bench.html"
     proc = cli("ci", "-p", "2x5090", "--sandbox", "--ttl", LONG_TTL, "--json", "--junit", str(report),
-               "--bench", "--bench-prompts", "8")
+               "--bench", "--bench-prompts", "8", "--report", str(html))
     assert proc.returncode == 0, proc.stderr
     outcome = last_json(proc.stdout)
     assert outcome["event"] == "ci" and outcome["passed"] is True
     deployment = outcome["deployment"]
     assert isinstance(deployment, dict) and deployment["expires_at"]  # the host watchdog is armed
+    # The final record is the one the teardown left, not the one `up` returned (issue 13 §8).
+    assert deployment["status"] == "destroyed" and deployment["destroyed_at"]
     bench = outcome["bench"]
     assert isinstance(bench, dict) and bench["completed"] == 8 and "mean_ttft_ms" in bench
+    # The figures and the cost, where the CI log shows them (stderr under --json).
+    assert "Serving Benchmark Result" in proc.stderr and "Mean TTFT (ms):" in proc.stderr
+    assert f"cost of the run: ${outcome['cost']:.4f}" in proc.stderr
     root = ET.parse(report).getroot()
     suites = {s.get("name"): s for s in root.iter("testsuite")}
+    ci_suite = suites["glmdeploy.ci"]
+    assert ci_suite[0].tag == "properties"  # JUnit: properties before the test cases
+    props = {p.get("name"): p.get("value") for p in ci_suite.iter("property")}
+    assert props["bench.requests_ok"] == "8" and props["bench.requests_failed"] == "0"
+    assert float(props["bench.ttft_p50_ms"] or "") == pytest.approx(float(bench["median_ttft_ms"]), abs=0.001)
+    assert float(props["bench.output_throughput_tok_s"] or "") > 0
+    assert float(props["cost_usd"] or "") == pytest.approx(float(outcome["cost"]), abs=0.0001)
+    page = html.read_text()
+    assert page.count("<svg class=\"chart") == 6 and "2x5090" in page and "vllm" in page
     assert [c.get("name") for c in suites["glmdeploy.ci"].iter("testcase")] == ["deploy", "smoke", "bench", "destroy"]
     assert len(list(suites["glmdeploy.smoke"].iter("testcase"))) == 8
     assert root.get("failures") == "0"
@@ -61,6 +76,7 @@ def test_ci_tears_down_on_smoke_failure_with_exit_5(cli: Cli, sandbox: StartSand
     outcome = last_json(proc.stdout)
     assert outcome["passed"] is False and outcome["phase"] == "smoke"
     assert "tools" in str(outcome["error"])
+    assert f"cost of the run: ${outcome['cost']:.4f}" in proc.stderr  # a failed run says what it cost too
     failed = [c.get("name") for c in ET.parse(report).getroot().iter("testcase") if c.find("failure") is not None]
     assert "tools" in failed and "smoke" in failed
     assert sb.running() == []

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,7 +40,7 @@ def env_exports(cli: Cli, name: str | None = None) -> dict[str, str]:
 
 @pytest.mark.parametrize(("profile", "engine"), [("4x3090", "sglang"), ("h200", "lightllm"), ("2x5090", "vllm")])
 def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
-    cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, profile: str, engine: str
+    cli: Cli, cli_env: dict[str, str], sandbox: StartSandbox, profile: str, engine: str, tmp_path: Path
 ) -> None:
     sb = sandbox()
     up = cli("up", "--profile", profile, "--sandbox", "--yes", "--ttl", LONG_TTL, check_exit=0)
@@ -70,6 +71,16 @@ def test_up_reaches_ready_env_works_and_destroy_leaves_nothing(
     assert json.loads(lines[1])["data"][0]["id"] == model
     # Unauthenticated requests are refused, whatever the engine (every engine is behind the nginx proxy).
     assert lines[2] == "401"
+    # bench --report on the deployment (issue 13 §8): one HTML file with the run's engine and profile, no key.
+    report = tmp_path / "bench.html"
+    bench = cli("bench", "--num-prompts", "4", "--input-len", "8", "--output-len", "4", "--max-concurrency", "2",
+                "--report", str(report), check_exit=0)
+    assert "Serving Benchmark Result" in bench.stdout and f"report: {report}" in bench.stderr
+    page = report.read_text()
+    assert page.count('<svg class="chart') == 6 and key not in page
+    for setting in (f"<th>engine</th><td>{engine}</td>", f"<th>profile</th><td>{profile}</td>",
+                    f"<th>model</th><td>{model}</td>", "<th>requests</th><td>4</td>"):
+        assert setting in page
     assert len(sb.running()) == 1
     cli("destroy", "--yes", check_exit=0)
     assert sb.running() == []

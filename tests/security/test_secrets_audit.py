@@ -288,7 +288,8 @@ def test_a_deployment_shows_neither_key_outside_env(
     reports = isolated_env.parent / "reports"
     reports.mkdir()
     assert cli("smoke", "--junit", str(reports / "smoke.xml"), exit_code=None).returncode in (0, 5)
-    cli("bench", "--num-prompts", "2", "--output-len", "8", "--output", str(reports / "bench.json"))
+    cli("bench", "--num-prompts", "2", "--output-len", "8", "--output", str(reports / "bench.json"),
+        "--report", str(reports / "bench.html"))
     logs = cli("logs", "--api-key", account)
     assert "Capture cuda graph" in logs.stdout  # the engine's own lines are there, not an empty log
     # The fingerprint line may show (it is what glmdeploy pins); it carries the fingerprint and nothing else.
@@ -403,6 +404,8 @@ def test_failures_show_neither_key(audit_cli: AuditCli, keyed_sandbox: StartSand
         "2",
         "--junit",
         str(reports / "ci.xml"),
+        "--report",
+        str(reports / "ci-bench.html"),
         exit_code=None,
     )
     assert ci_ok.returncode in (0, 5), ci_ok.stderr  # 5: a timing-sensitive smoke check on a busy machine

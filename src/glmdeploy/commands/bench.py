@@ -97,6 +97,13 @@ def bench(
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the JSON result to this file.", dir_okay=False)
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Also write a self-contained HTML report (charts, percentiles) to this file.",
+            dir_okay=False,
+        ),
+    ] = None,
     ca_cert: CaCert = None,
     pin: Pin = None,
     json_output: JsonOutput = False,
@@ -114,17 +121,19 @@ def bench(
     rate = parse_request_rate(request_rate)
     if math.isnan(burstiness) or burstiness <= 0:
         raise UsageError(f"--burstiness must be a positive number or 'inf', got {burstiness!r}")
-    if output is not None and not output.parent.is_dir():
-        raise UsageError(f"--output: directory {output.parent} does not exist")
+    for option, path in (("--output", output), ("--report", report)):
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"{option}: directory {path.parent} does not exist")
     if name is not None and url is not None:
         raise UsageError("give a deployment NAME or --url, not both")
     label: str | None = None
+    engine = profile = None
     trust = endpoint_trust(url, ca_cert, pin)
     if url is not None:
         chat_url(url)  # a malformed URL is a usage error before anything is sent
         target, key = url, api_key
     else:
-        target, key, served, label, trust = _deployment_target(name)
+        target, key, served, label, trust, engine, profile = _deployment_target(name)
         model = model or served
     # The pin is checked with one handshake before any request (CertificateMismatch: exit 9).
     context = trust.context(target) if trust is not None else None
@@ -172,6 +181,11 @@ def bench(
             output.write_text(result.model_dump_json(indent=2) + "\n")
         except OSError as exc:
             raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if report is not None:
+        from glmdeploy.bench_report import ReportSettings
+
+        write_report(report, result, ReportSettings(target=target, model=model, engine=engine, profile=profile,
+                                                    deployment=label, version=_version()))
     if result.completed == 0:
         first = result.errors[0] if result.errors else "no request was sent"
         raise SmokeFailed(f"every request failed ({first})")
@@ -180,8 +194,27 @@ def bench(
 _CANNOT_CONNECT = ("ConnectError", "ConnectTimeout")
 
 
-def _deployment_target(name: str | None) -> tuple[str, str | None, str, str, Any]:
-    """(endpoint, key, served model, deployment name, TLS trust) of the named or only active deployment."""
+def _version() -> str:
+    from glmdeploy import __version__
+
+    return __version__
+
+
+def write_report(path: Path, result: BenchResult, settings: Any) -> None:
+    """Write the HTML report (``glmdeploy.bench_report``); an unwritable path is one usage error line."""
+    from glmdeploy.bench_report import render_report
+    from glmdeploy.errors import UsageError
+
+    try:
+        path.write_text(render_report(result, settings), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    say(f"report: {path}")
+
+
+def _deployment_target(name: str | None) -> tuple[str, str | None, str, str, Any, str | None, str | None]:
+    """(endpoint, key, served model, deployment name, TLS trust, engine, profile) of the named or only active
+    deployment."""
     from glmdeploy.errors import UsageError
     from glmdeploy.state import StateStore
 
@@ -192,7 +225,8 @@ def _deployment_target(name: str | None) -> tuple[str, str | None, str, str, Any
     from glmdeploy.tls import EndpointTrust
 
     trust = EndpointTrust(fingerprint=d.tls_fingerprint, certificate_pem=d.tls_certificate)
-    return d.endpoint, d.endpoint_key(), d.model or "", d.name, trust
+    engine = (d.profile_snapshot or {}).get("engine", {}).get("kind")
+    return d.endpoint, d.endpoint_key(), d.model or "", d.name, trust, engine, d.profile
 
 
 def _replica_counter(name: str | None) -> Callable[[], dict[str, int]] | None:

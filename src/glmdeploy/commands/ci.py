@@ -27,6 +27,7 @@ from glmdeploy.commands._common import (
 )
 
 if TYPE_CHECKING:
+    from glmdeploy.bench import BenchResult
     from glmdeploy.junit import Case
     from glmdeploy.smoke import CheckResult
 
@@ -42,6 +43,10 @@ def ci(
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report here.")] = None,
     bench: Annotated[bool, typer.Option("--bench", help="Run a short benchmark after the smoke checks.")] = False,
     bench_prompts: Annotated[int, typer.Option(min=1, max=100_000, help="Requests the benchmark sends.")] = 20,
+    report_path: Annotated[
+        Path | None,
+        typer.Option("--report", help="With --bench: also write the benchmark's HTML report here.", dir_okay=False),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Deployment name.")] = None,
     max_price: MaxPrice = None,
     timeout: Annotated[str | None, typer.Option(help="Give up if not ready after this long, e.g. 45m.")] = None,
@@ -62,6 +67,7 @@ def ci(
     """
     import time
 
+    from glmdeploy import __version__
     from glmdeploy.connect import connect
     from glmdeploy.deploy import Deployer, StepFailed, UpRequest
     from glmdeploy.durations import parse_duration
@@ -83,6 +89,10 @@ def ci(
         raise UsageError(f"--max-cost must be positive, not {max_cost:g}")
     if junit is not None and not Path(junit).parent.is_dir():
         raise UsageError(f"--junit: folder {Path(junit).parent} does not exist")
+    if report_path is not None and not bench:
+        raise UsageError("--report needs --bench (it is the benchmark's report)")
+    if report_path is not None and not Path(report_path).parent.is_dir():
+        raise UsageError(f"--report: folder {Path(report_path).parent} does not exist")
 
     if name is not None:  # before anything touches Vast.ai
         with StateStore.open() as names:
@@ -97,6 +107,7 @@ def ci(
     cases: list[Case] = []
     suites: list[Suite] = []
     outcome: dict[str, Any] = {"event": "ci", "profile": prof.name, "passed": False}
+    bench_result: BenchResult | None = None
     exit_code = 0
     error: GlmdeployError | None = None
     deployment = None
@@ -160,6 +171,23 @@ def ci(
                         verify=None if isinstance(context, bool) else context,
                     )
                     outcome["bench"] = result.model_dump(mode="json")
+                    bench_result = result
+                    from glmdeploy.bench import format_summary
+
+                    # The figures, where a CI log reader looks: on stderr under --json (stdout is the JSON).
+                    if json_output:
+                        say(format_summary(result))
+                    else:
+                        print(format_summary(result), flush=True)
+                    if report_path is not None:
+                        from glmdeploy.bench_report import ReportSettings
+                        from glmdeploy.commands.bench import write_report
+
+                        write_report(Path(report_path), result, ReportSettings(
+                            target=deployment.endpoint or "", model=deployment.model or "",
+                            engine=prof.engine.kind, profile=prof.name, deployment=deployment.name,
+                            version=__version__,
+                        ))
                     failed = result.completed == 0
                     cases.append(
                         _case("bench", t, f"{result.completed} completed, {result.failed} failed", failed=failed)
@@ -184,6 +212,9 @@ def ci(
                     cases.append(_teardown(store, deployment, conn))
                     if guard.received and cases[-1].status == "failed":
                         error = guard.error("orphaned")
+                    # The record as the teardown left it (destroyed, or orphaned), not as `up` returned it.
+                    final = store.find(deployment.id)
+                    outcome["deployment"] = (final or deployment).public()
     finally:
         if isinstance(events, TerminalEvents):
             events.close()
@@ -196,9 +227,14 @@ def ci(
     elif cases and cases[-1].status == "failed":
         outcome.update(passed=False, error=cases[-1].message, phase="destroy")
         exit_code = EXIT_UNREACHABLE  # spec: 4 promises the instance was destroyed; here Vast.ai kept failing
-    outcome["cost"] = round(deployer.accrued_cost(), 4)
+    cost = deployer.accrued_cost()
+    outcome["cost"] = round(cost, 4)
+    if deployer.rented is not None:  # something was rented: say what it cost (the same clock as --max-cost)
+        dph = deployer.rented[0]
+        say(f"cost of the run: ${cost:.4f}" + (f" at ${dph:.3f}/h" if dph is not None else ""))
     if junit is not None:
-        write(Path(junit), [Suite(name="glmdeploy.ci", cases=cases), *suites])
+        properties = {"cost_usd": f"{cost:.4f}", **(bench_properties(bench_result) if bench_result else {})}
+        write(Path(junit), [Suite(name="glmdeploy.ci", cases=cases, properties=properties), *suites])
     if json_output:
         emit_json(outcome)
     if error is not None:
@@ -207,6 +243,23 @@ def ci(
         raise typer.Exit(exit_code)
     if not json_output:
         say(f"ci passed: {prof.name} deployed, smoke-tested{', benchmarked' if bench else ''} and destroyed")
+
+
+def bench_properties(result: BenchResult) -> dict[str, str]:
+    """The benchmark's figures as JUnit ``<property>`` values (name ``bench.<figure>``, ms or per second)."""
+    figures: dict[str, float | int] = {
+        "requests_ok": result.completed,
+        "requests_failed": result.failed,
+        "duration_s": result.duration,
+        "request_throughput": result.request_throughput,
+        "output_throughput_tok_s": result.output_throughput,
+        "total_token_throughput_tok_s": result.total_token_throughput,
+    }
+    values = result.model_dump()
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        for stat, key in (("mean", "mean"), ("p50", "median"), ("p99", "p99")):
+            figures[f"{metric}_{stat}_ms"] = values[f"{key}_{metric}_ms"]
+    return {f"bench.{k}": (str(v) if isinstance(v, int) else f"{v:.3f}") for k, v in figures.items()}
 
 
 def _case(name: str, since: float, message: str, *, failed: bool = False) -> Case:
