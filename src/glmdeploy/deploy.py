@@ -134,10 +134,12 @@ class UpRequest:
     # Dollars the rented instance may cost (price x time rented) before the wait gives up and tears down.
     max_cost: float | None = None
     # A replica of a group (issue 12, glmdeploy.replicas): its row is a child of ``parent`` and its
-    # label the group's plus ``-r<replica_index>``; ``exclude_machines`` keeps replicas on different machines.
+    # label the group's plus ``-r<replica_index>``; ``exclude_machines`` keeps replicas on different machines,
+    # and offers on ``used_hosts`` (hosts the group's other replicas run on) come after every other host's.
     parent: Deployment | None = None
     replica_index: int | None = None
     exclude_machines: tuple[int, ...] = ()
+    used_hosts: tuple[int, ...] = ()
 
 
 class UpEvents(Protocol):
@@ -274,6 +276,10 @@ class Deployer:
         for attempt_no in range(1, max(1, request.max_attempts) + 1):
             self._phase(Phase.SEARCH, None, try_number=attempt_no)
             ranked = self._search_and_rank(profile, cap, failed_machines)
+            if request.used_hosts:
+                from glmdeploy.market import spread_over_hosts
+
+                ranked = spread_over_hosts(ranked, request.used_hosts)
             try:
                 return self._attempt(request, plan, ranked, cap)
             except StepFailed as exc:
@@ -368,6 +374,11 @@ class Deployer:
             offer = self._confirm_and_recheck(request.profile, candidate, cap)
             if offer is None:
                 continue
+            if offer.host_id is not None and offer.host_id in request.used_hosts:
+                self.events.note(
+                    f"warning: no matching offer on a host the group does not use yet: renting machine "
+                    f"{offer.machine_id} of host {offer.host_id}, which already runs a replica"
+                )
             try:
                 return self._deploy(request, offer, plan)
             except _OfferGone:

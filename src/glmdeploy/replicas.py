@@ -137,9 +137,12 @@ def add_replica(deployer: Deployer, request: UpRequest, group: Deployment, gatew
     from glmdeploy.teardown import tear_down
 
     store = deployer.store
-    used = tuple(r.machine_id for r in store.replicas_of(group.id) if r.is_active and r.machine_id is not None)
-    replica_request = replace(request, name=None, parent=group, replica_index=index, exclude_machines=used)
-    deployer.events.note(f"replica {index}: renting (machines in use: {len(used)})")
+    live = [r for r in store.replicas_of(group.id) if r.is_active]
+    used = tuple(r.machine_id for r in live if r.machine_id is not None)
+    hosts = tuple(dict.fromkeys(h for r in live if (h := replica_host(r)) is not None))
+    replica_request = replace(request, name=None, parent=group, replica_index=index, exclude_machines=used,
+                              used_hosts=hosts)
+    deployer.events.note(f"replica {index}: renting (machines in use: {len(used)}, on {len(hosts)} host(s))")
     replica = deployer.up(replica_request)
     deployer.current = None  # ready and recorded: a later failure tears it down through the group
     assert replica.endpoint is not None
@@ -154,6 +157,12 @@ def add_replica(deployer: Deployer, request: UpRequest, group: Deployment, gatew
     replica = store.update(replica.id, gateway_worker_id=worker_id)
     deployer.events.note(f"replica {index}: checks passed; registered with the gateway")
     return replica
+
+
+def replica_host(replica: Deployment) -> int | None:
+    """The Vast host a replica's machine belongs to, from the offer it was rented from."""
+    host = (replica.offer_snapshot or {}).get("host_id")
+    return host if isinstance(host, int) else None
 
 
 def finish(store: StateStore, group_id: str) -> Deployment:
