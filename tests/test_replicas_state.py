@@ -108,6 +108,36 @@ def test_missing_smg_from_the_cli_exits_2_before_renting(monkeypatch: pytest.Mon
     assert "glmdeploy[gateway]" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args", [("--replicas", "0"), ("--replicas", "-1"), ("--replicas", "2", "--max-cost", "1")])
+def test_ci_replicas_bad_input_exits_2_before_renting(args: tuple[str, ...]) -> None:
+    from typer.testing import CliRunner
+
+    from glmdeploy.cli import app
+
+    # An API URL where nothing listens: reaching Vast would be exit 7, not 2.
+    result = CliRunner().invoke(app, ["ci", "--profile", "4x3090", *args, "--api-key", "k",
+                                      "--api-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    if "--max-cost" in args:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "--max-cost cannot be combined with --replicas" in errors[0]
+
+
+def test_ci_replicas_without_smg_exits_2_naming_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from glmdeploy import gateway
+    from glmdeploy.cli import app
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(gateway.sys, "executable", str(tmp_path / "python"))
+    result = CliRunner().invoke(app, ["ci", "--profile", "4x3090", "--replicas", "2", "--api-key", "k",
+                                      "--api-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "glmdeploy[gateway]" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(("found", "allow_fewer", "expected"), [(3, False, 3), (5, False, 3), (2, True, 2),
                                                                (2, False, None), (0, True, None)])
 def test_fewer_machines_than_replicas_is_exit_3_unless_allow_fewer(
