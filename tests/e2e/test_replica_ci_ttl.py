@@ -112,4 +112,4 @@ def test_the_ttl_watchdog_ends_every_replica_scales_replacement_included(cli: An
     status = json.loads(cli("status", group["name"], "--json", check_exit=0).stdout)
     assert [r["status"] for r in status["replicas"]] == ["lost"] * 3
     cli("destroy", group["name"], "--yes", check_exit=0, timeout=120)
-    assert not _port_open(group["gateway_url"])
+    assert box.running() == [] and not _port_open(group["gateway_url"])
