@@ -108,7 +108,7 @@ def test_missing_smg_from_the_cli_exits_2_before_renting(monkeypatch: pytest.Mon
     assert "glmdeploy[gateway]" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args", [("--replicas", "0"), ("--replicas", "-1"), ("--replicas", "2", "--max-cost", "1")])
+@pytest.mark.parametrize("args", [("--replicas", "0"), ("--replicas", "-1")])
 def test_ci_replicas_bad_input_exits_2_before_renting(args: tuple[str, ...]) -> None:
     from typer.testing import CliRunner
 
@@ -119,9 +119,23 @@ def test_ci_replicas_bad_input_exits_2_before_renting(args: tuple[str, ...]) -> 
                                       "--api-url", "http://127.0.0.1:9"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    if "--max-cost" in args:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and "--max-cost cannot be combined with --replicas" in errors[0]
+
+
+def test_max_cost_counts_every_replica_still_billing_not_only_the_one_rented_last() -> None:
+    from glmdeploy.deploy import CostLimitReached, Deployer, Pacing
+
+    now = [7200.0]
+    deployer: Any = Deployer(client=None, store=None, events=None, confirm=lambda _c: True,  # type: ignore[arg-type]
+                             pacing=Pacing(), clock=lambda: now[0])
+    deployer.max_cost = 3.0
+    deployer.still_billing = [(1.0, 0.0)]  # replica 0: ready, $1/h for 2 h so far
+    deployer.rented = (0.5, 3600.0)  # replica 1: loading, $0.5/h for 1 h
+    assert deployer.accrued_cost() == pytest.approx(2.5)
+    deployer.check_cost()  # $2.50 of $3: goes on (replica 1 alone would be $0.50)
+    now[0] = 7200.0 + 1200.0  # 20 minutes later: $1.5/h x 1/3 h more = $3.00
+    with pytest.raises(CostLimitReached) as caught:
+        deployer.check_cost()
+    assert "$1.500/h" in str(caught.value)
 
 
 def test_ci_replicas_without_smg_exits_2_naming_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -145,6 +145,10 @@ def add_replica(deployer: Deployer, request: UpRequest, group: Deployment, gatew
     deployer.events.note(f"replica {index}: renting (machines in use: {len(used)}, on {len(hosts)} host(s))")
     replica = deployer.up(replica_request)
     deployer.current = None  # ready and recorded: a later failure tears it down through the group
+    if deployer.rented is not None:
+        # It keeps billing while the next replicas load: --max-cost (ci) counts the whole group.
+        deployer.still_billing.append(deployer.rented)
+        deployer.rented = None
     assert replica.endpoint is not None
     try:
         worker_id = gateway.add_worker(index, worker_url(replica.endpoint), replica.endpoint_key() or "",

@@ -84,10 +84,6 @@ def ci(
         from glmdeploy.replicas import GroupSpec
 
         smg_binary()  # a missing gateway is one line naming the install command, before anything else
-        if max_cost is not None:
-            # The cost check counts the instance rented last; a group bills for all of its replicas.
-            raise UsageError("--max-cost cannot be combined with --replicas yet",
-                             hint="cap the price per replica with --max-price, and the time with --timeout")
         group_spec = GroupSpec(replicas=replicas)
     prof = load_profile(profile)
     check_launch(prof, force=False)
