@@ -207,6 +207,11 @@ REPLICA_CELLS: tuple[ReplicaCell, ...] = (
     ReplicaCell("a replica failing readiness (`exited=1`)", "`up --replicas 2`, replica 0", "4",
                 "the failed replica destroyed, gateway stopped, group row closed",
                 "test_replica_faults.py::test_a_replica_failing_readiness_tears_the_group_down"),
+    ReplicaCell("a replica failing readiness after another was registered (`exited=1,skip=1`)",
+                "`up --replicas 2`, replica 1", "4",
+                "replica 0 (registered, taking traffic) and the failed replica destroyed, gateway stopped",
+                "test_replica_faults.py::"
+                "test_replica_1_failing_readiness_deregisters_and_destroys_the_registered_replica_0"),
     ReplicaCell("gateway crash (SMG killed with SIGKILL)", "after a ready `up --replicas 2`", "0 (`scale`)",
                 "port closes; `status` shows the gateway down; `scale` restarts it on the same URL and registers "
                 "the live replicas, nothing rented again; `destroy` leaves nothing",
