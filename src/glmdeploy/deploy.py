@@ -375,11 +375,13 @@ class Deployer:
 
     def _attempt(self, request: UpRequest, plan: Plan, ranked: list[RankedOffer], cap: float) -> Deployment:
         """Rent the best offer that is still there (offers vanish between search and create)."""
+        warned = False
         for candidate in ranked[:OFFERS_TRIED]:
             offer = self._confirm_and_recheck(request.profile, candidate, cap)
             if offer is None:
                 continue
-            if offer.host_id is not None and offer.host_id in request.used_hosts:
+            if offer.host_id is not None and offer.host_id in request.used_hosts and not warned:
+                warned = True  # one line, even when the first such offer was taken and the next is tried
                 self.events.note(
                     f"warning: no matching offer on a host the group does not use yet: renting machine "
                     f"{offer.machine_id} of host {offer.host_id}, which already runs a replica"
