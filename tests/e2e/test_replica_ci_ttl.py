@@ -4,6 +4,7 @@
   gateway, writes one JUnit case per replica's readiness, and its one teardown destroys every replica
   and stops the gateway;
 - SIGTERM while ``ci --replicas 2`` rents replica 1 leaves nothing running and no gateway;
+- ``ci --replicas 2 --max-cost`` counts every replica that bills, and its teardown leaves nothing;
 - the TTL watchdog is armed on every replica, a replacement rented by ``scale`` included, and once it
   expires every replica instance is gone (``destroyed_by: watchdog``).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from waits import EventStream, wait_exit, wait_until
+from waits import LONG_TIMEOUT, EventStream, wait_exit, wait_until
 
 from .conftest import GLMDEPLOY, LONG_TTL, events
 from .test_replica_faults import _gateway_pids, _needs_smg, _port_open, _second_wait_running, no_gateway_left
@@ -82,6 +83,23 @@ def test_sigterm_while_ci_rents_replica_1_leaves_nothing(cli_env: dict[str, str]
     assert seen[-1]["event"] == "ci" and seen[-1]["passed"] is False
     assert any("gateway stopped" in str(e.get("message")) for e in seen), seen
     assert box.running() == []
+
+
+def test_ci_max_cost_counts_the_whole_group_and_tears_it_down(cli: Any, sandbox: Any,
+                                                              no_gateway_left: None) -> None:
+    # Replica 0 comes up and keeps billing; replica 1 stays loading, so only the cost limit ends the job.
+    box = sandbox(faults="stuck_loading=1,skip=1")
+    proc = cli("ci", "-p", "4x3090", "--replicas", "2", "--sandbox", "--json", "--ttl", LONG_TTL, *LONG_TIMEOUT,
+               "--max-cost", "2", timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    outcome = json.loads(proc.stdout.splitlines()[-1])
+    assert "cost limit reached" in outcome["error"] and outcome["cost"] >= 2, outcome
+    instances = box.ledger()["instances"]
+    assert len(instances) == 2 and box.running() == []
+    # The rate the limit counted is both replicas' together, not the one rented last.
+    both = sum(i["dph_total"] for i in instances)
+    assert f"${both:.3f}/h" in outcome["error"], (outcome["error"], [i["dph_total"] for i in instances])
+    assert any("gateway stopped" in str(e.get("message")) for e in events(proc.stdout))
 
 
 # The sandbox's clock at 0.001: an 8 h TTL is 28.8 real seconds, far more than `up --replicas 2 --no-smoke`

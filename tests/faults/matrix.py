@@ -225,6 +225,9 @@ REPLICA_CELLS: tuple[ReplicaCell, ...] = (
     ReplicaCell("SIGTERM of `ci`", "`ci --replicas 2`, replica 1 in wait_running", "130",
                 "both replicas destroyed by ci's one teardown, gateway stopped",
                 "test_replica_ci_ttl.py::test_sigterm_while_ci_rents_replica_1_leaves_nothing"),
+    ReplicaCell("`--max-cost` reached (`stuck_loading=1,skip=1`)", "`ci --replicas 2`, replica 1 loading", "4",
+                "the limit counts both replicas' $/h; both destroyed, gateway stopped",
+                "test_replica_ci_ttl.py::test_ci_max_cost_counts_the_whole_group_and_tears_it_down"),
     ReplicaCell("the TTL expires (nobody destroys the group)", "`up --replicas 2` + `scale --replicas 3`",
                 "0 (`up`, `scale`)",
                 "every replica, scale's replacement included, destroyed by its own watchdog; `status` shows them "
