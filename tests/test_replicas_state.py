@@ -171,3 +171,27 @@ def test_fewer_machines_than_replicas_is_exit_3_unless_allow_fewer(
         assert "nothing was rented" in str(caught.value)
     else:
         assert replicas.check_offers(None, request, spec) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("errors", "ends"), [
+    (["its TTL expired at X: the host watchdog destroyed it"] * 2, True),
+    (["its TTL expired at X: the host watchdog destroyed it", "instance no longer exists on Vast.ai"], False),
+    (["its TTL expired at X: the host watchdog destroyed it", None], False),  # replica 1 still runs
+])
+def test_a_group_ends_only_when_every_replica_ended_by_its_ttl(store: StateStore, errors: list[str | None],
+                                                               ends: bool) -> None:
+    from glmdeploy.replicas import end_if_expired, replica_views
+
+    group, replicas = _group(store)
+    group = store.update(group.id, gateway_url="http://127.0.0.1:9", gateway_pid=None)  # nothing listens there
+    for replica, error in zip(replicas, errors, strict=True):
+        if error is not None:
+            store.mark_destroyed(replica.id, error=error)
+    notes: list[str] = []
+    after = end_if_expired(store, store.get(group.id), note=notes.append)
+    assert after.is_active is not ends
+    if ends:
+        assert "TTL expired" in (after.error or "") and len(notes) == 1 and "gateway stopped" in notes[0]
+        assert replica_views(store, after) == []  # retired: ended on purpose, not lost
+    else:
+        assert notes == [] and len(replica_views(store, after)) == 2

@@ -237,6 +237,30 @@ def _retire(store: StateStore, replica: Deployment) -> None:
         store.update(replica.id, retired_at=utcnow())
 
 
+def end_if_expired(store: StateStore, group: Deployment, note: Callable[[str], None] = lambda _m: None) -> Deployment:
+    """Close a group whose every replica was ended by its own TTL watchdog, and stop its gateway.
+
+    ``reconcile`` closes the row of a replica whose instance vanished and says why; when each one
+    of the group's replicas went because its TTL expired, the TTL has ended the group: nothing would
+    answer behind the gateway, so the gateway process is stopped too. A replica lost before its TTL
+    (a host that died) leaves the group open, for ``scale`` to replace.
+    """
+    from glmdeploy.lifecycle import TTL_EXPIRED
+
+    if not group.is_group or not group.is_active:
+        return group
+    replicas = store.replicas_of(group.id)
+    if not replicas or any(r.is_active or TTL_EXPIRED not in (r.error or "") for r in replicas):
+        return group
+    if group.gateway_url is not None:
+        attach(group).stop()
+    for replica in replicas:
+        _retire(store, replica)
+    note(f"{group.name}: every replica's TTL expired (the host watchdogs destroyed them); gateway stopped")
+    return store.mark_destroyed(group.id, error="TTL expired: every replica's host watchdog destroyed it; "
+                                "gateway stopped")
+
+
 # ---------------------------------------------------------------------------- views
 
 

@@ -6,7 +6,8 @@
 - SIGTERM while ``ci --replicas 2`` rents replica 1 leaves nothing running and no gateway;
 - ``ci --replicas 2 --max-cost`` counts every replica that bills, and its teardown leaves nothing;
 - the TTL watchdog is armed on every replica, a replacement rented by ``scale`` included, and once it
-  expires every replica instance is gone (``destroyed_by: watchdog``).
+  expires every replica instance is gone (``destroyed_by: watchdog``), and ``status`` closes the group
+  and stops its gateway.
 """
 
 from __future__ import annotations
@@ -127,7 +128,11 @@ def test_the_ttl_watchdog_ends_every_replica_scales_replacement_included(cli: An
 
     gone = wait_until(all_gone, "every replica's TTL watchdog to fire", timeout=180, interval=0.2)
     assert [r["destroyed_by"] for r in gone] == ["watchdog"] * 3, gone
-    status = json.loads(cli("status", group["name"], "--json", check_exit=0).stdout)
-    assert [r["status"] for r in status["replicas"]] == ["lost"] * 3
-    cli("destroy", group["name"], "--yes", check_exit=0, timeout=120)
+    # The TTL ended every replica, so it ended the group: the next look closes it and stops the gateway.
+    assert _port_open(group["gateway_url"])
+    shown = cli("status", group["name"], "--json", check_exit=0)
+    status = json.loads(shown.stdout)
+    assert status["status"] == "destroyed" and "TTL expired" in status["error"], status
+    assert status["gateway"]["alive"] is False and "gateway stopped" in shown.stderr
     assert box.running() == [] and not _port_open(group["gateway_url"])
+    assert _gateway_pids(cli_env["GLMDEPLOY_HOME"]) == []
