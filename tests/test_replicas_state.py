@@ -109,6 +109,50 @@ def test_missing_smg_from_the_cli_exits_2_before_renting(monkeypatch: pytest.Mon
     assert "error: --replicas needs the SMG gateway, which is not installed" in result.stderr.splitlines()[0]
 
 
+@pytest.mark.parametrize("args", [("--replicas", "0"), ("--replicas", "-1")])
+def test_ci_replicas_bad_input_exits_2_before_renting(args: tuple[str, ...]) -> None:
+    from typer.testing import CliRunner
+
+    from glmdeploy.cli import app
+
+    # An API URL where nothing listens: reaching Vast would be exit 7, not 2.
+    result = CliRunner().invoke(app, ["ci", "--profile", "4x3090", *args, "--api-key", "k",
+                                      "--api-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_max_cost_counts_every_replica_still_billing_not_only_the_one_rented_last() -> None:
+    from glmdeploy.deploy import CostLimitReached, Deployer, Pacing
+
+    now = [7200.0]
+    deployer: Any = Deployer(client=None, store=None, events=None, confirm=lambda _c: True,  # type: ignore[arg-type]
+                             pacing=Pacing(), clock=lambda: now[0])
+    deployer.max_cost = 3.0
+    deployer.still_billing = [(1.0, 0.0)]  # replica 0: ready, $1/h for 2 h so far
+    deployer.rented = (0.5, 3600.0)  # replica 1: loading, $0.5/h for 1 h
+    assert deployer.accrued_cost() == pytest.approx(2.5)
+    deployer.check_cost()  # $2.50 of $3: goes on (replica 1 alone would be $0.50)
+    now[0] = 7200.0 + 1200.0  # 20 minutes later: $1.5/h x 1/3 h more = $3.00
+    with pytest.raises(CostLimitReached) as caught:
+        deployer.check_cost()
+    assert "$1.500/h" in str(caught.value)
+
+
+def test_ci_replicas_without_smg_exits_2_naming_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from glmdeploy import gateway
+    from glmdeploy.cli import app
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(gateway.sys, "executable", str(tmp_path / "python"))
+    result = CliRunner().invoke(app, ["ci", "--profile", "4x3090", "--replicas", "2", "--api-key", "k",
+                                      "--api-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "glmdeploy[gateway]" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(("found", "allow_fewer", "expected"), [(3, False, 3), (5, False, 3), (2, True, 2),
                                                                (2, False, None), (0, True, None)])
 def test_fewer_machines_than_replicas_is_exit_3_unless_allow_fewer(
@@ -128,3 +172,27 @@ def test_fewer_machines_than_replicas_is_exit_3_unless_allow_fewer(
         assert "nothing was rented" in str(caught.value)
     else:
         assert replicas.check_offers(None, request, spec) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("errors", "ends"), [
+    (["its TTL expired at X: the host watchdog destroyed it"] * 2, True),
+    (["its TTL expired at X: the host watchdog destroyed it", "instance no longer exists on Vast.ai"], False),
+    (["its TTL expired at X: the host watchdog destroyed it", None], False),  # replica 1 still runs
+])
+def test_a_group_ends_only_when_every_replica_ended_by_its_ttl(store: StateStore, errors: list[str | None],
+                                                               ends: bool) -> None:
+    from glmdeploy.replicas import end_if_expired, replica_views
+
+    group, replicas = _group(store)
+    group = store.update(group.id, gateway_url="http://127.0.0.1:9", gateway_pid=None)  # nothing listens there
+    for replica, error in zip(replicas, errors, strict=True):
+        if error is not None:
+            store.mark_destroyed(replica.id, error=error)
+    notes: list[str] = []
+    after = end_if_expired(store, store.get(group.id), note=notes.append)
+    assert after.is_active is not ends
+    if ends:
+        assert "TTL expired" in (after.error or "") and len(notes) == 1 and "gateway stopped" in notes[0]
+        assert replica_views(store, after) == []  # retired: ended on purpose, not lost
+    else:
+        assert notes == [] and len(replica_views(store, after)) == 2

@@ -134,10 +134,12 @@ class UpRequest:
     # Dollars the rented instance may cost (price x time rented) before the wait gives up and tears down.
     max_cost: float | None = None
     # A replica of a group (issue 12, glmdeploy.replicas): its row is a child of ``parent`` and its
-    # label the group's plus ``-r<replica_index>``; ``exclude_machines`` keeps replicas on different machines.
+    # label the group's plus ``-r<replica_index>``; ``exclude_machines`` keeps replicas on different machines,
+    # and offers on ``used_hosts`` (hosts the group's other replicas run on) come after every other host's.
     parent: Deployment | None = None
     replica_index: int | None = None
     exclude_machines: tuple[int, ...] = ()
+    used_hosts: tuple[int, ...] = ()
 
 
 class UpEvents(Protocol):
@@ -254,6 +256,9 @@ class Deployer:
     max_cost: float | None = None
     # (dph_total, rented_at) of the instance rented last: what --max-cost counts.
     rented: tuple[float | None, float] | None = None
+    # Instances rented earlier by this Deployer that stay rented (a replica group's ready replicas,
+    # glmdeploy.replicas.add_replica moves each here): --max-cost counts them too.
+    still_billing: list[tuple[float | None, float]] = field(default_factory=list)
     # The smoke report of the deployment that became ready (None when --no-smoke): `up` lists what ran.
     smoke_report: Any = None
     # When the current phase began (Deployer clock), for the live display's per-phase elapsed time.
@@ -274,6 +279,10 @@ class Deployer:
         for attempt_no in range(1, max(1, request.max_attempts) + 1):
             self._phase(Phase.SEARCH, None, try_number=attempt_no)
             ranked = self._search_and_rank(profile, cap, failed_machines)
+            if request.used_hosts:
+                from glmdeploy.market import spread_over_hosts
+
+                ranked = spread_over_hosts(ranked, request.used_hosts)
             try:
                 return self._attempt(request, plan, ranked, cap)
             except StepFailed as exc:
@@ -301,23 +310,25 @@ class Deployer:
             return self.left
         return self._cleanup(self.current, reason=reason, keep=False, status="failed")
 
+    def _billing(self) -> list[tuple[float | None, float]]:
+        return [*self.still_billing, *([self.rented] if self.rented is not None else [])]
+
     def accrued_cost(self) -> float:
-        """Dollars the instance rented last has cost so far (price x provider time since it was rented)."""
-        if self.rented is None:
-            return 0.0
-        dph, since = self.rented
-        if dph is None:
-            return 0.0
-        return dph * (self.clock() - since) / self.pacing.scale / 3600
+        """Dollars the instances rented so far have cost (price x provider time since each was rented):
+        the one rented last, plus a replica group's replicas that stay rented."""
+        now = self.clock()
+        return sum(dph * (now - since) / self.pacing.scale / 3600 for dph, since in self._billing() if dph)
 
     def check_cost(self) -> None:
-        """Raise ``CostLimitReached`` once the rented instance has cost ``max_cost``."""
-        if self.max_cost is None or self.rented is None:
+        """Raise ``CostLimitReached`` once the rented instances have cost ``max_cost``."""
+        billing = self._billing()
+        if self.max_cost is None or not billing:
             return
         cost = self.accrued_cost()
         if cost >= self.max_cost:
+            dph = sum(d or 0.0 for d, _ in billing)
             raise CostLimitReached(
-                f"cost limit reached: ${cost:.3f} accrued at ${self.rented[0] or 0:.3f}/h (--max-cost "
+                f"cost limit reached: ${cost:.3f} accrued at ${dph:.3f}/h (--max-cost "
                 f"${self.max_cost:.2f}); tearing down",
                 kind="cost_limit",
                 phase=self.phase_now or Phase.CREATE,
@@ -364,10 +375,17 @@ class Deployer:
 
     def _attempt(self, request: UpRequest, plan: Plan, ranked: list[RankedOffer], cap: float) -> Deployment:
         """Rent the best offer that is still there (offers vanish between search and create)."""
+        warned = False
         for candidate in ranked[:OFFERS_TRIED]:
             offer = self._confirm_and_recheck(request.profile, candidate, cap)
             if offer is None:
                 continue
+            if offer.host_id is not None and offer.host_id in request.used_hosts and not warned:
+                warned = True  # one line, even when the first such offer was taken and the next is tried
+                self.events.note(
+                    f"warning: no matching offer on a host the group does not use yet: renting machine "
+                    f"{offer.machine_id} of host {offer.host_id}, which already runs a replica"
+                )
             try:
                 return self._deploy(request, offer, plan)
             except _OfferGone:

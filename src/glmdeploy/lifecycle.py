@@ -140,6 +140,10 @@ def reconcile(
     return result
 
 
+# How ``_gone_reason`` says the TTL watchdog ended an instance (a replica group ends when all its replicas did).
+TTL_EXPIRED = "TTL expired"
+
+
 def _gone_reason(deployment: Deployment) -> str:
     """Why an instance of an active record no longer exists, as far as this side can tell."""
     from datetime import timedelta
@@ -151,7 +155,7 @@ def _gone_reason(deployment: Deployment) -> str:
     early = timedelta(seconds=OVERDUE_GRACE_S * clock_scale(deployment.api_url))
     if deployment.expires_at is not None and utcnow() >= deployment.expires_at - early:
         expired = deployment.expires_at.isoformat(timespec="seconds")
-        return f"its TTL expired at {expired}: the host watchdog destroyed it"
+        return f"its {TTL_EXPIRED} at {expired}: the host watchdog destroyed it"
     return "instance no longer exists on Vast.ai"
 
 

@@ -41,3 +41,23 @@ def search_ranked(
     return rank_offers(
         found, weights_gb=profile.model.weights_gb, max_price=cap, reference_price=profile.hardware.max_price
     )
+
+
+def host_of(offer: object) -> int | None:
+    """The Vast host (the provider account) an offer's machine belongs to; one host may own several machines."""
+    host = getattr(offer, "host_id", None)
+    return host if isinstance(host, int) else None
+
+
+def spread_over_hosts(ranked: list[RankedOffer], used_hosts: tuple[int, ...]) -> list[RankedOffer]:
+    """The same offers, those on hosts not in ``used_hosts`` first, each part in rank order.
+
+    A replica group (issue 12) prefers a host it does not use yet, so one host going down takes one
+    replica with it, not two; a machine of a used host is still better than no replica at all. An
+    offer whose host is not listed counts as a new host: nothing says it is a used one.
+    """
+    if not used_hosts:
+        return list(ranked)
+    used = set(used_hosts)
+    fresh = [r for r in ranked if host_of(r.offer) not in used]
+    return fresh + [r for r in ranked if host_of(r.offer) in used]

@@ -137,11 +137,18 @@ def add_replica(deployer: Deployer, request: UpRequest, group: Deployment, gatew
     from glmdeploy.teardown import tear_down
 
     store = deployer.store
-    used = tuple(r.machine_id for r in store.replicas_of(group.id) if r.is_active and r.machine_id is not None)
-    replica_request = replace(request, name=None, parent=group, replica_index=index, exclude_machines=used)
-    deployer.events.note(f"replica {index}: renting (machines in use: {len(used)})")
+    live = [r for r in store.replicas_of(group.id) if r.is_active]
+    used = tuple(r.machine_id for r in live if r.machine_id is not None)
+    hosts = tuple(dict.fromkeys(h for r in live if (h := replica_host(r)) is not None))
+    replica_request = replace(request, name=None, parent=group, replica_index=index, exclude_machines=used,
+                              used_hosts=hosts)
+    deployer.events.note(f"replica {index}: renting (machines in use: {len(used)}, on {len(hosts)} host(s))")
     replica = deployer.up(replica_request)
     deployer.current = None  # ready and recorded: a later failure tears it down through the group
+    if deployer.rented is not None:
+        # It keeps billing while the next replicas load: --max-cost (ci) counts the whole group.
+        deployer.still_billing.append(deployer.rented)
+        deployer.rented = None
     assert replica.endpoint is not None
     try:
         worker_id = gateway.add_worker(index, worker_url(replica.endpoint), replica.endpoint_key() or "",
@@ -154,6 +161,12 @@ def add_replica(deployer: Deployer, request: UpRequest, group: Deployment, gatew
     replica = store.update(replica.id, gateway_worker_id=worker_id)
     deployer.events.note(f"replica {index}: checks passed; registered with the gateway")
     return replica
+
+
+def replica_host(replica: Deployment) -> int | None:
+    """The Vast host a replica's machine belongs to, from the offer it was rented from."""
+    host = (replica.offer_snapshot or {}).get("host_id")
+    return host if isinstance(host, int) else None
 
 
 def finish(store: StateStore, group_id: str) -> Deployment:
@@ -222,6 +235,30 @@ def _retire(store: StateStore, replica: Deployment) -> None:
 
     with contextlib.suppress(DeploymentReleased):
         store.update(replica.id, retired_at=utcnow())
+
+
+def end_if_expired(store: StateStore, group: Deployment, note: Callable[[str], None] = lambda _m: None) -> Deployment:
+    """Close a group whose every replica was ended by its own TTL watchdog, and stop its gateway.
+
+    ``reconcile`` closes the row of a replica whose instance vanished and says why; when each one
+    of the group's replicas went because its TTL expired, the TTL has ended the group: nothing would
+    answer behind the gateway, so the gateway process is stopped too. A replica lost before its TTL
+    (a host that died) leaves the group open, for ``scale`` to replace.
+    """
+    from glmdeploy.lifecycle import TTL_EXPIRED
+
+    if not group.is_group or not group.is_active:
+        return group
+    replicas = store.replicas_of(group.id)
+    if not replicas or any(r.is_active or TTL_EXPIRED not in (r.error or "") for r in replicas):
+        return group
+    if group.gateway_url is not None:
+        attach(group).stop()
+    for replica in replicas:
+        _retire(store, replica)
+    note(f"{group.name}: every replica's TTL expired (the host watchdogs destroyed them); gateway stopped")
+    return store.mark_destroyed(group.id, error="TTL expired: every replica's host watchdog destroyed it; "
+                                "gateway stopped")
 
 
 # ---------------------------------------------------------------------------- views

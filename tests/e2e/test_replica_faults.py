@@ -1,6 +1,7 @@
 """Issue 12's fault-matrix rows for replica groups, with the real smg: each one leaks nothing.
 
-- a replica failing readiness: every replica rented so far is destroyed, the gateway stopped, exit 4;
+- a replica failing readiness (replica 0, or replica 1 after replica 0 was registered): every replica
+  rented so far is destroyed, the gateway stopped, exit 4;
 - a gateway crash (its SMG killed): the port closes, ``status`` says the gateway is down, ``scale``
   starts it again and registers the live replicas, ``destroy`` leaves nothing;
 - kill -9 of ``scale`` while it rents a replacement: ``destroy NAME`` and ``destroy --orphans`` leave
@@ -98,6 +99,26 @@ def test_a_replica_failing_readiness_tears_the_group_down(cli: Any, sandbox: Any
     assert rows and all(r["destroyed_at"] for r in rows)
 
 
+def test_replica_1_failing_readiness_deregisters_and_destroys_the_registered_replica_0(
+        cli: Any, sandbox: Any, no_gateway_left: None) -> None:
+    box = sandbox(faults="exited=1,skip=1")  # replica 0 comes up; replica 1's container never starts
+    up = cli("up", "--profile", "4x3090", "--replicas", "2", "--sandbox", "--yes", "--json", "--ttl", LONG_TTL,
+             timeout=300)
+    assert up.returncode == 4, up.stderr
+    errors = [line for line in up.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in up.stderr, up.stderr
+    evs = events(up.stdout)
+    notes = [str(e.get("message")) for e in evs if e["event"] == "note"]
+    assert "replica 0: checks passed; registered with the gateway" in notes  # it did take traffic
+    assert evs[-1]["event"] == "failed"
+    assert any("gateway stopped" in n for n in notes), notes
+    instances = box.ledger()["instances"]
+    assert len(instances) == 2 and all(i["destroyed_by"] == "api" for i in instances), instances
+    assert box.running() == []
+    rows = json.loads(cli("list", "--all", "--json", check_exit=0).stdout)["deployments"]
+    assert rows and all(r["destroyed_at"] for r in rows)
+
+
 def test_gateway_crash_is_seen_and_scale_restarts_it(cli: Any, sandbox: Any, no_gateway_left: None) -> None:
     box = sandbox()
     group = _up(cli)
@@ -138,6 +159,11 @@ def test_kill9_during_scale_leaks_nothing(cli: Any, cli_env: dict[str, str], san
         proc.kill()
         proc.wait()
     assert len(box.running()) == 3
+    # Both hosts with a 4x3090 machine run a replica already: the third goes on a used host, said once.
+    warnings = [e["message"] for e in stream.seen if e.get("event") == "note"
+                and str(e.get("message")).startswith("warning:")]
+    assert len(warnings) == 1 and "already runs a replica" in warnings[0], stream.seen
+    assert len({i["host_id"] for i in box.running()}) == 2
     cli("destroy", name, "--yes", timeout=120)
     cli("destroy", "--orphans", "--yes", timeout=120)
     assert box.running() == []

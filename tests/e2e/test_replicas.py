@@ -124,6 +124,10 @@ def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sa
     assert gw["url"].startswith("http://127.0.0.1:")
     running = {i["id"]: i for i in box.running()}
     assert len({running[r["instance_id"]]["machine_id"] for r in replicas}) == 2, "replicas share a machine"
+    # The sandbox's two best 4x3090 machines belong to one host (catalogue._share_a_host): replica 1 went to
+    # the third machine, another host's, rather than next to replica 0.
+    assert len({running[r["instance_id"]]["host_id"] for r in replicas}) == 2, "replicas share a host"
+    assert not [n for n in notes if n.startswith("warning:")], notes
 
     env = _env(cli, name)
     assert env["OPENAI_BASE_URL"] == gw["url"] + "/v1"
@@ -176,10 +180,18 @@ def test_two_replicas_one_endpoint_survive_a_loss_scale_and_destroy(cli: Cli, sa
     listed = json.loads(cli("list", "--json", check_exit=0).stdout)["deployments"]
     row = next(d for d in listed if d["name"] == name)
     assert row["replicas_healthy"] == 1 and row["replicas_lost"] == 1
+    # list's $/h for a group is the total of its live replicas: the lost one bills nothing.
+    assert row["dph_total"] == pytest.approx(replicas[1]["dph_total"], abs=1e-4)
 
     scaled = cli("scale", name, "--replicas", "2", "--ttl", LONG_TTL, "--json", timeout=300)
     assert scaled.returncode == 0, scaled.stderr
-    restored = _status(cli, name)["replicas"]
+    # scale shows the same live progress as up: progress events from the same Deployer, same fields.
+    progress = [e for e in events(scaled.stdout) if e["event"] == "progress"]
+    assert progress and all({"phase", "elapsed_s", "phase_elapsed_s", "dph_total", "expires_at"} <= set(e)
+                            for e in progress), progress[:2]
+    restored_status = _status(cli, name)
+    restored = restored_status["replicas"]
+    assert restored_status["dph_total"] == pytest.approx(sum(r["dph_total"] for r in restored), abs=1e-4)
     assert [r["status"] for r in restored] == ["ready", "ready"] and all(r["healthy"] for r in restored)
     assert [r["index"] for r in restored] == [1, 2]
     assert _chats(env["OPENAI_BASE_URL"], gateway_key, env["MODEL"], 4) == 4

@@ -39,7 +39,18 @@ from .conftest import (
     run_cli,
     state_rows,
 )
-from .matrix import CELLS, PROCESS_CELLS, README, Cell, readme_table, render_table
+from .matrix import (
+    CELLS,
+    PROCESS_CELLS,
+    README,
+    REPLICA_BEGIN,
+    REPLICA_CELLS,
+    REPLICA_END,
+    Cell,
+    readme_table,
+    render_replica_table,
+    render_table,
+)
 
 pytestmark = pytest.mark.e2e
 # Failures read off the instance (status, status_msg), not off the engine's log.
@@ -233,6 +244,25 @@ def test_readme_matches_the_parametrization() -> None:
     assert readme_table(README.read_text()) == render_table(), (
         "tests/faults/README.md is out of date: run `uv run python -m tests.faults.matrix --write`"
     )
+    assert readme_table(README.read_text(), REPLICA_BEGIN, REPLICA_END) == render_replica_table(), (
+        "tests/faults/README.md's replica rows are out of date: run `uv run python -m tests.faults.matrix --write`"
+    )
+
+
+def test_replica_rows_point_at_tests_that_check_for_leaks() -> None:
+    """Each replica row names an e2e test that exists and ends by checking that nothing leaked: the
+    ledger's running instances empty, and no gateway process left (the ``no_gateway_left`` fixture)."""
+    import ast
+
+    e2e = Path(__file__).parents[1] / "e2e"
+    assert len({c.test for c in REPLICA_CELLS}) == len(REPLICA_CELLS)
+    for cell in REPLICA_CELLS:
+        tree = ast.parse((e2e / cell.module).read_text())
+        tests = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert cell.function in tests, f"{cell.test}: no such test"
+        test = tests[cell.function]
+        assert "no_gateway_left" in [a.arg for a in test.args.args], f"{cell.test} does not check for gateways"
+        assert "running() == []" in ast.unparse(test), f"{cell.test} does not check the ledger at the end"
 
 
 def test_the_matrix_covers_enough() -> None:

@@ -233,6 +233,16 @@ def test_status_null_while_provisioning_then_runs(start_sandbox: Any, client_for
     vast.wait_status(instance_id, "running")
 
 
+def test_skip_spares_the_first_instances_and_hits_the_next(start_sandbox: Any, client_for: Any) -> None:
+    vast = _vast(start_sandbox, client_for, "exited=1,skip=1")
+    spared = vast.rent()
+    hit = vast.rent()
+    assert vast.wait_status(hit, "exited")["status_msg"].startswith("Error: container failed to start")
+    assert vast.wait_status(spared, "running")["actual_status"] == "running"
+    third = vast.rent()  # the count (1) is spent: the third runs too
+    assert vast.wait_status(third, "running")["actual_status"] == "running"
+
+
 def test_exited_with_custom_message(start_sandbox: Any, client_for: Any) -> None:
     vast = _vast(start_sandbox, client_for, "exited,msg=OCI runtime create failed: nvidia-container-cli")
     row = vast.wait_status(vast.rent(), "exited")
@@ -295,7 +305,7 @@ def test_engine_faults_are_recorded_for_the_engine(vast: Any) -> None:
     "spec",
     ["nonsense", "http429=3", "http429:create=x", "http429:create,retry_after=soon", "exited:create",
      "http5xx:show,status=418", "empty_logs", "engine_oom:create", "stuck_loading,colour=red",
-     "http429:create,p=2", "http429:create,body=xml"],
+     "http429:create,p=2", "http429:create,body=xml", "exited,skip=one", "exited,skip=-1", "http429:create,skip=1"],
 )
 def test_bad_specs_are_rejected(spec: str) -> None:
     with pytest.raises(FaultSpecError):

@@ -59,6 +59,11 @@ def ci(
     api_key: ApiKey = None,
     api_url: ApiUrl = None,
     sandbox: Sandbox = False,
+    replicas: Annotated[
+        int,
+        typer.Option(min=1, help="Replicas on separate machines behind one SMG gateway, as 'up --replicas N' "
+                     "(needs glmdeploy[gateway]); smoke and bench go through the gateway."),
+    ] = 1,
 ) -> None:
     """One-shot CI job: up, smoke, optional bench, and always destroy.
 
@@ -79,6 +84,13 @@ def ci(
     from glmdeploy.state import StateStore
     from glmdeploy.teardown import InterruptGuard
 
+    group_spec = None
+    if replicas > 1:
+        from glmdeploy.gateway import smg_binary
+        from glmdeploy.replicas import GroupSpec
+
+        smg_binary()  # a missing gateway is one line naming the install command, before anything else
+        group_spec = GroupSpec(replicas=replicas)
     prof = load_profile(profile)
     check_launch(prof, force=False)
     timeout_s = parse_duration(timeout, option="--timeout") if timeout else prof.readiness.timeout_s
@@ -116,21 +128,31 @@ def ci(
     try:
         with guard:
             try:
-                deployment = deployer.up(
-                    UpRequest(
-                        profile=prof,
-                        api_url=conn.api_url,
-                        name=name,
-                        max_price=max_price,
-                        ttl_s=ttl_s,
-                        timeout_s=timeout_s,
-                        max_attempts=max_attempts,
-                        smoke=False,
-                        max_cost=max_cost,
-                        # CI rents in its own scope, so a CI sweep only ever touches what CI rented.
-                        owner=ci_owner,
-                    )
+                request = UpRequest(
+                    profile=prof,
+                    api_url=conn.api_url,
+                    name=name,
+                    max_price=max_price,
+                    ttl_s=ttl_s,
+                    timeout_s=timeout_s,
+                    max_attempts=max_attempts,
+                    # A replica of a group runs the full verified path (up's smoke) before it takes traffic.
+                    smoke=group_spec is not None,
+                    max_cost=max_cost,
+                    # CI rents in its own scope, so a CI sweep only ever touches what CI rented.
+                    owner=ci_owner,
                 )
+                if group_spec is None:
+                    deployment = deployer.up(request)
+                else:
+                    from glmdeploy.replicas import up_group
+
+                    deployment = up_group(deployer, request, group_spec, log_dir=store.path.parent)
+                    from glmdeploy.replicas import replica_views
+
+                    views = replica_views(store, deployment)
+                    cases.extend(_replica_case(store, v) for v in views)
+                    outcome["replicas"] = views
                 cases.append(_case("deploy", started, f"ready at {deployment.endpoint}"))
                 outcome["deployment"] = deployment.public()
 
@@ -242,7 +264,8 @@ def ci(
     if exit_code:
         raise typer.Exit(exit_code)
     if not json_output:
-        say(f"ci passed: {prof.name} deployed, smoke-tested{', benchmarked' if bench else ''} and destroyed")
+        what = f"{prof.name} ({replicas} replicas)" if replicas > 1 else prof.name
+        say(f"ci passed: {what} deployed, smoke-tested{', benchmarked' if bench else ''} and destroyed")
 
 
 def bench_properties(result: BenchResult) -> dict[str, str]:
@@ -276,13 +299,37 @@ def _case(name: str, since: float, message: str, *, failed: bool = False) -> Cas
     )
 
 
+def _replica_case(store: Any, view: dict[str, Any]) -> Case:
+    """One JUnit case per replica: its own readiness (ready marker, health, smoke), then registered."""
+    from glmdeploy.junit import Case
+
+    row = store.get(view["name"])
+    took = (row.ready_at - row.created_at).total_seconds() if row.ready_at is not None else 0.0
+    return Case(name=f"deploy replica {view['index']}", classname="glmdeploy.ci", time_s=took,
+                status="passed" if view["status"] == "ready" else "failed",
+                message=f"instance {view['instance_id']} ready at {view['endpoint']}, registered with the gateway")
+
+
 def _teardown(store: Any, deployment: Any, conn: Any) -> Case:
-    """Destroy and verify; a failure is recorded as orphaned so `destroy --orphans` retries it."""
+    """Destroy and verify; a failure is recorded as orphaned so `destroy --orphans` retries it.
+
+    A replica group goes down through ``replicas.destroy_group``: every replica deregistered and
+    destroyed through the same ``tear_down``, then the gateway stopped."""
     import time
 
     from glmdeploy.teardown import tear_down
 
     t = time.monotonic()
+    if deployment.is_group:
+        from glmdeploy.replicas import destroy_group
+
+        results = destroy_group(store, conn.client, conn.pacing, store.get(deployment.id), note=say)
+        failed = [r for r in results if r["result"] == "failed"]
+        if failed:
+            say(f"error: {len(failed)} replica(s) could not be destroyed: run 'glmdeploy destroy --orphans'")
+            return _case("destroy", t, f"replica(s) {', '.join(r['name'] for r in failed)} not destroyed",
+                         failed=True)
+        return _case("destroy", t, f"{len(results)} replica(s) destroyed, gateway stopped")
     if deployment.instance_id is None:
         return _case("destroy", t, "nothing was rented")
     result = tear_down(conn.client, deployment.instance_id, pacing=conn.pacing, store=store, deployment=deployment)

@@ -151,6 +151,10 @@ def list_deployments(
             for label, inst in r.instances.items():
                 live[label] = inst.actual_status or "provisioning"
         rows = store.list(include_destroyed=True, replicas=False)
+        if any(d.is_group and d.is_active for d in rows):
+            from glmdeploy.replicas import end_if_expired
+
+            rows = [end_if_expired(store, d, note=say) for d in rows]
         groups = {d.id: _group_summary(store, d) for d in rows if d.is_group}
     for p in problems:
         say(f"warning: {p}")
@@ -803,6 +807,9 @@ def _group_status(store: StateStore, group: Deployment, json_output: bool, api_k
         conn = connect_for(group, api_key)
         with conn.client:
             reconcile(store, conn.client, conn.api_url)  # a replica whose instance vanished becomes lost
+        from glmdeploy.replicas import end_if_expired
+
+        group = end_if_expired(store, store.get(group.id), note=say)
     gateway = attach(group) if group.is_active and group.gateway_url else None
     replicas = replica_views(store, group, gateway)
     view = _view(group)

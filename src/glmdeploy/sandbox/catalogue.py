@@ -118,12 +118,25 @@ def build_catalogue(seed: int, *, now: float | None = None) -> list[dict[str, An
     next_machine = 10_000 + rng.randrange(20_000)
     for model in GPU_MODELS:
         for count in model.counts:
+            bundle = []
             for index in range(GOOD_PER_BUNDLE + OTHER_PER_BUNDLE):
                 good = index < GOOD_PER_BUNDLE
                 next_offer += rng.randrange(3, 400)
                 next_machine += rng.randrange(1, 90)
-                offers.append(_offer(rng, model, count, good, next_offer, next_machine, now))
+                bundle.append(_offer(rng, model, count, good, next_offer, next_machine, now))
+            _share_a_host(bundle[:GOOD_PER_BUNDLE])
+            offers.extend(bundle)
     return offers
+
+
+def _share_a_host(good: list[dict[str, Any]]) -> None:
+    """The two cheapest well-kept machines of a bundle belong to one host, as on Vast, where a host
+    (a provider) often lists several machines: a replica group's host spreading meets a choice
+    between a cheaper machine of a host it uses and another host's (glmdeploy.market.spread_over_hosts).
+    Consumes no randomness, so every other field is what it was before hosts were shared."""
+    cheapest = sorted(good, key=lambda o: o["dph_base"])[:2]
+    if len(cheapest) == 2:
+        cheapest[1]["host_id"] = cheapest[0]["host_id"]
 
 
 def _offer(rng: random.Random, model: GpuModel, count: int, good: bool, offer_id: int,

@@ -38,13 +38,13 @@ PARAMS: dict[str, frozenset[str]] = {
     "unavailable": frozenset({"p"}),
     "create_fail": frozenset({"p"}),
     "create_timeout": frozenset({"delay", "p"}),
-    "stuck_loading": frozenset({"p"}),
-    "exited": frozenset({"msg", "p"}),
-    "ports_null": frozenset({"p"}),
-    "loading_error": frozenset({"msg", "p"}),
-    "status_null": frozenset({"p"}),
-    "status_unknown": frozenset({"p"}),
-    "status_offline": frozenset({"p"}),
+    "stuck_loading": frozenset({"p", "skip"}),
+    "exited": frozenset({"msg", "p", "skip"}),
+    "ports_null": frozenset({"p", "skip"}),
+    "loading_error": frozenset({"msg", "p", "skip"}),
+    "status_null": frozenset({"p", "skip"}),
+    "status_unknown": frozenset({"p", "skip"}),
+    "status_offline": frozenset({"p", "skip"}),
     "empty_logs": frozenset(),
     "logs_pending": frozenset(),
 }
@@ -83,6 +83,8 @@ class Fault:
     value: str | None = None
     remaining: int | None = None  # None = unlimited
     params: dict[str, str] = field(default_factory=dict)
+    # Occasions let through so far under ``skip=N`` (an instance fault spares the first N instances).
+    skipped: int = 0
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "endpoint": self.endpoint, "value": self.value,
@@ -152,6 +154,8 @@ def _check_params(name: str, params: Mapping[str, str], entry: str) -> None:
                 raise FaultSpecError(f"fault {entry!r}: {key} must be a number") from None
             if number < 0 or (key == "p" and number > 1):
                 raise FaultSpecError(f"fault {entry!r}: {key} out of range")
+    if "skip" in params and not params["skip"].isdigit():
+        raise FaultSpecError(f"fault {entry!r}: skip must be a whole number of instances")
     if params.get("body", "json") not in ("json", "detail", "text"):
         raise FaultSpecError(f"fault {entry!r}: body must be json, detail or text")
     if "status" in params:
@@ -186,6 +190,9 @@ class FaultBook:
             if endpoint is not None and fault.endpoint not in (endpoint, "any"):
                 continue
             if fault.remaining is not None and fault.remaining <= 0:
+                continue
+            if fault.skipped < int(fault.params.get("skip", "0")):
+                fault.skipped += 1
                 continue
             if "p" in fault.params and self._rng.random() >= float(fault.params["p"]):
                 continue

@@ -753,6 +753,7 @@ class World:
                 "destroyed_by": instance.destroyed_by,
                 "ttl_s": instance.watchdog_ttl_s,
                 "machine_id": instance.offer["machine_id"],
+                "host_id": instance.offer.get("host_id"),
                 "offer_id": instance.offer["id"],
                 "engine": getattr(instance.engine, "state", None),
                 "running_at": instance.start_date,
