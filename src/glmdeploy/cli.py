@@ -8,7 +8,18 @@ import typer
 
 from glmdeploy import __version__
 from glmdeploy.commands import (
-    bench, chat, ci, completion, deployments, offers, plan, profiles, sandbox, scale, smoke, up,
+    bench,
+    chat,
+    ci,
+    completion,
+    deployments,
+    offers,
+    plan,
+    profiles,
+    sandbox,
+    scale,
+    smoke,
+    up,
 )
 from glmdeploy.commands._common import OneLineErrors
 from glmdeploy.completion import enable_if_requested
