@@ -215,3 +215,26 @@ def test_an_answer_cut_by_max_tokens_says_so(engines: dict[str, Served]) -> None
     result = chat(engines["vllm"], "vllm", "--max-tokens", "3", "-m", "hi")
     assert result.exit_code == 0, result.output
     assert "note: the answer hit the length limit" in result.stderr
+
+
+def test_a_server_that_accepts_but_never_answers_is_exit_7_within_the_timeout() -> None:
+    import socket
+
+    with socket.socket() as silent:  # listens, never accepts or answers: the kernel completes the connect
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        result = runner.invoke(app, ["chat", "--url", f"http://127.0.0.1:{port}", "--model", "m", "--timeout", "0.5",
+                                     "-m", "hi"])
+    assert result.exit_code == 7, result.output
+    assert "no answer from http://127.0.0.1:" in result.stderr and "in 0.5 s" in result.stderr, result.stderr
+
+
+def test_an_unreadable_history_is_one_line_exit_2(engines: dict[str, Served], isolated_env: Path) -> None:
+    served = engines["vllm"]
+    history = isolated_env / "chat" / f"url-127.0.0.1_{served.port}.json"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text("{not json")
+    result = chat(served, "vllm", input="/exit\n")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: the chat history {history} is unreadable"), result.stderr

@@ -148,7 +148,7 @@ ROWS: dict[str, tuple[str, ...]] = {
         "tests/faults/test_exit_code_paths.py::test_an_interrupt_whose_destroy_fails_leaves_an_orphan_and_says_so",
     ),
     "certificate does not match the one its host reported": (
-        "tests/test_tls_pin.py::test_smoke_and_bench_of_a_deployment_refuse_another_certificate_with_exit_9",
+        "tests/test_tls_pin.py::test_smoke_bench_and_chat_of_a_deployment_refuse_another_certificate_with_exit_9",
         f"{E2E}/test_tls_e2e.py::test_an_intercepted_endpoint_is_never_called_ready_and_never_receives_the_key",
         f"{E2E}/test_tls_e2e.py::test_url_targets_take_a_pin_or_a_ca_file_and_a_wrong_pin_is_exit_9",
     ),
@@ -233,6 +233,19 @@ ROWS: dict[str, tuple[str, ...]] = {
     "`Re-sent on a new connection: N`": (
         "tests/test_bench_keepalive.py::test_bench_at_concurrency_4_loses_no_request_when_idle_connections_are_closed",
         "tests/test_bench_keepalive.py::test_bench_says_how_many_requests_it_re_sent",
+    ),
+    "`chat`: `cannot reach NAME": (
+        "tests/test_chat_cli.py::test_unreachable_server_is_exit_7",
+        "tests/test_chat_cli.py::test_a_server_that_accepts_but_never_answers_is_exit_7_within_the_timeout",
+    ),
+    "`chat`: `chat completion: NAME answered HTTP 401": (
+        "tests/test_chat_cli.py::test_wrong_key_is_exit_5_and_never_printed",
+    ),
+    "`chat`: `the chat history PATH is unreadable`": (
+        "tests/test_chat_cli.py::test_an_unreadable_history_is_one_line_exit_2",
+    ),
+    "`chat`: `note: profile P enables no reasoning parser": (
+        "tests/test_chat_cli.py::test_a_deployment_whose_profile_has_no_parsers_gets_a_note",
     ),
 }
 
