@@ -451,7 +451,7 @@ class Deployer:
         except (StepFailed, SmokeFailed, VastError) as exc:
             if isinstance(exc, StepFailed):
                 exc.machine_id = attempt.machine_id
-            if not self.store.get(deployment.id).is_active:
+            if self._destroyed_elsewhere(deployment.id):
                 # The instance vanished because `destroy` ran in another terminal: say that, not "404".
                 self._cleanup(attempt, reason="destroyed by another command", keep=False, status="destroyed")
                 raise self._released(deployment) from None
@@ -471,6 +471,17 @@ class Deployer:
         if not request.ttl_s:
             return None
         return _now() + timedelta(seconds=request.ttl_s * self.pacing.scale)
+
+    def _destroyed_elsewhere(self, deployment_id: str) -> bool:
+        """``destroy`` in another terminal closed the record, or is destroying the instance right now.
+
+        That ``destroy`` marks the row "destroying" before its DELETE and closes it only once it has
+        verified the instance gone: a failure seen in between (the engine's port refusing, a logs
+        request answered 404) is the other command's doing, not this deployment's failure. Nothing in
+        this process marks the row "destroying" before this check: its own teardown comes after.
+        """
+        row = self.store.get(deployment_id)
+        return not row.is_active or row.status == "destroying"
 
     @staticmethod
     def _released(deployment: Deployment) -> DeploymentFailed:

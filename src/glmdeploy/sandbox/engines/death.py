@@ -50,9 +50,10 @@ class DeathSequence:
             self.at = 1
         self.count = 0
         self.died = asyncio.Event()
-        # The vLLM exit delay in real seconds, for a test replaying the recording at its own pace;
-        # None: VLLM_EXIT_AFTER_S simulated seconds, scaled like the rest of the engine's life.
-        self.exit_after_real_s: float | None = None
+        # A test stepping through the death holds vLLM's exit here until it has looked at the moment
+        # between the 500 and the exit (a fixed real delay races a loaded machine); None: the exit
+        # comes VLLM_EXIT_AFTER_S simulated seconds later, scaled like the rest of the engine's life.
+        self.exit_gate: asyncio.Event | None = None
 
     async def on_generate(self) -> int | None:
         kind = self.engine.config.kind
@@ -85,8 +86,8 @@ class DeathSequence:
 
             engine.first_sign_at = time.time()
         if kind == "vllm":
-            if self.exit_after_real_s is not None:
-                await asyncio.sleep(self.exit_after_real_s)
+            if self.exit_gate is not None:
+                await self.exit_gate.wait()
             elif not await engine._sleep(VLLM_EXIT_AFTER_S):
                 return False
             await engine.kill()
