@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
-import struct
+import signal
 import subprocess
-import termios
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fcntl import ioctl
 from pathlib import Path
 
+import httpx
 import pytest
 
 from profile_variants import variant
 from waits import HANG_S
 
 from .conftest import GLMDEPLOY, LONG_TTL, TIME_SCALE
+from .pty_screen import prompted, run_on_pty
 
 pytestmark = pytest.mark.e2e
 
@@ -82,34 +79,8 @@ def test_chat_name_m_hi_shows_reasoning_and_answer(world: World, engine: str) ->
 
 def _session(env: dict[str, str], args: list[str], lines: list[str]) -> tuple[int, str]:
     """Run ``glmdeploy args`` on a pty (40x120); type each line once the REPL prompts for it."""
-    master, slave = pty.openpty()
-    ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen([*GLMDEPLOY, *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    seen, typed = b"", 0
-    deadline = time.monotonic() + HANG_S
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-                if typed < len(lines) and seen.count(b"you> ") > typed:
-                    os.write(master, lines[typed].encode() + b"\r")
-                    typed += 1
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=HANG_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    return code, seen.decode(errors="replace")
+    run = run_on_pty(env, args, size=(40, 120), answers=(b"you> ", [line.encode() + b"\r" for line in lines]))
+    return run.code, run.screen
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -138,3 +109,36 @@ def test_no_color_on_a_terminal_draws_no_colour(world: World) -> None:
     assert code == 0, screen[-2000:]
     assert DIM not in screen and BOLD_CYAN not in screen and "\x1b[0m" not in screen
     assert "thinking: The user asks: hi." in screen and "answer: " in screen and "tool call get_weather" in screen
+
+
+def test_ctrl_c_while_an_answer_streams_drops_it_and_the_chat_goes_on(world: World) -> None:
+    """Ctrl-C during an answer (the engine holds the request, so it is mid-answer, not racing one):
+    the answer and its question are dropped, the chat is back at the prompt, the next message gets a
+    full answer, and the saved history holds only the answered turn."""
+    sb = json.loads(world.run("sandbox", "status", "--json").stdout)
+    admin = {"Authorization": f"Bearer {sb['api_key']}"}
+
+    def held(_screen: str) -> bool:
+        return int(httpx.get(sb["url"] + "/_sandbox/hold", headers=admin, timeout=10).json()["held"]) >= 1
+
+    def release(_proc: object) -> bytes:
+        httpx.post(sb["url"] + "/_sandbox/release", headers=admin, timeout=10).raise_for_status()
+        return b"again\r"
+
+    httpx.post(sb["url"] + "/_sandbox/hold", headers=admin, timeout=10).raise_for_status()
+    try:
+        run = run_on_pty({**world.env, "TERM": "dumb"}, ["chat", "chat-vllm", "--new"], size=(40, 120), steps=[
+            prompted("you> ", 1, b"first question\r"),
+            (held, lambda proc: os.kill(proc.pid, signal.SIGINT) or b""),  # what Ctrl-C sends
+            (lambda screen: "interrupted" in screen and screen.count("you> ") >= 2, release),
+            prompted("you> ", 3, b"/exit\r"),
+        ])
+    finally:
+        httpx.post(sb["url"] + "/_sandbox/release", headers=admin, timeout=10)
+    plain = ANSI.sub("", run.screen)
+    assert run.code == 0 and run.answered == 4, plain[-2000:]
+    assert "(interrupted: the answer was dropped)" in plain and "Traceback" not in plain
+    after = plain[plain.index("(interrupted"):]
+    assert "The user asks: again" in after, after  # the next message got its (reasoning and) answer
+    saved = json.loads((world.home / "state" / "chat" / "deployment-chat-vllm.json").read_text())["messages"]
+    assert [m["role"] for m in saved] == ["user", "assistant"] and saved[0]["content"] == "again", saved

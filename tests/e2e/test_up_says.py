@@ -65,7 +65,7 @@ def test_declining_the_rent_prompt_is_an_answer_not_an_interrupt(
 ) -> None:
     sb = sandbox()
     args = ["up", "-p", "4x3090", "--api-url", sb.url, "--api-key", sb.api_key, "--ttl", "3h"]
-    run = run_on_pty(cli_env, args, answer=(b"[y/N]", b"n\n"))
+    run = run_on_pty(cli_env, args, answers=(b"[y/N]", [b"n\n"]))
     code, text, answered = run.code, run.screen, run.answered
     assert answered, text
     prompt = text[: text.index("[y/N]")].rsplit("Rent offer", 1)[1]
