@@ -20,7 +20,7 @@ from glmdeploy.planner import (
     weights_per_rank_gib,
 )
 from glmdeploy.profiles import Profile, load_all, load_profile
-from profile_variants import variant
+from profile_variants import h100_sglang, variant
 
 FLASH_MAX = 202_752
 
@@ -28,19 +28,7 @@ FLASH_MAX = 202_752
 
 def h100_sglang_mtp() -> Profile:
     """memory.md §6 #2 / §5.5: GLM-4.7-Flash BF16 on 1x H100, SGLang, MTP, default mem_fraction_static."""
-    return variant(
-        "4x3090",
-        **{
-            "hardware.gpu_names": ["H100 SXM"],
-            "hardware.num_gpus": 1,
-            "hardware.min_vram_gb": 79,
-            "engine.image": "lmsysorg/sglang:v0.5.9",
-            "engine.tensor_parallel": 1,
-            "engine.mem_fraction": None,
-            "engine.context_length": None,
-            "engine.speculative": {"method": "mtp", "num_tokens": 3},
-        },
-    )
+    return h100_sglang(**{"engine.speculative": {"method": "mtp", "num_tokens": 3}})
 
 
 def two_5090(base: str, **changes: Any) -> Profile:

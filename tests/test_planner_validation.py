@@ -17,7 +17,7 @@ import pytest
 
 from glmdeploy.planner import Plan, plan_profile
 from glmdeploy.profiles import Profile, load_profile
-from profile_variants import variant
+from profile_variants import h100_sglang, variant
 
 RECORDING = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "real-vllm-0.24.0"
 FLASH_MAX = 202_752
@@ -171,19 +171,7 @@ CASES = [
         "md6-2-h100-sglang-mtp",
         "memory.md §6 #2: zai-org README, BF16 + MTP on 1x H100 with SGLang (known good; full context needs 2x H100)",
         "fits (SGLang caps the context) and the pool is below the full 202,752 context",
-        lambda: variant(
-            "4x3090",
-            **{
-                "hardware.gpu_names": ["H100 SXM"],
-                "hardware.num_gpus": 1,
-                "hardware.min_vram_gb": 79,
-                "engine.image": "lmsysorg/sglang:v0.5.9",
-                "engine.tensor_parallel": 1,
-                "engine.mem_fraction": None,
-                "engine.context_length": None,
-                "engine.speculative": {"method": "mtp", "num_tokens": 3},
-            },
-        ),
+        lambda: h100_sglang(**{"engine.speculative": {"method": "mtp", "num_tokens": 3}}),
         lambda p: p.verdict == "fits" and p.kv_pool_tokens < FLASH_MAX,
     ),
     Case(
@@ -243,19 +231,7 @@ CASES = [
         "md6-5-h100-sglang-32x9216",
         "memory.md §6 #5: Lambda, BF16 on 1x H100 with SGLang, 32 concurrent 8,192 in / 1,024 out (works, queues)",
         "fits, and 32 x 9,216 = 294,912 tokens exceed the pool (the bench queues rather than fails)",
-        lambda: variant(
-            "4x3090",
-            **{
-                "hardware.gpu_names": ["H100 SXM"],
-                "hardware.num_gpus": 1,
-                "hardware.min_vram_gb": 79,
-                "engine.image": "lmsysorg/sglang:v0.5.9",
-                "engine.tensor_parallel": 1,
-                "engine.mem_fraction": None,
-                "engine.context_length": None,
-                "engine.dtype": None,
-            },
-        ),
+        lambda: h100_sglang(**{"engine.dtype": None}),
         lambda p: p.verdict == "fits" and p.uncertainty.kv_pool_tokens_high < 32 * 9_216,
     ),
     Case(
