@@ -71,6 +71,17 @@ def record(store: StateStore, d: Deployment, reason: str | None) -> Deployment:
     return d
 
 
+def judge(store: StateStore, d: Deployment, reading: HealthReading) -> tuple[str, str | None, Deployment]:
+    """``status``'s verdict on a probe: (health, reason, the row), keeping the unhealthy mark up to date.
+
+    Unreachable says nothing about the engine (the network, a firewall), so it leaves the mark alone.
+    """
+    if reading.state is HealthState.UNREACHABLE:
+        return "unreachable", reading.describe(), d
+    reason = unhealthy_reason(reading)
+    return ("unhealthy" if reason else "healthy"), reason, record(store, d, reason)
+
+
 def recorded_reason(d: Deployment) -> str | None:
     if d.status == "ready" and d.error and d.error.startswith(UNHEALTHY_PREFIX):
         return d.error.removeprefix(UNHEALTHY_PREFIX)

@@ -65,6 +65,32 @@ def endpoint_trust(url: str | None, ca_cert: str | None, pin: str | None) -> Any
     return EndpointTrust(fingerprint=normalize_fingerprint(pin))
 
 
+def endpoint_target(name: str | None, url: str | None, *, api_key: str | None, model: str | None, trust: Any,
+                    purpose: str, engine: str | None = None, engine_option: bool = False) -> Any:
+    """The ``smoke.Target`` a command talks to: ``--url`` (with its --api-key/--model/--engine), or the
+    deployment NAME (its endpoint, key and pin from the state DB). ``purpose`` ends the "has no
+    endpoint to ..." line; ``engine_option``: the command has --engine, so the usage line names it."""
+    from glmdeploy.errors import UsageError
+    from glmdeploy.smoke import Target
+
+    if url is not None:
+        if name is not None:
+            raise UsageError("give either a deployment NAME or --url, not both")
+        return Target.from_url(url, api_key=api_key, model=model, engine=engine, trust=trust)
+    if model is not None or engine is not None:
+        options = "--model and --engine go" if engine_option else "--model goes"
+        raise UsageError(f"{options} with --url; a deployment knows its own")
+    from glmdeploy.state import StateStore
+
+    with StateStore.open() as store:
+        deployment = store.resolve(name)
+    if not deployment.is_active or not deployment.endpoint:
+        raise UsageError(f"deployment {deployment.name!r} has no endpoint to {purpose} (status {deployment.status})")
+    if deployment.status != "ready":
+        say(f"warning: deployment {deployment.name!r} is {deployment.status}, not ready")
+    return Target.from_deployment(deployment)
+
+
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ApiKey = Annotated[
     str | None,

@@ -28,6 +28,7 @@ from glmdeploy.commands._common import (
     CaCert,
     Pin,
     emit_json,
+    endpoint_target,
     endpoint_trust,
     handles_errors,
     output_closed,
@@ -38,7 +39,6 @@ from glmdeploy.commands._common import (
 if TYPE_CHECKING:
     from glmdeploy.chat import Answer, Conversation, Piece
     from glmdeploy.chat_client import ChatEndpoint
-    from glmdeploy.smoke import Target
 
 Name = Annotated[
     str | None, typer.Argument(metavar="NAME", help="Deployment name (default: the only active one).")
@@ -123,7 +123,7 @@ def chat(
         raise UsageError("-m: the message is empty")
     offered = _tools(tools, demo_tool, check_tools)
     trust = endpoint_trust(url, ca_cert, pin)
-    target = _target(name, url, api_key, model, trust)
+    target = endpoint_target(name, url, api_key=api_key, model=model, trust=trust, purpose="chat with")
     thinking = False if no_thinking else None
     with ChatEndpoint(target, timeout_s=timeout) as endpoint:
         if message is not None:
@@ -166,28 +166,6 @@ def _tools(path: Path | None, demo: bool, check: Any) -> list[dict[str, Any]]:
 
         offered.append(WEATHER_TOOL)
     return offered
-
-
-def _target(name: str | None, url: str | None, api_key: str | None, model: str | None, trust: Any) -> Target:
-    """The endpoint as ``smoke`` resolves it: ``--url`` (with --api-key/--model), or the deployment NAME."""
-    from glmdeploy.errors import UsageError
-    from glmdeploy.smoke import Target
-
-    if url is not None:
-        if name is not None:
-            raise UsageError("give either a deployment NAME or --url, not both")
-        return Target.from_url(url, api_key=api_key, model=model, trust=trust)
-    if model is not None:
-        raise UsageError("--model goes with --url; a deployment knows its own")
-    from glmdeploy.state import StateStore
-
-    with StateStore.open() as store:
-        deployment = store.resolve(name)
-    if not deployment.is_active or not deployment.endpoint:
-        raise UsageError(f"deployment {deployment.name!r} has no endpoint to chat with (status {deployment.status})")
-    if deployment.status != "ready":
-        say(f"warning: deployment {deployment.name!r} is {deployment.status}, not ready")
-    return Target.from_deployment(deployment)
 
 
 def _ask_once(endpoint: ChatEndpoint, conversation: Conversation, tools: list[dict[str, Any]],

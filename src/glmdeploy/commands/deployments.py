@@ -38,10 +38,13 @@ SandboxAccount = Annotated[
 
 
 def _uptime_hours(d: Deployment) -> float:
+    """Hours since the record was made, on the provider's clock: the one it bills by, and the one
+    ``up``'s and ``ci``'s cost (and ``--max-cost``) count in. The sandbox's runs 1/time_scale faster."""
+    from glmdeploy import ttl
     from glmdeploy.state import utcnow
 
     end = d.destroyed_at or utcnow()
-    return max(0.0, (end - d.created_at).total_seconds() / 3600)
+    return max(0.0, (end - d.created_at).total_seconds() / ttl.clock_scale(d.api_url) / 3600)
 
 
 def _view(d: Deployment, *, live: str | None = None) -> dict[str, Any]:
@@ -282,7 +285,6 @@ def status(
 
     from glmdeploy import deployment_health
     from glmdeploy.connect import connect_for
-    from glmdeploy.engines.health import HealthState
     from glmdeploy.lifecycle import reconcile
     from glmdeploy.state import StateStore
 
@@ -304,12 +306,7 @@ def status(
             if d.endpoint and d.is_active:
                 with deployment_health.endpoint_client(d) as http:
                     reading = deployment_health.probe_deployment(d, http)
-                if reading.state is HealthState.UNREACHABLE:
-                    health, reason = "unreachable", reading.describe()
-                else:
-                    reason = deployment_health.unhealthy_reason(reading)
-                    health = "unhealthy" if reason else "healthy"
-                    d = deployment_health.record(store, d, reason)
+                health, reason, d = deployment_health.judge(store, d, reading)
     from glmdeploy import calibration
     from glmdeploy.tls import colon_form
 

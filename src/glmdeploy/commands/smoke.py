@@ -7,7 +7,7 @@ prints a table (or ``--json``) and writes ``--junit``. Exit 5 when a selected ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +16,7 @@ from glmdeploy.commands._common import (
     JsonOutput,
     Pin,
     emit_json,
+    endpoint_target,
     endpoint_trust,
     handles_errors,
     positive_seconds,
@@ -24,7 +25,7 @@ from glmdeploy.commands._common import (
 from glmdeploy.completion import deployment_names
 
 if TYPE_CHECKING:
-    from glmdeploy.smoke import CheckResult, SmokeReport, Target
+    from glmdeploy.smoke import CheckResult, SmokeReport
 
 Name = Annotated[
     str | None, typer.Argument(metavar="NAME", help="Deployment name (default: the only active one).",
@@ -88,28 +89,6 @@ def _names(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
-def _target(name: str | None, url: str | None, api_key: str | None, model: str | None,
-            engine: str | None, trust: Any = None) -> Target:
-    from glmdeploy.errors import UsageError
-    from glmdeploy.smoke import Target
-
-    if url is not None:
-        if name is not None:
-            raise UsageError("give either a deployment NAME or --url, not both")
-        return Target.from_url(url, api_key=api_key, model=model, engine=engine, trust=trust)
-    if model is not None or engine is not None:
-        raise UsageError("--model and --engine go with --url; a deployment knows its own")
-    from glmdeploy.state import StateStore
-
-    with StateStore.open() as store:
-        deployment = store.resolve(name)
-    if not deployment.is_active or not deployment.endpoint:
-        raise UsageError(f"deployment {deployment.name!r} has no endpoint to smoke (status {deployment.status})")
-    if deployment.status != "ready":
-        say(f"warning: deployment {deployment.name!r} is {deployment.status}, not ready")
-    return Target.from_deployment(deployment)
-
-
 def _deployment_health(name: str | None, report: SmokeReport) -> str | None:
     """After the checks of a deployment: probe its engine once more; an engine that died is recorded
     as unhealthy (``list`` shows it) and the reason returned. A later healthy run clears it."""
@@ -162,7 +141,8 @@ def smoke(
     if junit is not None:
         _check_writable(junit)
     trust = endpoint_trust(url, ca_cert, pin)
-    target = _target(name, url, api_key, model, engine, trust)
+    target = endpoint_target(name, url, api_key=api_key, model=model, trust=trust, purpose="smoke",
+                             engine=engine, engine_option=True)
     progress = _Progress(
         live=sys.stderr.isatty() and not json_output,
         header=f"smoke: {target.label or target.api_base} ({target.engine or 'engine unknown'})",

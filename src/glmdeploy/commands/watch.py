@@ -59,7 +59,6 @@ def _launch_argv(d: Deployment) -> list[str]:
 def sample(store: StateStore, d: Deployment, conn: Connection | None) -> tuple[Deployment, WatchSample]:
     from glmdeploy import deployment_health
     from glmdeploy.commands.deployments import _view
-    from glmdeploy.engines.health import HealthState
     from glmdeploy.engines.metrics import EngineLoad, probe_load
     from glmdeploy.lifecycle import reconcile
     from glmdeploy.state import utcnow
@@ -76,12 +75,7 @@ def sample(store: StateStore, d: Deployment, conn: Connection | None) -> tuple[D
         root = d.endpoint.removesuffix("/v1")
         with deployment_health.endpoint_client(d) as http:
             reading = deployment_health.probe_deployment(d, http)
-            if reading.state is HealthState.UNREACHABLE:
-                health, reason = "unreachable", reading.describe()
-            else:
-                reason = deployment_health.unhealthy_reason(reading)
-                health = "unhealthy" if reason else "healthy"
-                d = deployment_health.record(store, d, reason)
+            health, reason, d = deployment_health.judge(store, d, reading)
             if reading.port_answers:
                 kind = str(d.profile_snapshot["engine"]["kind"])
                 load = probe_load(kind, _launch_argv(d), http, root, d.endpoint_key())
