@@ -233,6 +233,18 @@ def test_concurrent_ups_and_destroys_share_one_state_db(world: InProcess, cli_en
     assert all(not Outcome(("destroy",), 0, o, e).error_lines() for o, e in outs)
 
 
+def _ends_destroyed_elsewhere(proc: subprocess.Popen[str], stream: EventStream) -> None:
+    """``up`` ends in one line saying another glmdeploy command destroyed it, exit 4, no traceback."""
+    proc.wait(timeout=HANG_S)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    out = "".join(json.dumps(e) + "\n" for e in stream.drain())
+    up = Outcome(("up",), proc.returncode, out, err)
+    assert up.exit_code == 4, up.describe()
+    assert len(up.error_lines()) == 1 and "another glmdeploy command" in up.error_lines()[0], up.describe()
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("phase", ["create", "wait_ready"])
 def test_destroy_from_another_terminal_while_up_runs(world: InProcess, cli_env: dict[str, str], phase: str) -> None:
     """``destroy NAME`` while ``up NAME`` is still working on it: ``up`` stops with one line (exit 4),
@@ -252,16 +264,9 @@ def test_destroy_from_another_terminal_while_up_runs(world: InProcess, cli_env: 
         gone = world.glm("destroy", "x", "--yes")
         assert gone.exit_code == 0, gone.describe()
         world.admin.release()
-        proc.wait(timeout=HANG_S)
-        assert proc.stderr is not None
-        err = proc.stderr.read()
+        _ends_destroyed_elsewhere(proc, stream)
     finally:
         _kill9(proc)
-    out = "".join(json.dumps(e) + "\n" for e in stream.drain())
-    up = Outcome(("up",), proc.returncode, out, err)
-    assert up.exit_code == 4, up.describe()
-    assert len(up.error_lines()) == 1 and "another glmdeploy command" in up.error_lines()[0], up.describe()
-    assert "Traceback" not in err
     view = json.loads(world.glm("list", "--json").stdout)
     assert [d["status"] for d in view["deployments"]] == ["destroyed"]
     assert_consistent(view, world.admin.ledger(), kept=0)
@@ -293,15 +298,9 @@ def test_up_that_fails_while_another_destroy_is_half_done_says_destroyed_elsewhe
         gone = httpx.delete(f"{world.sb.url}/api/v0/instances/{row.instance_id}/",
                             headers={"Authorization": f"Bearer {world.sb.api_key}"}, timeout=10)
         assert gone.status_code == 200, gone.text
-        proc.wait(timeout=HANG_S)
-        assert proc.stderr is not None
-        err = proc.stderr.read()
+        _ends_destroyed_elsewhere(proc, stream)
     finally:
         _kill9(proc)
-    out = "".join(json.dumps(e) + "\n" for e in stream.drain())
-    up = Outcome(("up",), proc.returncode, out, err)
-    assert up.exit_code == 4, up.describe()
-    assert len(up.error_lines()) == 1 and "another glmdeploy command" in up.error_lines()[0], up.describe()
     finish = world.glm("destroy", "x", "--yes")  # the other terminal's destroy, resumed: verified gone
     assert finish.exit_code == 0, finish.describe()
     view = json.loads(world.glm("list", "--json").stdout)
