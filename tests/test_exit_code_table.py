@@ -32,6 +32,10 @@ def cell(cell_id: str) -> str:
 
 E2E = "tests/e2e"
 ROWS: dict[str, tuple[str, ...]] = {
+    "was destroyed by another glmdeploy command": (
+        "tests/faults/test_kill9.py::test_destroy_from_another_terminal_while_up_runs",
+        "tests/faults/test_kill9.py::test_up_that_fails_while_another_destroy_is_half_done_says_destroyed_elsewhere",
+    ),
     "`no Vast.ai API key": (
         "tests/test_cli_offers.py::test_no_api_key_exits_2_without_calling_vast",
         f"{E2E}/test_bad_input.py::test_no_api_key_exits_2_and_says_how_to_fix_it",
