@@ -22,6 +22,8 @@ from glmdeploy.commands._common import console, emit_json
 
 if TYPE_CHECKING:
     from glmdeploy.connect import Connection
+    from glmdeploy.engines.metrics import EngineLoad
+    from glmdeploy.engines.sglang_log_load import ThrottledLogLoad
     from glmdeploy.state import Deployment, StateStore
 
 
@@ -41,7 +43,9 @@ class WatchSample(BaseModel):
     running: float | None = Field(None, description="Requests the engine is running.")
     waiting: float | None = Field(None, description="Requests queued in the engine.")
     kv_cache_usage: float | None = Field(None, description="KV cache in use, 0..1.")
-    metrics_note: str | None = Field(None, description="Why a load figure is missing.")
+    metrics_note: str | None = Field(None, description="Why a load figure is missing, or where it is from.")
+    load_source: str | None = Field(
+        None, description='"metrics" (the engine\'s /metrics) or "log" (its log lines); None: no figures.')
 
 
 def _launch_argv(d: Deployment) -> list[str]:
@@ -54,6 +58,35 @@ def _launch_argv(d: Deployment) -> list[str]:
         return [str(a) for a in get_engine(profile.engine.kind).argv(profile)]
     except Exception:  # an old or foreign snapshot: no launch facts, so no --enable-metrics known
         return []
+
+
+# One throttled log reader per deployment and instance for the life of this process (the watch loop).
+_LOG_READERS: dict[tuple[str, int], ThrottledLogLoad] = {}
+
+
+def _load_from_log(d: Deployment, conn: Connection | None, kind: str, argv: list[str]) -> EngineLoad | None:
+    """SGLang without ``--enable-metrics`` serves no /metrics: its load from the batch lines of the
+    instance log (``engines.sglang_log_load``), fetched through Vast as ``glmdeploy logs`` does, at
+    most once per 30 s. None: this deployment's load comes from /metrics."""
+    from glmdeploy.engines.metrics import unavailable_reason
+    from glmdeploy.engines.sglang_log_load import LOG_TAIL_LINES, LogFetchError, ThrottledLogLoad
+
+    if kind != "sglang" or unavailable_reason(kind, argv) is None or conn is None or d.instance_id is None:
+        return None
+    key = (d.id, d.instance_id)
+    if key not in _LOG_READERS:
+        from glmdeploy.vast.errors import VastError
+
+        client, instance_id = conn.client, d.instance_id
+
+        def fetch() -> str:
+            try:
+                return client.request_logs(instance_id, tail=LOG_TAIL_LINES)
+            except VastError as exc:
+                raise LogFetchError(str(exc)) from None
+
+        _LOG_READERS[key] = ThrottledLogLoad(fetch)
+    return _LOG_READERS[key].read()
 
 
 def sample(store: StateStore, d: Deployment, conn: Connection | None) -> tuple[Deployment, WatchSample]:
@@ -78,7 +111,8 @@ def sample(store: StateStore, d: Deployment, conn: Connection | None) -> tuple[D
             health, reason, d = deployment_health.judge(store, d, reading)
             if reading.port_answers:
                 kind = str(d.profile_snapshot["engine"]["kind"])
-                load = probe_load(kind, _launch_argv(d), http, root, d.endpoint_key())
+                argv = _launch_argv(d)
+                load = _load_from_log(d, conn, kind, argv) or probe_load(kind, argv, http, root, d.endpoint_key())
             else:
                 load = EngineLoad(note=f"engine not answering ({reading.describe()})")
     view = _view(d, live=live)

@@ -70,10 +70,11 @@ class EngineLoad:
     waiting: float | None = None
     kv_usage: float | None = None  # 0..1
     note: str | None = None
+    source: str | None = None  # "metrics" (/metrics) or "log" (the engine's log lines); None: no reading
 
     def as_dict(self) -> dict[str, Any]:
         return {"running": self.running, "waiting": self.waiting, "kv_cache_usage": self.kv_usage,
-                "metrics_note": self.note}
+                "metrics_note": self.note, "load_source": self.source}
 
 
 def parse_exposition(text: str) -> dict[str, float]:
@@ -140,7 +141,8 @@ def read_load(kind: str, text: str) -> EngineLoad:
         notes.append(f"/metrics has no {names.running[0]}/{names.waiting[0]}")
     if kv is None:
         notes.append(names.kv_missing_reason or f"/metrics has no {names.kv_usage[0]}")
-    return EngineLoad(running, waiting, kv, "; ".join(notes) or None)
+    found = running is not None or waiting is not None or kv is not None
+    return EngineLoad(running, waiting, kv, "; ".join(notes) or None, source="metrics" if found else None)
 
 
 def unavailable_reason(kind: str, argv: list[str]) -> str | None:
