@@ -816,7 +816,7 @@ def test_traffic_shows_in_the_engine_log(monkeypatch: pytest.MonkeyPatch) -> Non
         for r in (s, v):
             with r.client() as c:
                 usage = chat(c, max_tokens=8).json()["usage"]
-        assert s.logged(f"Prefill batch. #new-seq: 1, #new-token: {usage['prompt_tokens']}, #cached-token: 0")
+        assert s.logged(f"Prefill batch, #new-seq: 1, #new-token: {usage['prompt_tokens']}, #cached-token: 0")
         v.wait(lambda: v.logged("Avg generation throughput: 160.0 tokens/s, Running: 0 reqs, Waiting: 0 reqs"))
 
 
@@ -903,6 +903,54 @@ def test_metrics_report_held_requests_under_the_engines_own_names(kind: str, ext
         after = _load(r)
         assert (after.running, after.waiting) == (0, 0)
         assert after.kv_usage in (0, None)
+
+
+def test_sglang_logs_decode_batches_while_generating_with_its_metrics_figures_and_nothing_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The twin of SGLang's scheduler log (glmdeploy.engines.sglang_log_load): a Decode batch line at its own
+    pace while requests run, saying what /metrics says; silence once they are done."""
+    from glmdeploy.engines.sglang_log_load import parse_batch_line, read_log_load
+    from glmdeploy.sandbox.engines.server import EngineApp
+
+    monkeypatch.setattr(SimulatedEngine, "DECODE_LOG_INTERVAL_S", 0.02)
+    looks = [0]
+    own_load = EngineApp.load
+
+    def counted(self: EngineApp) -> tuple[int, int, float]:
+        looks[0] += 1
+        return own_load(self)
+
+    monkeypatch.setattr(EngineApp, "load", counted)
+    with running(_metrics_spec("sglang", "--enable-metrics --max-running-requests 1")) as r:
+        r.wait_serving()
+        r.engine.app.hold_generation = True
+        answers: list[int] = []
+
+        def ask() -> None:
+            with r.client(timeout=HANG_S) as http:
+                answers.append(chat(http, messages=HELLO, max_tokens=8).status_code)
+
+        askers = [threading.Thread(target=ask) for _ in range(2)]
+        for t in askers:
+            t.start()
+        r.wait(lambda: r.engine.app.held == 2)
+        held_from = len(r.lines)
+        r.wait(lambda: any("Decode batch, " in line for line in r.lines[held_from:]))
+        decode = next(parse_batch_line(line) for line in r.lines[held_from:] if "Decode batch, " in line)
+        assert decode is not None and decode.kind == "Decode"
+        metrics = _load(r)
+        assert (decode.running, decode.waiting) == (metrics.running, metrics.waiting) == (1, 1)
+        assert decode.kv_usage == round(metrics.kv_usage, 2)
+        from_log = read_log_load("\n".join(r.lines))
+        assert from_log is not None and not from_log.idle and from_log.load.running == 1
+        r.loop.call_soon_threadsafe(r.engine.app.release_held)
+        for t in askers:
+            t.join(HANG_S)
+        assert answers == [200, 200]
+        done_at, seen = len(r.lines), looks[0]
+        r.wait(lambda: looks[0] >= seen + 3)  # the decode logger looked at an idle engine, more than once
+        assert not any("batch" in line for line in r.lines[done_at:]), r.lines[done_at:]
 
 
 def test_sglang_without_enable_metrics_serves_no_metrics(served: dict[str, Running]) -> None:

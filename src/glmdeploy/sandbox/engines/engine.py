@@ -186,6 +186,8 @@ class SimulatedEngine:
                     self.app.ready.set()
                     if self.config.kind == "vllm":
                         self._stats_task = asyncio.create_task(self._vllm_stats())
+                    elif self.config.kind == "sglang":
+                        self._stats_task = asyncio.create_task(self._sglang_decode_log())
                 elif step.milestone is Milestone.CRASH:
                     self._state = "crashed"
                     self.first_sign_at = time.time()
@@ -394,14 +396,38 @@ class SimulatedEngine:
     # vLLM's stat logger reports every 10 s while there is traffic (engines.md §3.3 step 12).
     STATS_INTERVAL_S = 10.0
 
+    # SGLang's scheduler lines, as 0.5.8 writes them (the profile's dev-pr-17247 is read as 0.5.8;
+    # glmdeploy.engines.sglang_log_load cites the source): a Prefill line per admitted request, and a
+    # Decode line every 40 decode steps while anything runs, silence when idle. Here the Decode line comes
+    # once per this many real seconds while requests run (held ones included, as /metrics counts them).
+    DECODE_LOG_INTERVAL_S = 1.0
+
     def _traffic_line(self, prompt_tokens: int, running: int) -> None:
         if self.config.kind != "sglang":
             return
-        usage = min(1.0, running * prompt_tokens / max(1, self.config.kv_tokens))
+        admitted, waiting, usage = self.app.load()
+        if running > admitted:
+            return  # over --max-running-requests it waits in the queue: no prefill for it (yet)
+        # #running-req is the decode batch without the request being prefilled (running_bs).
         self._log(
-            f"[{self._clock.now():%Y-%m-%d %H:%M:%S} TP0] Prefill batch. #new-seq: 1, #new-token: {prompt_tokens}, "
-            f"#cached-token: 0, token usage: {usage:.2f}, #running-req: {running - 1}, #queue-req: 0"
+            f"[{self._clock.now():%Y-%m-%d %H:%M:%S} TP0] Prefill batch, #new-seq: 1, #new-token: {prompt_tokens}, "
+            f"#cached-token: 0, token usage: {usage:.2f}, #running-req: {running - 1}, #queue-req: {waiting}, "
         )
+
+    async def _sglang_decode_log(self) -> None:
+        app = self.app
+        seen_generated = app.generated_tokens_total
+        while True:
+            await asyncio.sleep(self.DECODE_LOG_INTERVAL_S)
+            generated, seen_generated = app.generated_tokens_total - seen_generated, app.generated_tokens_total
+            running, waiting, usage = app.load()
+            if not running:
+                continue  # an idle scheduler logs nothing
+            self._log(
+                f"[{self._clock.now():%Y-%m-%d %H:%M:%S} TP0] Decode batch, #running-req: {running}, "
+                f"#token: {app.kv_tokens_in_use}, token usage: {usage:.2f}, cuda graph: True, "
+                f"gen throughput (token/s): {generated / self.DECODE_LOG_INTERVAL_S:.2f}, #queue-req: {waiting}, "
+            )
 
     async def _vllm_stats(self) -> None:
         app = self.app

@@ -212,8 +212,8 @@ def sglang_plan(cfg: EngineConfig, faults: Mapping[str, str | None], rng: random
     p.wait(2)
     p.line(uv('127.0.0.1:41542 - "GET /model_info HTTP/1.1" 200 OK'))
     p.wait(5)  # the first real request: kernels warm up
-    prefill = "Prefill batch. #new-seq: 1, #new-token: 7, #cached-token: 0, token usage: 0.00, "
-    p.line(tp0(prefill + "#running-req: 0, #queue-req: 0"))
+    prefill = "Prefill batch, #new-seq: 1, #new-token: 7, #cached-token: 0, token usage: 0.00, "
+    p.line(tp0(prefill + "#running-req: 0, #queue-req: 0, "))
     p.wait(1)
     p.line(uv('127.0.0.1:41550 - "POST /generate HTTP/1.1" 200 OK'))
     p.line(main("The server is fired up and ready to roll!"))

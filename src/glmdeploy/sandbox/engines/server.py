@@ -215,16 +215,21 @@ class EngineApp:
         else:
             await self._raw(send, 404, _NOT_FOUND, b"application/json")
 
+    def load(self) -> tuple[int, int, float]:
+        """(running, waiting, KV usage 0..1) as /metrics reports them, and SGLang's batch log lines."""
+        cap = max(1, self.cfg.max_running_requests)
+        running = min(self.running, cap)
+        waiting = self.queued + max(0, self.running - cap)
+        usage = min(1.0, self.kv_tokens_in_use / max(1, self.cfg.kv_tokens))
+        return running, waiting, usage
+
     def _metrics(self) -> str:
         """The engine's load gauges under its own names (glmdeploy.engines.metrics cites each engine's source).
 
         Requests beyond the engine's concurrency cap are reported waiting, as the engine's scheduler
         would queue them; the KV usage is the tokens the running requests hold over the pool.
         """
-        cap = max(1, self.cfg.max_running_requests)
-        running = min(self.running, cap)
-        waiting = self.queued + max(0, self.running - cap)
-        usage = min(1.0, self.kv_tokens_in_use / max(1, self.cfg.kv_tokens))
+        running, waiting, usage = self.load()
         kind = self.dialect.kind
         if kind == "vllm":
             labels = f'{{engine="0",model_name="{self.cfg.spec.served_model}"}}'
