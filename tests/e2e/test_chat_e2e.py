@@ -4,7 +4,8 @@ with a tool call on each engine is tests/test_chat_cli.py's, against the same si
 
 One sandbox and one deployment per engine for the whole module (`up --ttl LONG_TTL`), ended with the sandbox:
 SGLang (4x3090 with the GLM parsers switched on: the shipped profile has none, so its server sends thinking
-and tool calls inline, which chat says in a note), vLLM (2x5090) and LightLLM (h200).
+and tool calls inline, which chat says in a note), vLLM (2x5090) and LightLLM (h200). The SGLang one also
+serves issue 13 §6's `status --watch` on SGLang without /metrics (its load from the log), to spare an `up`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from profile_variants import variant
-from waits import HANG_S
+from waits import HANG_S, wait_until
 
 from .conftest import GLMDEPLOY, LONG_TTL, TIME_SCALE
 from .pty_screen import prompted, run_on_pty
@@ -142,3 +143,31 @@ def test_ctrl_c_while_an_answer_streams_drops_it_and_the_chat_goes_on(world: Wor
     assert "The user asks: again" in after, after  # the next message got its (reasoning and) answer
     saved = json.loads((world.home / "state" / "chat" / "deployment-chat-vllm.json").read_text())["messages"]
     assert [m["role"] for m in saved] == ["user", "assistant"] and saved[0]["content"] == "again", saved
+
+
+def test_status_watch_on_sglang_without_metrics_reads_a_held_request_from_the_log(world: World) -> None:
+    """Issue 13 §6 on this module's SGLang deployment (no --enable-metrics, like every shipped SGLang profile, so
+    no /metrics): `status --watch` reads the scheduler's batch lines from the instance log, one Vast log fetch
+    for the three refreshes. The request is held by the engine while the watch runs."""
+    import threading
+
+    sb = json.loads(world.run("sandbox", "status", "--json").stdout)
+    admin = {"Authorization": f"Bearer {sb['api_key']}"}
+    httpx.post(sb["url"] + "/_sandbox/hold", headers=admin, timeout=10).raise_for_status()
+    answered: list[subprocess.CompletedProcess[str]] = []
+    asker = threading.Thread(target=lambda: answered.append(world.run("chat", "chat-sglang", "-m", "hi")))
+    asker.start()
+    try:
+        wait_until(lambda: httpx.get(sb["url"] + "/_sandbox/hold", headers=admin, timeout=10).json()["held"] == 1
+                   or None, "the engine to hold the request")
+        out = world.run("status", "chat-sglang", "--watch", "--json", "--count", "3", "--interval", "0.05").stdout
+        samples = [json.loads(line) for line in out.splitlines()]
+        assert len(samples) == 3
+        for s in samples:
+            assert s["load_source"] == "log", s
+            assert s["running"] is not None and s["running"] >= 1 and s["waiting"] == 0, s
+            assert str(s["metrics_note"]).startswith("from the log at "), s
+    finally:
+        httpx.post(sb["url"] + "/_sandbox/release", headers=admin, timeout=10).raise_for_status()
+        asker.join(HANG_S)
+    assert [a.returncode for a in answered] == [0]
