@@ -2,9 +2,10 @@
 
 Each refresh does what ``status`` does (reconcile with the API server, probe the endpoint's health
 with the engine's own rule and keep ``list``'s unhealthy mark up to date) and also reads the engine's
-``/metrics`` (``engines.metrics``) through the same pinned client. Uptime and cost are ``status``'s own
-clock (``deployments._view``). Watching never changes the deployment: Ctrl-C ends the watch, exit 0,
-and the instance keeps running (and billing) until ``destroy``.
+``/metrics`` (``engines.metrics``) through the same pinned client; SGLang without ``--enable-metrics`` has
+none, so its load comes from its log's batch lines (``engines.sglang_log_load``, one Vast log fetch per
+30 s). Uptime and cost are ``status``'s own clock (``deployments._view``). Watching never changes the
+deployment: Ctrl-C ends the watch, exit 0, and the instance keeps running (and billing) until ``destroy``.
 
 Output: on a terminal one block redrawn in place (rich Live); otherwise one line per refresh;
 ``--json`` one ``WatchSample`` object per line.

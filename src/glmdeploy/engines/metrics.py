@@ -11,7 +11,9 @@ from each engine's own source:
 - SGLang: ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``, ``sglang:token_usage`` (a fraction of
   the KV pool) (sgl-project/sglang python/sglang/srt/metrics/collector.py @93d04878cfb9,
   ``SchedulerMetricsCollector``). ``/metrics`` is mounted only with ``--enable-metrics`` (off by default,
-  engines.md §2); no shipped profile passes it, so their load reads "n/a" with that reason.
+  engines.md §2), which no shipped profile passes: ``probe_load`` then reads "n/a" with that reason, and
+  ``status --watch`` reads the same figures from SGLang's scheduler log instead (``engines.sglang_log_load``,
+  fetched at most every 30 s; ``EngineLoad.source`` says which).
 - LightLLM: ``lightllm_batch_current_size`` (the running batch) and ``lightllm_queue_size`` (ModelTC/lightllm
   lightllm/server/metrics/metrics.py @ecabbea894a0, served by lightllm/server/metrics/manager.py
   @892a353f5fea ``generate_latest``). It exports no KV-cache usage gauge: "n/a".
