@@ -157,6 +157,11 @@ def test_sglang_without_metrics_reads_its_load_from_the_log_once_per_30s(isolate
     # Three refreshes, one log fetch (Vast's request_logs is slow and rate limited), /metrics never asked.
     assert (routes["logs"].call_count, routes["upload"].call_count) == (1, 1)
     assert routes["metrics"].call_count == 0 and routes["health"].call_count == 3
+    # A new watch (a new connection to Vast) fetches afresh: its first reading is not a previous watch's.
+    with respx.mock(assert_all_called=False) as mock:
+        routes = _vast_and_engine(mock, label, lambda _request: httpx.Response(200, text=SGLANG_LOG))
+        assert _watch("--count", "1").exit_code == 0
+    assert routes["logs"].call_count == 1
 
 
 def test_sglang_log_fetch_failure_is_a_note_not_a_crash(isolated_env: Path) -> None:

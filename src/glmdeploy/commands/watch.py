@@ -61,7 +61,7 @@ def _launch_argv(d: Deployment) -> list[str]:
         return []
 
 
-# One throttled log reader per deployment and instance for the life of this process (the watch loop).
+# One throttled log reader per deployment and instance, for the life of one watch() loop.
 _LOG_READERS: dict[tuple[str, int], ThrottledLogLoad] = {}
 
 
@@ -178,6 +178,7 @@ def _block(s: WatchSample) -> Any:
 
 
 def watch(name: str | None, *, interval: float, count: int | None, json_output: bool, api_key: str | None) -> None:
+    _LOG_READERS.clear()  # a new watch (a new connection) fetches the log afresh
     import sys
 
     from glmdeploy.commands._common import OutputClosed
