@@ -153,7 +153,7 @@ def test_sglang_without_metrics_reads_its_load_from_the_log_once_per_30s(isolate
     assert len(samples) == 3
     for s in samples:
         assert (s["running"], s["waiting"], s["kv_cache_usage"], s["load_source"]) == (2, 1, 0.04, "log")
-        assert s["metrics_note"].startswith("from the log at 10:00:05")
+        assert s["metrics_note"].startswith("from the log: Decode batch at 10:00:05")
     # Three refreshes, one log fetch (Vast's request_logs is slow and rate limited), /metrics never asked.
     assert (routes["logs"].call_count, routes["upload"].call_count) == (1, 1)
     assert routes["metrics"].call_count == 0 and routes["health"].call_count == 3

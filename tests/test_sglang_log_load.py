@@ -31,6 +31,9 @@ DECODE_059_EAGLE = ("[2026-02-23 10:00:06 TP0] Decode batch, #running-req: 2, #t
                     "accept len: 3.21, accept rate: 0.80, cuda graph: True, gen throughput (token/s): 97.40, "
                     "#queue-req: 0")
 ACCESS = '[2026-01-20 10:00:07] INFO:     10.0.0.2:51234 - "GET /health HTTP/1.1" 200 OK'
+# GET /health's own one-token generation (input_ids=[0], max_new_tokens 1), prefilled only when no batch runs.
+HEALTH_CHECK = ("[2026-01-20 10:00:09 TP0] Prefill batch, #new-seq: 1, #new-token: 1, #cached-token: 0, "
+                "token usage: 0.00, #running-req: 0, #queue-req: 0, ")
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -54,6 +57,17 @@ def test_batch_lines_read_as_sglang_writes_them(line: str, expected: tuple[str, 
     assert (batch.kind, batch.running, batch.waiting, batch.kv_usage) == expected
 
 
+def test_the_health_checks_own_prefill_is_not_load_and_says_idle() -> None:
+    batch = parse_batch_line(HEALTH_CHECK)
+    assert batch is not None and batch.health_check and (batch.running, batch.waiting) == (0, 0)
+    assert not parse_batch_line(PREFILL_058).health_check  # type: ignore[union-attr]
+    # The watch probes /health right before it fetches the log: a request that just ended, then the probe.
+    reading = read_log_load("\n".join([READY, DECODE_058, HEALTH_CHECK, ACCESS.replace("10:00:07", "10:00:10")]))
+    assert reading is not None and reading.idle
+    assert (reading.load.running, reading.load.waiting, reading.load.kv_usage) == (0, 0, 0.0)
+    assert reading.load.note == "idle at 10:00:09 (SGLang's health check ran, which it does only when no batch runs)"
+
+
 @pytest.mark.parametrize("line", [READY, ACCESS, "Decode batch, #running-req: 1, #queue-req: 0",  # no prefix
                                   "[2026-01-20 10:00:06 TP0] Decode batch, #token: 1, token usage: 0.1"])
 def test_other_lines_are_not_batch_lines(line: str) -> None:
@@ -64,7 +78,8 @@ def test_busy_engine_reads_its_latest_batch_line() -> None:
     reading = read_log_load("\n".join([WARMUP, READY, PREFILL_058, DECODE_058, ACCESS]))
     assert reading is not None and not reading.idle
     load = reading.load
-    assert (load.running, load.waiting, load.kv_usage, load.source, load.note) == (5, 1, 0.04, "log", None)
+    assert (load.running, load.waiting, load.kv_usage, load.source) == (5, 1, 0.04, "log")
+    assert load.note == "Decode batch at 10:00:06"
     assert reading.as_of == datetime(2026, 1, 20, 10, 0, 6)
 
 
@@ -117,11 +132,12 @@ def test_the_log_is_fetched_at_most_once_per_interval_and_the_reading_says_its_a
     clock, texts = Clock(), ["\n".join([READY, DECODE_058, ACCESS])]
     reader = ThrottledLogLoad(lambda: texts[-1], every_s=30, clock=clock)
     first = reader.read()
-    assert (first.running, first.waiting, first.source, first.note) == (5, 1, "log", "from the log at 10:00:06")
+    assert (first.running, first.waiting, first.source) == (5, 1, "log")
+    assert first.note == "from the log: Decode batch at 10:00:06"
     clock.t += 12
     again = reader.read()
     assert reader.fetches == 1 and again.running == 5
-    assert again.note == "from the log at 10:00:06; fetched 12s ago"
+    assert again.note == "from the log: Decode batch at 10:00:06; fetched 12s ago"
     texts.append("\n".join([READY, DECODE_058, ACCESS.replace("10:00:07", "10:01:07")]))
     clock.t += 18
     idle = reader.read()
@@ -151,7 +167,8 @@ def test_a_failed_fetch_is_a_note_and_keeps_the_last_reading() -> None:
     clock.t += 40
     stale = reader.read()
     assert stale.running == 5
-    assert stale.note == "from the log at 10:00:06; fetched 40s ago; could not fetch the log: Vast.ai is unreachable"
+    assert stale.note == ("from the log: Decode batch at 10:00:06; fetched 40s ago; "
+                          "could not fetch the log: Vast.ai is unreachable")
 
 
 def test_an_empty_log_says_so() -> None:

@@ -148,7 +148,8 @@ def test_ctrl_c_while_an_answer_streams_drops_it_and_the_chat_goes_on(world: Wor
 def test_status_watch_on_sglang_without_metrics_reads_a_held_request_from_the_log(world: World) -> None:
     """Issue 13 §6 on this module's SGLang deployment (no --enable-metrics, like every shipped SGLang profile, so
     no /metrics): `status --watch` reads the scheduler's batch lines from the instance log, one Vast log fetch
-    for the three refreshes. The request is held by the engine while the watch runs."""
+    for the three refreshes. The request is held by the engine while the watch runs; once it is answered the
+    watch reads idle."""
     import threading
 
     sb = json.loads(world.run("sandbox", "status", "--json").stdout)
@@ -166,8 +167,14 @@ def test_status_watch_on_sglang_without_metrics_reads_a_held_request_from_the_lo
         for s in samples:
             assert s["load_source"] == "log", s
             assert s["running"] is not None and s["running"] >= 1 and s["waiting"] == 0, s
-            assert str(s["metrics_note"]).startswith("from the log at "), s
+            assert str(s["metrics_note"]).startswith("from the log: "), s
     finally:
         httpx.post(sb["url"] + "/_sandbox/release", headers=admin, timeout=10).raise_for_status()
         asker.join(HANG_S)
     assert [a.returncode for a in answered] == [0]
+    # Idle: the watch's own /health probe makes SGLang prefill its one-token check (it does only when no
+    # batch runs), and that line says idle at once, with no wait for the log to fall silent.
+    [idle] = [json.loads(line) for line in world.run("status", "chat-sglang", "--watch", "--json", "--count", "1")
+              .stdout.splitlines()]
+    assert (idle["running"], idle["waiting"], idle["kv_cache_usage"], idle["load_source"]) == (0, 0, 0, "log"), idle
+    assert str(idle["metrics_note"]).startswith("from the log: idle at "), idle

@@ -935,7 +935,10 @@ def test_sglang_logs_decode_batches_while_generating_with_its_metrics_figures_an
         for t in askers:
             t.start()
         r.wait(lambda: r.engine.app.held == 2)
+        with r.client() as http:
+            assert http.get("/health").status_code == 200  # a batch runs: SGLang drops the health generation
         held_from = len(r.lines)
+        assert not any("Prefill batch" in line for line in r.lines[held_from - 3:]), r.lines[-3:]
         r.wait(lambda: any("Decode batch, " in line for line in r.lines[held_from:]))
         decode = next(parse_batch_line(line) for line in r.lines[held_from:] if "Decode batch, " in line)
         assert decode is not None and decode.kind == "Decode"
@@ -951,6 +954,12 @@ def test_sglang_logs_decode_batches_while_generating_with_its_metrics_figures_an
         done_at, seen = len(r.lines), looks[0]
         r.wait(lambda: looks[0] >= seen + 3)  # the decode logger looked at an idle engine, more than once
         assert not any("batch" in line for line in r.lines[done_at:]), r.lines[done_at:]
+        with r.client() as http:  # idle: /health's one-token generation is prefilled, and logged
+            assert http.get("/health").status_code == 200
+        health = [parse_batch_line(line) for line in r.lines[done_at:] if "Prefill batch" in line]
+        assert len(health) == 1 and health[0] is not None and health[0].health_check
+        idle = read_log_load("\n".join(r.lines))
+        assert idle is not None and idle.idle and (idle.load.running, idle.load.waiting) == (0, 0)
 
 
 def test_sglang_without_enable_metrics_serves_no_metrics(served: dict[str, Running]) -> None:

@@ -29,6 +29,13 @@ image ``dev-pr-17247`` is a PR build between 0.5.7 and 0.5.8 that no store holds
   evictable) / total`` (``scheduler_runtime_checker_mixin.py`` ``_get_token_info``), so the prefix cache
   of finished requests (evictable) does not count and an idle engine holds 0. Hybrid pools print ``full
   token usage``/``swa token usage``; the larger is taken, as SGLang's own gauge does.
+- ``GET /health`` (and ``/health_generate``) sends a one-token generation (``input_ids=[0]``,
+  ``max_new_tokens`` 1; on by default, ``SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION``, 0.5.7-0.5.9
+  ``srt/entrypoints/http_server.py`` ``health_generate``), which the scheduler drops while a batch runs
+  (``scheduler.py`` ``process_input_requests``) and otherwise prefills: ``Prefill batch, #new-seq: 1,
+  #new-token: 1, #cached-token: 0, ..., #running-req: 0``. That line (one sequence, one token) is not
+  load: it reads as running ``#running-req``, and it says the engine was idle then, so the watch's own
+  health probe, logged just before it fetches the log, dates an idle engine's reading.
 - Older releases wrote ``Decode batch. #running-req: ...`` (a full stop); ``SGLANG_LOG_FORWARD_ITERS``
   adds `` [N]`` after ``batch``. Both are read.
 
@@ -41,7 +48,8 @@ How a reading is judged (``read_log_load``):
   right before it fetches the log and SGLang's access log writes that probe, so the newest line is
   within moments of the fetch.
 - The latest batch line (per scheduler prefix; several data-parallel ranks add up) gives running,
-  waiting and KV usage, if it is at most ``IDLE_AFTER_S`` older than the log's now.
+  waiting and KV usage, if it is at most ``IDLE_AFTER_S`` older than the log's now. When it is the
+  health check's line, the reading is idle at that time (running ``#running-req``, i.e. 0) and says so.
 - Older than that, or no batch line since ready: SGLang would have logged a Decode line within a few
   seconds if anything ran, so the engine is idle, and the reading is running 0, waiting 0 and KV 0 (what
   SGLang's own gauges say of an idle scheduler), with a note saying it is inferred from silence since
@@ -80,6 +88,7 @@ class BatchLine:
     at: datetime  # the container's clock
     ranks: str  # the scheduler's prefix after the time (" TP0"), one per data-parallel rank
     kind: str  # "Prefill" or "Decode"
+    health_check: bool  # SGLang's own one-token /health generation, run only when no batch runs
     running: int
     waiting: int
     kv_usage: float | None
@@ -118,13 +127,23 @@ def parse_batch_line(line: str) -> BatchLine | None:
         key, sep, value = part.partition(":")
         if sep:
             fields[key.strip()] = value.strip()
+    kind = match.group(1)
     try:
-        running = int(fields["#running-req"]) + (int(fields.get("#new-seq", "0")) if match.group(1) == "Prefill" else 0)
+        running = int(fields["#running-req"])
         waiting = int(fields["#queue-req"])
         usages = [float(v) for k, v in fields.items() if k.endswith("token usage")]
+        new_seqs = int(fields.get("#new-seq", "0"))
+        new_tokens = int(fields.get("#new-token", "0")) + int(fields.get("#cached-token", "0"))
     except (KeyError, ValueError):
         return None
-    return BatchLine(at, ranks, match.group(1), running, waiting, max(usages) if usages else None)
+    health_check = kind == "Prefill" and new_seqs == 1 and new_tokens <= 1
+    if kind == "Prefill" and not health_check:
+        running += new_seqs  # the requests being prefilled run too
+    return BatchLine(at, ranks, kind, health_check, running, waiting, max(usages) if usages else None)
+
+
+def latest_kind(latest: dict[str, BatchLine]) -> str:
+    return max(latest.values(), key=lambda b: b.at).kind
 
 
 def read_log_load(text: str) -> LogLoad | None:
@@ -153,9 +172,13 @@ def read_log_load(text: str) -> LogLoad | None:
         last = max(b.at for b in latest.values())
         if (newest - last).total_seconds() <= IDLE_AFTER_S:
             kvs = [b.kv_usage for b in latest.values() if b.kv_usage is not None]
-            load = EngineLoad(sum(b.running for b in latest.values()), sum(b.waiting for b in latest.values()),
-                              max(kvs) if kvs else None, source="log")
-            return LogLoad(load, last, idle=False)
+            running = sum(b.running for b in latest.values())
+            idle = running == 0 and all(b.health_check for b in latest.values())
+            what = (f"idle at {last:%H:%M:%S} (SGLang's health check ran, which it does only when no batch runs)"
+                    if idle else f"{latest_kind(latest)} batch at {last:%H:%M:%S}")
+            load = EngineLoad(running, sum(b.waiting for b in latest.values()), max(kvs) if kvs else None,
+                              note=what, source="log")
+            return LogLoad(load, last, idle=idle)
         since, what = last, f"no batch logged since {last:%H:%M:%S}"
     elif ready_at is not None:
         since, what = ready_at, f"no batch logged since the engine was ready at {ready_at:%H:%M:%S}"
@@ -202,13 +225,8 @@ class ThrottledLogLoad:
         notes: list[str] = []
         load = EngineLoad()
         if self._reading is not None and self._read_at is not None:
-            reading = self._reading
-            load = reading.load
-            if reading.idle:
-                notes.append(f"from the log: {load.note}")
-            else:
-                assert reading.as_of is not None
-                notes.append(f"from the log at {reading.as_of:%H:%M:%S}")
+            load = self._reading.load
+            notes.append(f"from the log: {load.note}")
             age = now - self._read_at
             if age >= 1:
                 notes.append(f"fetched {age:.0f}s ago")

@@ -405,9 +405,9 @@ class SimulatedEngine:
     def _traffic_line(self, prompt_tokens: int, running: int) -> None:
         if self.config.kind != "sglang":
             return
-        admitted, waiting, usage = self.app.load()
-        if running > admitted:
+        if running > max(1, self.config.max_running_requests):
             return  # over --max-running-requests it waits in the queue: no prefill for it (yet)
+        _running, waiting, usage = self.app.load()
         # #running-req is the decode batch without the request being prefilled (running_bs).
         self._log(
             f"[{self._clock.now():%Y-%m-%d %H:%M:%S} TP0] Prefill batch, #new-seq: 1, #new-token: {prompt_tokens}, "

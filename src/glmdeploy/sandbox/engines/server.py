@@ -293,7 +293,10 @@ class EngineApp:
             self._health_calls += 1
             ok = self._health_calls % 2 == 1
         if ok and d.kind == "sglang":
-            # SGLang's /health runs a 1-token generation and sleeps 1 s first (engines.md §2.5).
+            # SGLang's /health runs a 1-token generation and sleeps 1 s first (engines.md §2.5). The
+            # scheduler runs it only when no batch is running, and then logs its one-token Prefill line.
+            if self.running == 0:
+                self.on_request(1, 1)
             await asyncio.sleep(1.0 * self.time_scale)
         await self._raw(send, 200 if ok else 503, d.health_ok if ok else d.health_bad, d.health_type)
 
