@@ -103,6 +103,7 @@ def test_sighup_at_seeded_points_destroys_and_exits_129(
         proc = _spawn(cli_env, "up", "-p", "4x3090", "--sandbox", "--yes", "--json", "--name", f"h{n}",
                       "--ttl", "none", *point.args)
         reader = EventReader(proc)
+        stderr = ""
         try:
             assert reader.wait_phase(point.phase), f"{point.id}: up ended before '{point.phase}': {reader.seen}"
             if point.after_request:
@@ -110,10 +111,12 @@ def test_sighup_at_seeded_points_destroys_and_exits_129(
             time.sleep(point.delay)
             proc.send_signal(signal.SIGHUP)
             proc.wait(timeout=90)
+            assert proc.stderr is not None
+            stderr = proc.stderr.read()  # what `up` said is the first thing to read when the code is wrong
         finally:
             _kill9(proc)  # only if it is still there: the test then fails on its exit code
         seen = reader.drain()
-        assert proc.returncode == 129, f"{point.id}: exit {proc.returncode}: {seen}"
+        assert proc.returncode == 129, f"{point.id}: exit {proc.returncode}: stderr {stderr!r}; events {seen}"
         assert seen and seen[-1].get("code") == "hung_up", f"{point.id}: {seen[-1:]}"
         figures = _check_nothing_left(world)
         fault_figures["sighups"].append({"point": point.id, "rented": figures["rented"] - rented_before,

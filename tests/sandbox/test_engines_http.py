@@ -23,6 +23,7 @@ import pytest
 from glmdeploy.onstart import OnstartOptions, render
 from glmdeploy.profiles import load_profile
 from glmdeploy.sandbox.engines import EngineTiming, LaunchSpec, SimulatedEngine, launch_spec_from
+from listeners import listening_here
 from waits import HANG_S
 
 # These in-process tests speak plain http to the simulated engine; TLS has its own tests (test_tls_*).
@@ -166,9 +167,8 @@ def running(spec: LaunchSpec, faults: dict[str, str | None] | None = None, pause
 
 
 def refused(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) != 0
+    """Nothing of this process listens there (a connect could reach another xdist worker's listener)."""
+    return not listening_here(port)
 
 
 def sse(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
