@@ -460,3 +460,45 @@ def test_labels_parse_in_the_new_and_the_old_form() -> None:
     assert parse_label("glmdeploy:ab12cd34-ci:0123456789ab") == LabelParts("ab12cd34-ci", "0123456789ab")
     assert parse_label("glmdeploy:0123456789ab") == LabelParts(None, "0123456789ab")
     assert parse_label("someone-else") is None and parse_label(None) is None
+
+
+class _SignalRightAfterBegin:
+    """The store's connection, with a signal whose handler raises the moment BEGIN IMMEDIATE returns.
+
+    CPython runs a Python signal handler at the first check after the C call that was running when the
+    signal came, and raises its exception there: a Ctrl-C or SIGHUP that lands while SQLite takes the
+    write lock surfaces at the ``execute("BEGIN IMMEDIATE")`` call site itself, with the transaction open.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.armed = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cursor = self._conn.execute(sql, *args)
+        if self.armed and sql.startswith("BEGIN"):
+            self.armed = False
+            raise KeyboardInterrupt
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_signal_as_the_write_lock_is_taken_leaves_no_transaction_open(
+    store: StateStore, snapshot: dict[str, Any]
+) -> None:
+    """The teardown after a signal writes to the same store: it must find it usable (a SIGHUP during
+    `up` once ended in "internal error", exit 1, instead of destroying and exiting 129)."""
+    created = store.create(profile="h200", profile_snapshot=snapshot, endpoint_api_key=SECRET)
+    real = store._conn
+    store._conn = _SignalRightAfterBegin(real)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        store.update(created.id, status="loading")
+    store._conn = real
+    assert not real.in_transaction
+    assert store.get(created.id).status == "creating"  # the interrupted write did not happen
+    store.update(created.id, status="destroying")  # before the fix: "cannot start a transaction within a transaction"
+    with StateStore.open(store.path) as other:  # and no other process waits on a lock left behind
+        other.update(created.id, status="failed")
+    assert store.get(created.id).status == "failed"
