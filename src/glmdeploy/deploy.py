@@ -396,24 +396,12 @@ class Deployer:
         )
 
     def _deploy(self, request: UpRequest, offer: Offer, plan: Plan) -> Deployment:
-        profile = request.profile
-        engine = get_engine(profile.engine.kind)
         key = secrets.token_hex(32)
-        deployment = self.store.create(
-            profile=profile.name,
-            profile_snapshot=profile.model_dump(mode="json"),
-            name=request.name,
-            api_url=request.api_url,
-            expires_at=self._expiry(request),
-            endpoint_api_key=key,
-            model=engine.reported_model_name(profile),
-            phase=Phase.CREATE.value,
-            owner=request.owner,
-            parent=request.parent,
-            replica_index=request.replica_index,
-        )
-        attempt = _Attempt(offer=offer, deployment=deployment)
-        self.current = attempt
+        # Shielded until `current` holds the row: a signal meanwhile is raised after that, so the abort
+        # that follows closes the record instead of leaving a deployment "creating" forever.
+        with self.shield():
+            attempt = self._open_record(request, offer, key)
+        deployment = attempt.deployment
         try:
             self._create(request, attempt, key)
             instance = self._wait_running(request, attempt)
@@ -560,6 +548,26 @@ class Deployer:
                     phase=Phase.CREATE,
                 )
             return
+
+    def _open_record(self, request: UpRequest, offer: Offer, key: str) -> _Attempt:
+        profile = request.profile
+        engine = get_engine(profile.engine.kind)
+        deployment = self.store.create(
+            profile=profile.name,
+            profile_snapshot=profile.model_dump(mode="json"),
+            name=request.name,
+            api_url=request.api_url,
+            expires_at=self._expiry(request),
+            endpoint_api_key=key,
+            model=engine.reported_model_name(profile),
+            phase=Phase.CREATE.value,
+            owner=request.owner,
+            parent=request.parent,
+            replica_index=request.replica_index,
+        )
+        attempt = _Attempt(offer=offer, deployment=deployment)
+        self.current = attempt
+        return attempt
 
     def _find_by_label(self, label: str) -> Instance | None:
         for instance in self.client.list_instances(label=label):

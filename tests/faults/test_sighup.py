@@ -218,3 +218,30 @@ def test_sighup_during_destroy_finishes_the_teardown_then_exits_129(world: InPro
         _kill9(proc)
     assert proc.returncode == 129
     _check_nothing_left(world)
+
+
+def test_sighup_while_up_writes_its_record_leaves_no_phantom_deployment(
+    in_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is written before anything is rented; a hang-up that lands while it is written must
+    still close it. Before the fix the signal's exception left ``store.create`` before `up` knew of the
+    row: exit 129, and `list` showed a deployment 'creating' forever with nothing behind it."""
+    from glmdeploy.state import StateStore
+
+    w: InProcess = in_process()
+    real_create = StateStore.create
+
+    def create_then_hang_up(self: StateStore, **fields: Any) -> Any:
+        row = real_create(self, **fields)
+        signal.raise_signal(signal.SIGHUP)  # delivered now, while the row's writer is still running
+        return row
+
+    with monkeypatch.context() as patched:
+        patched.setattr(StateStore, "create", create_then_hang_up)
+        outcome = w.glm("up", "-p", "4x3090", "--sandbox", "--yes", "--ttl", "none")
+    assert outcome.exit_code == 129, outcome.describe()
+    rows = state_rows(w.home)
+    assert len(rows) == 1 and rows[0]["status"] == "failed", rows
+    assert w.admin.ledger()["instances"] == []  # nothing was rented
+    listed = json.loads(w.glm("list", "--json").stdout)["deployments"]
+    assert [d["status"] for d in listed] == ["failed"], listed  # shown as what it is, nothing active
