@@ -29,16 +29,17 @@ import sqlite3
 import string
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from glmdeploy.errors import GlmdeployError, UsageError
 from glmdeploy.paths import ensure_home, unusable_state
+
+T = TypeVar("T")
 
 DB_FILENAME = "state.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -364,19 +365,31 @@ class StateStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction and return what it returns.
+
+        A signal's exception can land on any line (CPython raises it right after the call that was
+        running), and the teardown that follows writes here. So: no generator-based context manager,
+        whose ``__exit__`` could be cut short before the COMMIT and leave the generator holding the
+        transaction and the lock; BEGIN inside the ``try``; and a transaction still open when the next
+        write starts (only an interrupted write of this process can leave one: the lock is held) never
+        committed, so it is rolled back first.
+        """
         with self._lock:
-            # BEGIN inside the try: a signal that comes while SQLite takes the lock raises right after
-            # the call returns, with the transaction open, and the teardown that follows writes here.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                yield self._conn
+                result = body(self._conn)
+                self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            return result
+
+    def _write_one(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._write(lambda conn: conn.execute(sql, params))
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[Deployment]:
         with self._lock:
@@ -450,8 +463,7 @@ class StateStore:
             marks = ", ".join("?" for _ in values)
             encoded = tuple(_encode(col, val) for col, val in values.items())
             try:
-                with self._write() as conn:
-                    conn.execute(f"INSERT INTO deployments ({columns}) VALUES ({marks})", encoded)  # noqa: S608
+                self._write_one(f"INSERT INTO deployments ({columns}) VALUES ({marks})", encoded)  # noqa: S608
             except sqlite3.IntegrityError as exc:
                 if not _is_name_conflict(exc):
                     continue  # a 48-bit id collision: draw again
@@ -482,7 +494,8 @@ class StateStore:
         assignments = ", ".join(f"{col} = ?" for col in values)
         target = self.get(ref)
         try:
-            with self._write() as conn:
+
+            def change(conn: sqlite3.Connection) -> None:
                 row = conn.execute("SELECT status, destroyed_at FROM deployments WHERE id = ?", (target.id,)).fetchone()
                 reviving = "status" in fields and fields["status"] not in _ENDED_STATUSES
                 on_purpose = "destroyed_at" in fields and fields["destroyed_at"] is None
@@ -495,6 +508,8 @@ class StateStore:
                     f"UPDATE deployments SET {assignments} WHERE id = ?",  # noqa: S608 (columns are allow-listed)
                     (*encoded, target.id),
                 )
+
+            self._write(change)
         except sqlite3.IntegrityError as exc:
             if _is_name_conflict(exc):
                 name = fields.get("name", target.name)
@@ -517,11 +532,10 @@ class StateStore:
             fields["phase"] = phase
         assignments = ", ".join(f"{col} = ?" for col in fields)
         encoded = tuple(_encode(col, val) for col, val in fields.items())
-        with self._write() as conn:
-            conn.execute(
-                f"UPDATE deployments SET {assignments} WHERE id = ? AND destroyed_at IS NULL",  # noqa: S608
-                (*encoded, target.id),
-            )
+        self._write_one(
+            f"UPDATE deployments SET {assignments} WHERE id = ? AND destroyed_at IS NULL",  # noqa: S608
+            (*encoded, target.id),
+        )
         return self._by_id(target.id)
 
     # -- reading --
